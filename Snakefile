@@ -1,0 +1,27 @@
+# segflow: a COCO segmentation competition dataset -> EDA, folds (and, as the stages land,
+# training, prediction, ensembling, submission). This file only wires: settings live in
+# config.yaml, helpers in workflow/rules/common.smk, each stage in its own rule file.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/eda.smk"
+include: "workflow/rules/folds.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.eda.output.report,
+        rules.folds.output.folds,

@@ -1,0 +1,39 @@
+rule eda:
+    """Standalone HTML report of the dataset, its figures and stats.json."""
+    input:
+        images=rules.index.output.images,
+        annotations=rules.index.output.annotations,
+        skipped=rules.index.output.skipped,
+        masks=rules.index.output.masks,
+    output:
+        report=report(
+            "results/eda/report.html",
+            caption="../report/eda.rst",
+            category="EDA",
+            labels={"figure": "full report"},
+        ),
+        stats="results/eda/stats.json",
+        figures=report(
+            directory("results/eda/figures"),
+            patterns=["{name}.png"],
+            caption="../report/eda_figure.rst",
+            category="EDA",
+            labels={"figure": "{name}"},
+        ),
+    log:
+        "results/logs/eda.log",
+    benchmark:
+        "results/benchmarks/eda.tsv"
+    conda:
+        ENV
+    params:
+        root=DATA.root,
+        classes=CLASSES_JSON,
+        gallery=config["eda"]["gallery"],
+        seed=config["seed"],
+    shell:
+        "python -m segflow.eda --images {input.images} --annotations {input.annotations}"
+        " --skipped {input.skipped} --masks-dir {input.masks} --image-root {params.root:q}"
+        " --classes {params.classes:q} --report {output.report} --stats {output.stats}"
+        " --figures-dir {output.figures} --gallery-size {params.gallery} --seed {params.seed}"
+        " > {log} 2>&1"

@@ -1,0 +1,22 @@
+rule folds:
+    """Cross-validation folds of the labelled images (image_id, fold)."""
+    input:
+        unpack(holdout_file),
+        images=rules.index.output.images,
+    output:
+        folds="results/folds/folds.csv",
+    log:
+        "results/logs/folds.log",
+    conda:
+        ENV
+    params:
+        cv=config["cv"],
+        group_by=config["cv"]["group_by"] or "",
+        n_classes=len(config["classes"]),
+        seed=config["seed"],
+        val=lambda wildcards, input: input.get("val", ""),
+    shell:
+        "python -m segflow.folds --images {input.images} --out {output.folds}"
+        " --n-classes {params.n_classes} --method {params.cv[method]} --folds {params.cv[folds]}"
+        " --seed {params.seed} --group-by={params.group_by:q} --val-json={params.val:q}"
+        " > {log} 2>&1"

@@ -1,0 +1,152 @@
+"""Cross-validation folds over the labelled images: ``folds.csv`` with image_id, fold.
+
+Methods (``cv.method``):
+
+- ``kfold``: shuffled K-fold.
+- ``stratified``: by each image's dominant non-background class (most pixels).
+- ``multilabel_stratified``: iterative stratification over class presence (iterstrat), so
+  rare classes that share images with common ones still spread over every fold.
+- ``group``: whole groups per fold (``cv.group_by``, default the batch folder).
+- ``holdout``: one validation fold; images that are never validated get fold -1. The
+  validation images are those of the competition's ``val.json`` when ``data.val`` is set,
+  otherwise the first fold of a multilabel-stratified split.
+
+With ``cv.group_by`` set, no group is ever split between folds: ``stratified`` becomes
+StratifiedGroupKFold and ``multilabel_stratified`` stratifies whole groups by the classes
+present anywhere in them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+import numpy as np
+import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+from segflow.coco import DataError, read_json
+from segflow.index import pixel_columns
+from segflow.io import write_table
+
+METHODS = ("holdout", "kfold", "stratified", "multilabel_stratified", "group")
+
+
+def groups_of(images: pd.DataFrame, group_by: str) -> np.ndarray:
+    """Group label per image: ``folder`` (the index's group column) or a regex's first capture."""
+    if group_by == "folder":
+        return images["group"].to_numpy()
+    pattern = re.compile(group_by)
+    groups = []
+    for file_name in images["file_name"]:
+        match = pattern.search(file_name)
+        if match is None:
+            raise DataError(f"cv.group_by: pattern {group_by!r} does not match image {file_name!r}")
+        groups.append(match.group(1) if pattern.groups else match.group(0))
+    return np.asarray(groups)
+
+
+def class_presence(images: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """(N, n_classes - 1) 0/1 matrix: which foreground classes each image contains."""
+    return (images[pixel_columns(n_classes)[1:]].to_numpy(dtype=np.int64) > 0).astype(np.int64)
+
+
+def dominant_class(images: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """Each image's foreground class with the most pixels (0 for background-only images)."""
+    pixels = images[pixel_columns(n_classes)[1:]].to_numpy(dtype=np.int64)
+    return np.where(pixels.max(axis=1) > 0, pixels.argmax(axis=1) + 1, 0)
+
+
+def make_folds(
+    images: pd.DataFrame,
+    n_classes: int,
+    method: str = "multilabel_stratified",
+    n_folds: int = 5,
+    seed: int = 0,
+    group_by: str | None = None,
+    holdout_ids: set[str] | None = None,
+) -> pd.DataFrame:
+    """Assign each labelled image of the index a validation fold (see module doc)."""
+    if method not in METHODS:
+        raise ValueError(f"cv.method must be one of {METHODS}, got {method!r}")
+    train = images[images["split"] == "train"].reset_index(drop=True)
+    if method == "group" and group_by is None:
+        group_by = "folder"
+    groups = groups_of(train, group_by) if group_by else None
+    if method == "holdout" and holdout_ids is not None:
+        fold = np.where(train["image_id"].isin(holdout_ids), 0, -1)
+        if not (fold == 0).any():
+            raise DataError("data.val: none of its images is among the training images")
+        if groups is not None and not _groups_intact(groups, fold):
+            raise DataError("data.val splits a cv.group_by group between training and validation")
+        return pd.DataFrame({"image_id": train["image_id"], "fold": fold})
+
+    n_units = len(np.unique(groups)) if groups is not None else len(train)
+    if n_units < n_folds:
+        unit = "groups" if groups is not None else "images"
+        raise DataError(f"cv.folds={n_folds} but only {n_units} {unit} to split; lower cv.folds or change cv.group_by")
+
+    index = np.arange(len(train))
+    if method == "kfold":
+        splits = KFold(n_folds, shuffle=True, random_state=seed).split(index)
+    elif method == "stratified":
+        labels = dominant_class(train, n_classes)
+        if groups is None:
+            splits = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(index, labels)
+        else:
+            splits = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(index, labels, groups)
+    elif method in ("multilabel_stratified", "holdout"):
+        presence = class_presence(train, n_classes)
+        if groups is None:
+            splits = MultilabelStratifiedKFold(n_folds, shuffle=True, random_state=seed).split(index, presence)
+        else:
+            splits = _multilabel_group_splits(presence, groups, n_folds, seed)
+    else:  # group
+        splits = GroupKFold(n_folds, shuffle=True, random_state=seed).split(index, groups=groups)
+
+    fold = np.full(len(train), -1)
+    for k, (_, val_index) in enumerate(splits):
+        fold[val_index] = k
+        if method == "holdout":
+            break
+    return pd.DataFrame({"image_id": train["image_id"], "fold": fold})
+
+
+def _multilabel_group_splits(presence: np.ndarray, groups: np.ndarray, n_folds: int, seed: int):
+    """Multilabel stratification of whole groups by the classes present in each group."""
+    names, inverse = np.unique(groups, return_inverse=True)
+    group_presence = np.zeros((len(names), presence.shape[1]), np.int64)
+    np.maximum.at(group_presence, inverse, presence)
+    for _, val_groups in MultilabelStratifiedKFold(n_folds, shuffle=True, random_state=seed).split(np.arange(len(names)), group_presence):
+        yield None, np.flatnonzero(np.isin(inverse, val_groups))
+
+
+def _groups_intact(groups: np.ndarray, fold: np.ndarray) -> bool:
+    table = pd.DataFrame({"group": groups, "fold": fold})
+    return bool((table.groupby("group")["fold"].nunique() == 1).all())
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Split the labelled images of the index into CV folds.")
+    parser.add_argument("--images", required=True, help="images.parquet from segflow.index")
+    parser.add_argument("--out", required=True, help="folds.csv to write")
+    parser.add_argument("--n-classes", type=int, required=True)
+    parser.add_argument("--method", choices=METHODS, default="multilabel_stratified")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--group-by", default="", help="'folder', a regex on file_name, or empty for no groups")
+    parser.add_argument("--val-json", default=None, help="holdout: COCO JSON whose images form the validation fold (empty: none)")
+    args = parser.parse_args(argv)
+    try:
+        holdout_ids = {im["file_name"] for im in read_json(args.val_json)["images"]} if args.val_json else None
+        folds = make_folds(pd.read_parquet(args.images), args.n_classes, args.method, args.folds, args.seed, args.group_by or None, holdout_ids)
+    except DataError as e:
+        sys.exit(f"ERROR: {e}")
+    write_table(folds, args.out)
+    print(folds.groupby("fold").size().rename("images").to_string())
+
+
+if __name__ == "__main__":
+    main()

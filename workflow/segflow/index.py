@@ -1,0 +1,194 @@
+"""The data index: one row per image, one per annotation, and the cached class-index masks.
+
+Every image is opened once here (so a missing, unreadable or wrongly sized file is caught
+before any training starts) and every training image's annotations are rasterized once
+(segflow.coco.rasterize) into ``masks/<coco id>.png``. Later steps read these files and
+never touch the COCO JSON again.
+
+images.parquet columns: image_id (the COCO file_name, unique across splits and what the
+submission calls an image), coco_id, file_name, width, height, split (train/test), group
+(first folder of file_name, e.g. the batch), brightness (mean grey level 0-255),
+n_objects, classes_present (space-separated class indices) and pixels_<k> for every class
+index k (pixel counts; empty for test images, which have no labels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from segflow.coco import CocoSplit, DataError, Problem, ProblemLog, load_coco, rasterize
+from segflow.io import atomic_dir, write_table
+
+SPLITS = ("train", "test")
+
+
+def pixel_columns(n_classes: int) -> list[str]:
+    """Names of the per-class pixel-count columns of images.parquet."""
+    return [f"pixels_{k}" for k in range(n_classes)]
+
+
+def mask_file(masks_dir: str | Path, coco_id: int) -> Path:
+    """Where the cached mask of training image ``coco_id`` lives."""
+    return Path(masks_dir) / f"{int(coco_id)}.png"
+
+
+def group_of(file_name: str) -> str:
+    """The image's folder (e.g. the competition's batch), or its own name if it has none."""
+    return file_name.split("/", 1)[0] if "/" in file_name else file_name
+
+
+def build_index(
+    train_json: str | Path,
+    test_json: str | Path,
+    image_root: str | Path,
+    classes: list[str],
+    *,
+    images_out: str | Path,
+    annotations_out: str | Path,
+    skipped_out: str | Path,
+    masks_dir: str | Path,
+    on_error: str = "stop",
+    sample: int | None = None,
+    seed: int = 0,
+    threads: int = 1,
+) -> pd.DataFrame:
+    """Validate both COCO files and all images, write the index tables and the masks.
+
+    ``sample`` (debug mode) keeps that many images of each split, chosen with ``seed``.
+    Skipped items (``on_error="skip"``) are listed in ``skipped_out`` for the EDA report.
+    """
+    image_root = Path(image_root)
+    splits = {"train": load_coco(train_json, classes, on_error), "test": load_coco(test_json, classes, on_error)}
+    log = ProblemLog(on_error)
+    log.problems = splits["train"].problems + splits["test"].problems
+    if sample:
+        rng = np.random.default_rng(seed)
+        for coco in splits.values():
+            if len(coco.images) > sample:
+                keep = np.sort(rng.choice(len(coco.images), sample, replace=False))
+                coco.images = [coco.images[i] for i in keep]
+
+    image_rows, annotation_rows = [], []
+    with atomic_dir(masks_dir) as masks_tmp, ThreadPoolExecutor(max(1, threads)) as pool:
+        for split, coco in splits.items():
+            labeled = split == "train"
+            jobs = [pool.submit(_index_image, image_root, coco, image, len(classes), masks_tmp if labeled else None) for image in coco.images]
+            for job in jobs:
+                row, annotations, problem = job.result()
+                if problem is not None:
+                    log.report(problem)
+                    continue
+                image_rows.append({**row, "split": split})
+                annotation_rows.extend(annotations)
+        images = _images_table(image_rows, len(classes))
+        if not (images["split"] == "train").any():
+            raise DataError(f"{train_json}: no usable training image")
+        write_table(images, images_out)
+        write_table(pd.DataFrame(annotation_rows, columns=ANNOTATION_COLUMNS), annotations_out)
+        write_table(pd.DataFrame([p.__dict__ for p in log.problems], columns=["file", "reason", "image_id", "annotation_id"]), skipped_out)
+    for problem in log.problems:
+        print(f"WARNING skipped: {problem.message()}", file=sys.stderr)
+    return images
+
+
+ANNOTATION_COLUMNS = ["image_id", "annotation_id", "class_index", "area", "visible", "bbox_width", "bbox_height", "iscrowd"]
+
+
+def _index_image(image_root: Path, coco: CocoSplit, image: dict, n_classes: int, masks_dir: Path | None):
+    """Open one image, check it, and (for labelled images) write its mask. Returns a row."""
+    path = image_root / image["file_name"]
+    picture = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if picture is None:
+        return None, [], Problem(str(coco.path), f"image file {path} is missing or unreadable", image_id=image["id"])
+    if picture.shape != (image["height"], image["width"]):
+        reason = f"image file {path} is {picture.shape[1]}x{picture.shape[0]} but the JSON says {image['width']}x{image['height']}"
+        return None, [], Problem(str(coco.path), reason, image_id=image["id"])
+    row = {
+        "image_id": image["file_name"],
+        "coco_id": image["id"],
+        "file_name": image["file_name"],
+        "width": image["width"],
+        "height": image["height"],
+        "group": group_of(image["file_name"]),
+        "brightness": float(picture.mean()),
+    }
+    if masks_dir is None:
+        return row, [], None
+    annotations = coco.annotations[image["id"]]
+    raster = rasterize(annotations, image["height"], image["width"], coco.class_of_category)
+    if not cv2.imwrite(str(mask_file(masks_dir, image["id"])), raster.mask):
+        raise OSError(f"could not write the mask of image id {image['id']} under {masks_dir}")
+    pixels = np.bincount(raster.mask.ravel(), minlength=n_classes)
+    row.update({f"pixels_{k}": int(v) for k, v in enumerate(pixels)})
+    row["n_objects"] = len(annotations)
+    row["classes_present"] = " ".join(str(k) for k in np.flatnonzero(pixels[1:]) + 1)
+    ann_rows = [
+        {
+            "image_id": image["file_name"],
+            "annotation_id": ann["id"],
+            "class_index": coco.class_of_category[ann["category_id"]],
+            "area": int(raster.areas[i]),
+            "visible": int(raster.visible[i]),
+            "bbox_width": float(ann["bbox"][2]) if "bbox" in ann else np.nan,
+            "bbox_height": float(ann["bbox"][3]) if "bbox" in ann else np.nan,
+            "iscrowd": int(ann.get("iscrowd", 0)),
+        }
+        for i, ann in enumerate(annotations)
+    ]
+    return row, ann_rows, None
+
+
+def _images_table(rows: list[dict], n_classes: int) -> pd.DataFrame:
+    columns = ["image_id", "coco_id", "file_name", "width", "height", "split", "group", "brightness", "n_objects", "classes_present", *pixel_columns(n_classes)]
+    table = pd.DataFrame(rows).reindex(columns=columns)
+    for column in ["n_objects", *pixel_columns(n_classes)]:
+        table[column] = table[column].astype("Int64")  # empty for unlabelled test images
+    table["classes_present"] = table["classes_present"].astype("string")
+    return table
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Validate a COCO dataset; write the image index and the class masks.")
+    parser.add_argument("--train", required=True, help="COCO JSON of the labelled images")
+    parser.add_argument("--test", required=True, help="COCO JSON of the test images")
+    parser.add_argument("--image-root", required=True, help="folder the file_name entries are relative to")
+    parser.add_argument("--classes", required=True, help="JSON list of class names, background first")
+    parser.add_argument("--images-out", required=True)
+    parser.add_argument("--annotations-out", required=True)
+    parser.add_argument("--skipped-out", required=True)
+    parser.add_argument("--masks-dir", required=True)
+    parser.add_argument("--on-error", choices=["stop", "skip"], default="stop")
+    parser.add_argument("--sample", type=int, default=0, help="debug: keep this many images per split (0: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        images = build_index(
+            args.train,
+            args.test,
+            args.image_root,
+            json.loads(args.classes),
+            images_out=args.images_out,
+            annotations_out=args.annotations_out,
+            skipped_out=args.skipped_out,
+            masks_dir=args.masks_dir,
+            on_error=args.on_error,
+            sample=args.sample or None,
+            seed=args.seed,
+            threads=args.threads,
+        )
+    except DataError as e:
+        sys.exit(f"ERROR: {e}")
+    print(images.groupby("split").size().to_string())
+
+
+if __name__ == "__main__":
+    main()

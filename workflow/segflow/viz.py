@@ -1,0 +1,57 @@
+"""Drawing helpers shared by every figure: one class palette, mask overlays, figure encoding."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: jobs run without a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+IGNORE_INDEX = 255  # label value the loss ignores (pseudo labels, cleaned regions)
+
+
+def class_palette(n_classes: int) -> np.ndarray:
+    """(n_classes, 3) uint8 RGB colours; background black, the rest from tab20 (then hsv)."""
+    colors = [(0, 0, 0)]
+    tab = plt.get_cmap("tab20").colors
+    for k in range(1, n_classes):
+        rgb = tab[(2 * (k - 1)) % 20 + ((k - 1) // 10) % 2] if k <= 20 else plt.get_cmap("hsv")(k / n_classes)[:3]
+        colors.append(tuple(int(round(255 * c)) for c in rgb))
+    return np.array(colors, np.uint8)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Blend a class-index mask over an RGB image; background stays as is, 255 shows white."""
+    colors = np.zeros(image.shape, np.float32)
+    labelled = (mask > 0) & (mask != IGNORE_INDEX)
+    colors[labelled] = palette[mask[labelled]]
+    colors[mask == IGNORE_INDEX] = 255
+    shown = labelled | (mask == IGNORE_INDEX)
+    out = image.astype(np.float32)
+    out[shown] = (1 - alpha) * out[shown] + alpha * colors[shown]
+    return out.round().astype(np.uint8)
+
+
+def legend_handles(classes: list[str], palette: np.ndarray) -> list[Patch]:
+    return [Patch(facecolor=palette[k] / 255, edgecolor="grey", label=f"{k} {name}") for k, name in enumerate(classes)]
+
+
+def save_figure(fig, path) -> bytes:
+    """Write ``fig`` as PNG to ``path`` and return the bytes (for embedding), then close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    data = buffer.getvalue()
+    with open(path, "wb") as f:
+        f.write(data)
+    return data
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
