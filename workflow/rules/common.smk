@@ -35,6 +35,16 @@ CLASSES_JSON = json.dumps(config["classes"])
 ENV = "../../envs/segflow.yaml"
 
 
+def stable(value):
+    """``value`` with every dict's keys sorted: params compare by their text, and a config
+    whose keys merely changed order must not rerun anything."""
+    if isinstance(value, dict):
+        return {key: stable(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [stable(item) for item in value]
+    return value
+
+
 def coco_files(wildcards):
     """The COCO JSONs the index reads: the demo rule's outputs or the user's files."""
     return {"train": DATA.train, "test": DATA.test}

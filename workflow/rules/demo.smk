@@ -17,7 +17,7 @@ rule demo:
     params:
         root=lambda wildcards, output: os.path.dirname(output.train),
         classes=CLASSES_JSON,
-        demo=config["demo"],
+        demo=stable(config["demo"]),
     shell:
         "python -m segflow.demo --out {params.root} --classes {params.classes:q}"
         " --seed {params.demo[seed]} --train-images {params.demo[train_images]}"

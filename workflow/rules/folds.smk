@@ -10,7 +10,7 @@ rule folds:
     conda:
         ENV
     params:
-        cv=config["cv"],
+        cv=stable(config["cv"]),
         group_by=config["cv"]["group_by"] or "",
         n_classes=len(config["classes"]),
         seed=config["seed"],

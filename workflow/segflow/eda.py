@@ -83,7 +83,7 @@ def make_eda(
     """Write the EDA report, its figures and stats.json; return the stats."""
     images = pd.read_parquet(images_path)
     annotations = pd.read_parquet(annotations_path)
-    skipped = pd.read_csv(skipped_path)
+    skipped = pd.read_csv(skipped_path, dtype={"image_id": "Int64", "annotation_id": "Int64"})
     stats = dataset_stats(images, annotations, skipped, classes)
     palette = class_palette(len(classes))
     short = [name if len(name) <= 12 else name[:11] + "." for name in classes]
@@ -103,7 +103,7 @@ def make_eda(
         for name, (title, fig) in figures.items():
             embedded.append({"name": name, "title": title, "src": data_uri(save_figure(fig, Path(tmp_dir) / f"{name}.png"))})
         template = jinja2.Environment(loader=jinja2.PackageLoader("segflow", "templates"), autoescape=True).get_template("eda.html.j2")
-        html = template.render(stats=stats, figures=embedded, skipped=skipped.head(200).to_dict("records"), n_classes=len(classes))
+        html = template.render(stats=stats, figures=embedded, skipped=skipped.head(200).astype(object).fillna("").to_dict("records"), n_classes=len(classes))
         with atomic_path(report_out) as tmp:
             tmp.write_text(html, encoding="utf-8")
         write_json(stats, stats_out)

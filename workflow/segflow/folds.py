@@ -6,14 +6,15 @@ Methods (``cv.method``):
 - ``stratified``: by each image's dominant non-background class (most pixels).
 - ``multilabel_stratified``: iterative stratification over class presence (iterstrat), so
   rare classes that share images with common ones still spread over every fold.
-- ``group``: whole groups per fold (``cv.group_by``, default the batch folder).
+- ``group``: whole groups per fold (``cv.group_by``, default the batch folder); the same
+  as ``kfold`` with ``cv.group_by`` set.
 - ``holdout``: one validation fold; images that are never validated get fold -1. The
   validation images are those of the competition's ``val.json`` when ``data.val`` is set,
   otherwise the first fold of a multilabel-stratified split.
 
 With ``cv.group_by`` set, no group is ever split between folds: ``stratified`` becomes
-StratifiedGroupKFold and ``multilabel_stratified`` stratifies whole groups by the classes
-present anywhere in them.
+StratifiedGroupKFold and ``multilabel_stratified`` assigns whole groups greedily so that
+each fold gets its share of every class (see ``_multilabel_group_splits``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def groups_of(images: pd.DataFrame, group_by: str) -> np.ndarray:
     for file_name in images["file_name"]:
         match = pattern.search(file_name)
         if match is None:
-            raise DataError(f"cv.group_by: pattern {group_by!r} does not match image {file_name!r}")
+            raise DataError(f"cv.group_by: pattern '{group_by}' does not match image '{file_name}'")
         groups.append(match.group(1) if pattern.groups else match.group(0))
     return np.asarray(groups)
 
@@ -89,7 +90,7 @@ def make_folds(
         raise DataError(f"cv.folds={n_folds} but only {n_units} {unit} to split; lower cv.folds or change cv.group_by")
 
     index = np.arange(len(train))
-    if method == "kfold":
+    if method == "kfold" and groups is None:
         splits = KFold(n_folds, shuffle=True, random_state=seed).split(index)
     elif method == "stratified":
         labels = dominant_class(train, n_classes)
@@ -103,7 +104,7 @@ def make_folds(
             splits = MultilabelStratifiedKFold(n_folds, shuffle=True, random_state=seed).split(index, presence)
         else:
             splits = _multilabel_group_splits(presence, groups, n_folds, seed)
-    else:  # group
+    else:  # group, or kfold with groups
         splits = GroupKFold(n_folds, shuffle=True, random_state=seed).split(index, groups=groups)
 
     fold = np.full(len(train), -1)
@@ -115,12 +116,29 @@ def make_folds(
 
 
 def _multilabel_group_splits(presence: np.ndarray, groups: np.ndarray, n_folds: int, seed: int):
-    """Multilabel stratification of whole groups by the classes present in each group."""
+    """Greedy multilabel stratification of whole groups.
+
+    Groups go, largest first (ties in seeded random order), to the fold where they bring
+    every class's image count and the fold size closest to 1/n_folds of the total,
+    measured relative to that target so rare classes weigh as much as common ones.
+    """
     names, inverse = np.unique(groups, return_inverse=True)
-    group_presence = np.zeros((len(names), presence.shape[1]), np.int64)
-    np.maximum.at(group_presence, inverse, presence)
-    for _, val_groups in MultilabelStratifiedKFold(n_folds, shuffle=True, random_state=seed).split(np.arange(len(names)), group_presence):
-        yield None, np.flatnonzero(np.isin(inverse, val_groups))
+    features = np.zeros((len(names), presence.shape[1] + 1))
+    np.add.at(features, inverse, np.column_stack([presence, np.ones(len(presence))]))
+    target = features.sum(axis=0) / n_folds
+    scale = 1.0 / np.maximum(target, 1.0)
+    order = np.random.default_rng(seed).permutation(len(names))
+    order = order[np.argsort(-(features[order] * scale).sum(axis=1), kind="stable")]
+    totals = np.zeros((n_folds, features.shape[1]))
+    assignment = np.empty(len(names), np.int64)
+    for g in order:
+        before = (((totals - target) * scale) ** 2).sum(axis=1)
+        after = (((totals + features[g] - target) * scale) ** 2).sum(axis=1)
+        k = int(np.argmin(after - before))
+        assignment[g] = k
+        totals[k] += features[g]
+    for k in range(n_folds):
+        yield None, np.flatnonzero(assignment[inverse] == k)
 
 
 def _groups_intact(groups: np.ndarray, fold: np.ndarray) -> bool:

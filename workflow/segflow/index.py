@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -84,6 +85,9 @@ def build_index(
             for job in jobs:
                 row, annotations, problem = job.result()
                 if problem is not None:
+                    if log.on_error == "skip" and coco.annotations.get(problem.image_id):
+                        n = len(coco.annotations[problem.image_id])
+                        problem = replace(problem, reason=f"{problem.reason} (skipped with its {n} annotation{'s' * (n > 1)})")
                     log.report(problem)
                     continue
                 image_rows.append({**row, "split": split})
@@ -93,7 +97,8 @@ def build_index(
             raise DataError(f"{train_json}: no usable training image")
         write_table(images, images_out)
         write_table(pd.DataFrame(annotation_rows, columns=ANNOTATION_COLUMNS), annotations_out)
-        write_table(pd.DataFrame([p.__dict__ for p in log.problems], columns=["file", "reason", "image_id", "annotation_id"]), skipped_out)
+        skipped = pd.DataFrame([p.__dict__ for p in log.problems], columns=["file", "reason", "image_id", "annotation_id"])
+        write_table(skipped.astype({"image_id": "Int64", "annotation_id": "Int64"}), skipped_out)
     for problem in log.problems:
         print(f"WARNING skipped: {problem.message()}", file=sys.stderr)
     return images

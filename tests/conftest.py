@@ -1,0 +1,105 @@
+"""Shared fixtures: the repo's class list, hand-made COCO datasets, the Snakemake CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow"))
+
+# No test may reach the network: smp / huggingface downloads fail at once, wandb stays off.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+DEFAULT_CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+CLASSES = DEFAULT_CONFIG["classes"]  # the class list lives in config.yaml only
+
+# A demo small enough for a 2-core machine: every workflow test uses it.
+TINY_DEMO = {"seed": 0, "train_images": 24, "test_images": 6, "size": 64, "batches": 4, "noise_rate": 0.25}
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    out = json.loads(json.dumps(base))
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def write_config(workdir: Path, **changes) -> dict:
+    """Write ``workdir/config.yaml``: the repo's config with a tiny demo and ``changes``."""
+    config = deep_update(DEFAULT_CONFIG, {"demo": TINY_DEMO, "threads": {"index": 2}})
+    config = deep_update(config, changes)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return config
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the Snakemake CLI (which reads the workflow profile) on the repo's Snakefile."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a dry run into {rule: count}."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats"))
+    counts = {}
+    for line in lines[start + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def square(x0: float, y0: float, x1: float, y1: float) -> list[float]:
+    """A rectangle as a COCO polygon."""
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
+
+
+def write_coco(root: Path, name: str, images: list[dict], annotations: list[dict], categories: list[dict] | None = None, write_images: bool = True) -> Path:
+    """Write a COCO JSON under ``root`` and (optionally) grey images for its entries."""
+    categories = categories if categories is not None else [{"id": k, "name": n} for k, n in enumerate(CLASSES[1:], 1)]
+    root.mkdir(parents=True, exist_ok=True)
+    if write_images:
+        for image in images:
+            path = root / image["file_name"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), np.full((image["height"], image["width"], 3), 100, np.uint8))
+    path = root / name
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+@pytest.fixture()
+def small_coco(tmp_path) -> dict:
+    """A valid two-image train set and a one-image test set with real files."""
+    root = tmp_path / "data"
+    images = [
+        {"id": 1, "file_name": "b1/a.png", "width": 40, "height": 30},
+        {"id": 2, "file_name": "b2/b.png", "width": 40, "height": 30},
+    ]
+    annotations = [
+        {"id": 10, "image_id": 1, "category_id": 2, "segmentation": [square(2, 2, 30, 25)], "iscrowd": 0},
+        {"id": 11, "image_id": 1, "category_id": 9, "segmentation": [square(10, 10, 16, 16)], "iscrowd": 0},
+        {"id": 12, "image_id": 2, "category_id": 8, "segmentation": [square(0, 0, 20, 20)], "iscrowd": 0},
+    ]
+    train = write_coco(root, "train.json", images, annotations)
+    test = write_coco(root, "test.json", [{"id": 1, "file_name": "b1/t.png", "width": 40, "height": 30}], [])
+    return {"root": root, "train": train, "test": test, "images": images, "annotations": annotations}

@@ -1,0 +1,210 @@
+"""The workflow through the Snakemake CLI: config errors, dry run, DAG, lint, a tiny real run."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, job_counts, snakemake, write_coco, write_config
+
+pytestmark = pytest.mark.workflow
+
+
+# --- config validation: stops before any job, naming the key or file -----------------------
+
+@pytest.mark.parametrize(
+    "changes,words",
+    [
+        ({"cv": {"method": "kfold", "foldz": 3}}, ["Additional properties are not allowed", "foldz"]),
+        ({"colour": "red"}, ["Additional properties are not allowed", "colour"]),
+        ({"cv": {"folds": "five"}}, ["'five' is not of type 'integer'", "folds"]),
+        ({"cv": {"method": "random"}}, ["'random' is not one of", "method"]),
+        ({"demo": {"noise_rate": 1.5}}, ["1.5 is greater than the maximum of 1", "noise_rate"]),
+        ({"data": {"on_error": "ignore"}}, ["'ignore' is not one of", "on_error"]),
+        ({"cv": {"group_by": "batch_(\\d"}}, ["cv.group_by", "neither 'folder' nor a valid regex"]),
+    ],
+)
+def test_bad_config_value_stops_before_any_job(tmp_path, changes, words):
+    write_config(tmp_path, **changes)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    for word in words:
+        assert word in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_class_list_is_reported(tmp_path):
+    config = write_config(tmp_path)
+    del config["classes"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0 and "'classes' is a required property" in result.stdout + result.stderr
+
+
+def own_data(tmp_path, **data):
+    root = tmp_path / "mydata"
+    write_coco(root, "train_all.json", [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}], [])
+    write_coco(root, "test.json", [{"id": 1, "file_name": "t.png", "width": 8, "height": 8}], [])
+    return {"data": {"demo": False, "root": str(root), **data}}
+
+
+@pytest.mark.parametrize(
+    "data,words",
+    [
+        ({"train": "nope.json"}, ["data.train: file", "nope.json does not exist"]),
+        ({"test": "nope.json"}, ["data.test: file", "nope.json does not exist"]),
+        ({"root": "/no/such/folder"}, ["data.root: folder /no/such/folder does not exist"]),
+    ],
+)
+def test_missing_data_path_stops_before_any_job(tmp_path, data, words):
+    config = own_data(tmp_path)
+    config["data"].update(data)
+    write_config(tmp_path, **config)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    for word in words:
+        assert word in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_class_list_not_matching_categories_stops_before_any_job(tmp_path):
+    config = own_data(tmp_path)
+    write_config(tmp_path, **config, classes=["Background", "Paper", "Glass"])
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "train_all.json: categories do not match config 'classes'" in output
+    assert "categories not in classes: ['Battery', 'Clothing'" in output
+
+
+def test_own_dataset_by_config_only(tmp_path):
+    write_config(tmp_path, **own_data(tmp_path))
+    counts = job_counts(snakemake(tmp_path, "-n").stdout)
+    assert "demo" not in counts and counts["index"] == 1
+
+
+# --- the DAG -----------------------------------------------------------------------------
+
+def test_dry_run_of_the_default_config(tmp_path):
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    counts = job_counts(snakemake(tmp_path, "-n").stdout)
+    assert counts == {"all": 1, "demo": 1, "eda": 1, "folds": 1, "index": 1}
+
+
+def test_eda_alone_needs_no_folds(tmp_path):
+    write_config(tmp_path)
+    counts = job_counts(snakemake(tmp_path, "-n", "results/eda/report.html").stdout)
+    assert counts == {"demo": 1, "eda": 1, "index": 1}
+
+
+def test_dag_view(tmp_path):
+    write_config(tmp_path)
+    dag = snakemake(tmp_path, "--dag").stdout
+    assert dag.lstrip().startswith("digraph")
+    for rule in ("demo", "index", "eda", "folds"):
+        assert f"label = \"{rule}\"" in dag
+
+
+def test_resources_flag_needs_the_double_dash_and_the_profile_sets_it(tmp_path):
+    """TRAPS: argparse reads a target after --resources as another resource."""
+    write_config(tmp_path)
+    assert job_counts(snakemake(tmp_path, "-n", "-j4", "--resources", "gpu=1", "--", "results/folds/folds.csv").stdout)["folds"] == 1
+    profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    assert profile["resources"] == {"gpu": 1}
+    plain = snakemake(tmp_path, "-n", "results/folds/folds.csv")
+    assert "Using workflow specific profile" in plain.stdout + plain.stderr
+
+
+def test_lint_is_clean(tmp_path):
+    write_config(tmp_path)
+    result = snakemake(tmp_path, "--lint", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_snakefmt_is_clean():
+    import subprocess
+    import sys
+
+    files = [str(REPO / "Snakefile"), *map(str, sorted((REPO / "workflow" / "rules").glob("*.smk")))]
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- a tiny real run ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    config = write_config(workdir, debug={"enabled": True, "images": 16}, cv={"folds": 4})
+    snakemake(workdir, "--cores", "2", "results/eda/report.html", "results/folds/folds.csv")
+    return workdir, config
+
+
+def test_tiny_run_writes_index_masks_eda_and_folds(tiny_run):
+    workdir, config = tiny_run
+    results = workdir / "results"
+    images = pd.read_parquet(results / "data" / "images.parquet")
+    train = images[images["split"] == "train"]
+    assert len(train) == 16 and (images["split"] == "test").sum() == 6  # debug sample; 6 test images exist
+    assert sorted(p.name for p in (results / "data" / "masks").glob("*.png")) == sorted(f"{i}.png" for i in train["coco_id"])
+    folds = pd.read_csv(results / "folds" / "folds.csv")
+    assert sorted(folds["image_id"]) == sorted(train["image_id"]) and sorted(folds["fold"].unique()) == [0, 1, 2, 3]
+    for log in ("demo", "index", "eda", "folds"):
+        assert (results / "logs" / f"{log}.log").is_file()
+    assert (results / "benchmarks" / "index.tsv").is_file()
+    assert not [p for p in results.rglob("*") if "partial" in p.name]
+
+
+def test_tiny_run_eda_report_and_stats_agree_with_the_index(tiny_run):
+    workdir, config = tiny_run
+    results = workdir / "results"
+    stats = json.loads((results / "eda" / "stats.json").read_text())
+    images = pd.read_parquet(results / "data" / "images.parquet")
+    annotations = pd.read_parquet(results / "data" / "annotations.parquet")
+    train = images[images["split"] == "train"]
+    assert stats["images"] == {"train": 16, "test": 6}
+    assert stats["annotations"] == len(annotations) == int(train["n_objects"].sum())
+    assert sum(c["pixels"] for c in stats["classes"]) == int((train["width"] * train["height"]).sum())
+    assert [c["name"] for c in stats["classes"]] == config["classes"]
+    html = (results / "eda" / "report.html").read_text()
+    figures = sorted(p.stem for p in (results / "eda" / "figures").glob("*.png"))
+    assert figures == sorted(["splits", "class_share", "images_per_class", "object_size", "objects_per_image", "image_stats", "cooccurrence", "gallery"])
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == len(figures)  # standalone: all embedded
+    assert "src=\"http" not in html and "<link" not in html
+
+
+def test_tiny_run_rerun_has_nothing_to_do(tiny_run):
+    workdir, _ = tiny_run
+    result = snakemake(workdir, "-n", "results/eda/report.html", "results/folds/folds.csv")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_changing_the_fold_count_reruns_folds_only(tiny_run, tmp_path):
+    workdir, config = tiny_run
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump({**config, "cv": {**config["cv"], "folds": 3}}))
+    # Targets first: --configfile, like --resources, takes several values.
+    counts = job_counts(snakemake(workdir, "results/eda/report.html", "results/folds/folds.csv", "-n", "--configfile", str(changed)).stdout)
+    assert counts == {"folds": 1}
+
+
+def test_skipped_input_is_counted_in_the_report(tmp_path):
+    root = tmp_path / "mydata"
+    images = [{"id": k, "file_name": f"b{k % 2}/{k}.png", "width": 16, "height": 16} for k in range(8)]
+    annotations = [{"id": k, "image_id": k, "category_id": 1 + k % 10, "segmentation": [[1, 1, 12, 1, 12, 12]]} for k in range(8)]
+    annotations.append({"id": 99, "image_id": 3, "category_id": 2, "segmentation": [[1, 1, 5, 5]]})  # 2 points
+    write_coco(root, "train_all.json", images, annotations)
+    write_coco(root, "test.json", [{"id": 0, "file_name": "t.png", "width": 16, "height": 16}], [])
+    (root / "b1" / "5.png").unlink()  # listed but missing
+    write_config(tmp_path, data={"demo": False, "root": str(root), "on_error": "skip"}, cv={"folds": 2})
+    snakemake(tmp_path, "--cores", "1", "results/eda/report.html")
+    stats = json.loads((tmp_path / "results" / "eda" / "stats.json").read_text())
+    assert stats["skipped"]["total"] == 2  # the bad polygon; the missing image (with its annotation)
+    html = (tmp_path / "results" / "eda" / "report.html").read_text()
+    assert "skipped items: <b>2</b>" in html and ">99<" in html and "5.png is missing or unreadable (skipped with its 1 annotation)" in html
+    images = pd.read_parquet(tmp_path / "results" / "data" / "images.parquet")
+    assert "b1/5.png" not in set(images["image_id"]) and len(images) == 8  # 7 train + 1 test
