@@ -14,10 +14,21 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    round=r"r\d+",
+    model="|".join(MODELS),
+    fold=r"\d+",
+    seed=r"\d+",
+
+
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/eda.smk"
 include: "workflow/rules/folds.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
 
 
 rule all:
@@ -25,3 +36,4 @@ rule all:
     input:
         rules.eda.output.report,
         rules.folds.output.folds,
+        expand(rules.oof_score.output.json, round="r0", model=MODELS),

@@ -60,3 +60,45 @@ def holdout_file(wildcards):
 def debug_sample():
     """Images kept per split in debug mode; 0 keeps all."""
     return config["debug"]["images"] if config["debug"]["enabled"] else 0
+
+
+# --- training and prediction ---------------------------------------------------------
+
+MODELS = sorted(config["models"])
+SEEDS = config["cv"]["seeds"]
+# holdout validates one fold only; its other images (fold -1) are always trained on.
+FOLDS = (
+    [0] if config["cv"]["method"] == "holdout" else list(range(config["cv"]["folds"]))
+)
+PREDICT_ONLY = ("tta",)  # model keys that change predictions, not training
+
+
+def model_params(model):
+    """The resolved settings of ``model``: its entry over ``defaults`` (shallow), debug applied."""
+    params = {**config["defaults"], **config["models"][model]}
+    if config["debug"]["enabled"]:
+        params["epochs"] = config["debug"]["epochs"]
+    return params
+
+
+def train_params(wildcards):
+    """JSON of what training reads, keys sorted: a change reruns exactly this model's jobs."""
+    params = model_params(wildcards.model)
+    return json.dumps(
+        {k: v for k, v in params.items() if k not in PREDICT_ONLY}, sort_keys=True
+    )
+
+
+def predict_size():
+    return config["predict"]["size"] or config["submission"]["size"]
+
+
+def wandb_settings():
+    return json.dumps(
+        {
+            "mode": config["wandb"]["mode"],
+            "project": config["wandb"]["project"],
+            "dir": "results/wandb",
+        },
+        sort_keys=True,
+    )

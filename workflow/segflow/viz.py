@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-IGNORE_INDEX = 255  # label value the loss ignores (pseudo labels, cleaned regions)
+from segflow.metrics import IGNORE_INDEX  # noqa: E402  (label the loss ignores: pseudo labels, cleaned regions)
 
 
 def class_palette(n_classes: int) -> np.ndarray:

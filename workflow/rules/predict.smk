@@ -1,0 +1,59 @@
+rule predict:
+    """OOF probabilities of the fold's validation images and test probabilities (uint8 .npy)."""
+    input:
+        model=rules.train.output.model,
+        images=rules.index.output.images,
+        folds=rules.folds.output.folds,
+    output:
+        oof="results/{round}/predict/{model}/f{fold}-s{seed}/oof.npy",
+        oof_ids="results/{round}/predict/{model}/f{fold}-s{seed}/oof_ids.txt",
+        test="results/{round}/predict/{model}/f{fold}-s{seed}/test.npy",
+        test_ids="results/{round}/predict/{model}/f{fold}-s{seed}/test_ids.txt",
+    log:
+        "results/logs/{round}/predict/{model}/f{fold}-s{seed}.log",
+    benchmark:
+        "results/benchmarks/{round}/predict/{model}/f{fold}-s{seed}.tsv"
+    conda:
+        ENV
+    threads: config["threads"]["predict"]
+    resources:
+        gpu=1,
+    params:
+        root=DATA.root,
+        size=predict_size(),
+        tta=lambda wildcards: model_params(wildcards.model)["tta"],
+        batch_size=config["predict"]["batch_size"],
+        out_dir=lambda wildcards, output: os.path.dirname(output.oof),
+    shell:
+        "python -m segflow.predict --model {input.model} --images {input.images}"
+        " --folds {input.folds} --image-root {params.root:q} --fold {wildcards.fold}"
+        " --size {params.size} --tta {params.tta} --batch-size {params.batch_size}"
+        " --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
+
+
+rule oof_score:
+    """A model's folds merged into one OOF set per seed: mIoU, per-class and per-image IoU."""
+    input:
+        oof=lambda wildcards: expand(
+            rules.predict.output.oof, fold=FOLDS, seed=SEEDS, allow_missing=True
+        ),
+        images=rules.index.output.images,
+        folds=rules.folds.output.folds,
+        masks=rules.index.output.masks,
+    output:
+        json="results/{round}/oof/{model}.json",
+        csv="results/{round}/oof/{model}.csv",
+    log:
+        "results/logs/{round}/oof/{model}.log",
+    benchmark:
+        "results/benchmarks/{round}/oof/{model}.tsv"
+    conda:
+        ENV
+    params:
+        classes=CLASSES_JSON,
+        dirs=lambda wildcards, input: " ".join(os.path.dirname(p) for p in input.oof),
+    shell:
+        "python -m segflow.oof_score --model-name {wildcards.model}"
+        " --predict-dirs {params.dirs} --images {input.images} --folds {input.folds}"
+        " --masks-dir {input.masks} --classes {params.classes:q}"
+        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"

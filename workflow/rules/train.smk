@@ -1,0 +1,32 @@
+rule train:
+    """One model on one fold with one seed; the checkpoint of its best validation mIoU."""
+    input:
+        images=rules.index.output.images,
+        masks=rules.index.output.masks,
+        folds=rules.folds.output.folds,
+    output:
+        model="results/{round}/train/{model}/f{fold}-s{seed}/model.pt",
+        history="results/{round}/train/{model}/f{fold}-s{seed}/history.csv",
+        metrics="results/{round}/train/{model}/f{fold}-s{seed}/metrics.json",
+    log:
+        "results/logs/{round}/train/{model}/f{fold}-s{seed}.log",
+    benchmark:
+        "results/benchmarks/{round}/train/{model}/f{fold}-s{seed}.tsv"
+    conda:
+        ENV
+    threads: config["threads"]["train"]
+    resources:
+        gpu=1,
+    params:
+        model=train_params,
+        root=DATA.root,
+        classes=CLASSES_JSON,
+        wandb=wandb_settings(),
+        out_dir=lambda wildcards, output: os.path.dirname(output.model),
+    shell:
+        "python -m segflow.train --images {input.images} --folds {input.folds}"
+        " --masks-dir {input.masks} --image-root {params.root:q} --params {params.model:q}"
+        " --classes {params.classes:q} --fold {wildcards.fold} --seed {wildcards.seed}"
+        " --out-dir {params.out_dir} --threads {threads} --wandb {params.wandb:q}"
+        " --name {wildcards.round}/{wildcards.model}/f{wildcards.fold}-s{wildcards.seed}"
+        " > {log} 2>&1"

@@ -1,0 +1,126 @@
+"""Images and masks for training and prediction: dataset, augmentations, loaders.
+
+Augmentations are declared in YAML as a list of single-key mappings, each an
+albumentations transform and its arguments; OneOf/SomeOf/Sequential take a nested
+``transforms`` list::
+
+    augment:
+      - HorizontalFlip: {p: 0.5}
+      - RandomResizedCrop: {size: [128, 128], scale: [0.5, 1.0], p: 0.5}
+      - OneOf: {p: 0.3, transforms: [{GaussNoise: {}}, {MotionBlur: {}}]}
+
+They are built explicitly (not A.from_dict, which silently gives p=0.5 to entries
+without p) inside ``A.Compose(strict=True)``, so a misspelt or 1.x-style argument
+(``max_holes``, ``height``/``width``, ``var_limit``, ``always_apply``) is an error, not a
+warning followed by a transform running on its defaults. Normalize and ToTensorV2 are
+appended by segflow, always with p=1.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch.utils.data import DataLoader, Dataset
+
+from segflow.models import IMAGENET_MEAN, IMAGENET_STD
+
+COMPOSITES = {"OneOf", "SomeOf", "Sequential", "OneOrOther", "SelectiveChannelTransform"}
+
+
+def build_transform(augment: list[dict] | None = None, seed: int | None = None) -> A.Compose:
+    """The albumentations pipeline: ``augment`` (see module doc), then Normalize, ToTensorV2."""
+    steps = [_build_step(spec, f"augment[{i}]") for i, spec in enumerate(augment or [])]
+    steps += [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0, p=1.0), ToTensorV2(p=1.0)]
+    try:
+        return A.Compose(steps, strict=True, seed=seed)
+    except ValueError as e:
+        raise ValueError(f"augment: {e}") from None
+
+
+def _build_step(spec: dict, where: str):
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ValueError(f"{where}: expected one mapping {{TransformName: {{arguments}}}}, got {spec!r}")
+    (name, arguments), = spec.items()
+    arguments = dict(arguments or {})
+    transform_class = getattr(A, name, None)
+    if not (isinstance(transform_class, type) and issubclass(transform_class, A.BasicTransform | A.BaseCompose)):
+        raise ValueError(f"{where}: {name!r} is not an albumentations transform")
+    if name in COMPOSITES:
+        children = arguments.pop("transforms", [])
+        arguments["transforms"] = [_build_step(child, f"{where}.{name}[{j}]") for j, child in enumerate(children)]
+    try:
+        # strict=True: an unknown argument raises here instead of a warning (albumentations 2).
+        return transform_class(**arguments, **({} if name in COMPOSITES else {"strict": True}))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {name}: {e}") from None
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    picture = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if picture is None:
+        raise FileNotFoundError(f"image file {path} is missing or unreadable")
+    return cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
+
+
+class SegmentationDataset(Dataset):
+    """(image tensor CHW float, mask tensor HW long) pairs; mask-less for test images.
+
+    Masks stay uint8 through the transforms (geometric transforms turn int64 into int32)
+    and become long at the end (ToTensorV2 keeps the dtype).
+    """
+
+    def __init__(self, image_paths: list[str], mask_paths: list[str] | None, transform: A.Compose):
+        self.image_paths = list(image_paths)
+        self.mask_paths = list(mask_paths) if mask_paths is not None else None
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, index: int):
+        image = read_rgb(self.image_paths[index])
+        if self.mask_paths is None:
+            return self.transform(image=image)["image"], index
+        mask = cv2.imread(str(self.mask_paths[index]), cv2.IMREAD_UNCHANGED)
+        if mask is None:
+            raise FileNotFoundError(f"mask file {self.mask_paths[index]} is missing or unreadable")
+        out = self.transform(image=image, mask=mask)
+        return out["image"], out["mask"].long()
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: give each worker, each epoch, its own random streams.
+
+    Every worker starts as a copy of the parent's RNG state, again each epoch, so without
+    this every worker applies the same "random" augmentations. torch.initial_seed() is
+    already distinct per worker and per epoch (the loader's base seed + worker id).
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    cv2.setNumThreads(0)  # the workers are the parallelism; cv2's own threads only contend
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "transform"):
+        info.dataset.transform.set_random_seed(seed)
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, workers: int, drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader whose order and augmentations are fixed by ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )

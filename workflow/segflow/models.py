@@ -1,0 +1,75 @@
+"""Model factory: any segmentation_models_pytorch architecture and encoder, offline-safe.
+
+``encoder_weights`` is None (random init; tests and the demo), a path to a local file
+(a state_dict of the encoder, or of a whole smp model whose ``encoder.*`` keys are
+taken), or a named pretrained set such as "imagenet". Named sets come from the Hugging
+Face hub: segflow turns hub downloads off (HF_HUB_OFFLINE=1) unless the user set
+HF_HUB_OFFLINE=0, so a missing cache is a clear error at once instead of ~23 s of
+retries and an opaque failure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported
+
+import segmentation_models_pytorch as smp  # noqa: E402
+import torch  # noqa: E402
+
+# ImageNet statistics, written out: smp.encoders.get_preprocessing_params may download.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Input sides must be multiples of these (TRAPS: smp 0.6); anything else: 32.
+SIZE_MULTIPLE = {"unet": 1, "unetplusplus": 32, "deeplabv3plus": 16, "pan": 16, "pspnet": 8, "deeplabv3": 8}
+
+
+class ModelError(ValueError):
+    """A model that cannot be built as configured (unknown arch, weights not available...)."""
+
+
+def size_multiple(arch: str) -> int:
+    return SIZE_MULTIPLE.get(arch.lower(), 32)
+
+
+def create_model(arch: str, encoder: str, n_classes: int, encoder_weights: str | None = None, **kwargs) -> torch.nn.Module:
+    """Build ``arch`` with ``encoder`` for ``n_classes`` outputs (logits); see module doc."""
+    local = encoder_weights is not None and (Path(encoder_weights).suffix in {".pt", ".pth", ".bin", ".safetensors"} or Path(encoder_weights).exists())
+    try:
+        model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None if local else encoder_weights, classes=n_classes, **kwargs)
+    except KeyError as e:
+        raise ModelError(f"unknown arch {arch!r} or encoder {encoder!r}: {e}") from None
+    except Exception as e:  # hub errors come in many types; say what to do about them
+        if encoder_weights is not None and not local:
+            raise ModelError(
+                f"encoder_weights {encoder_weights!r} for encoder {encoder!r} could not be loaded ({type(e).__name__}: {e}). "
+                "Downloads are off (HF_HUB_OFFLINE=1): run once with HF_HUB_OFFLINE=0 and network to fill the cache, "
+                "or set encoder_weights to a local weights file, or null."
+            ) from None
+        raise
+    if local:
+        load_encoder_weights(model, encoder_weights)
+    return model
+
+
+def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a local encoder state_dict (or a full smp model's ``encoder.*`` part) strictly."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"encoder_weights: file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if any(k.startswith("encoder.") for k in state):
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    # A classifier head (fc.*) in an ImageNet checkpoint is expected to be unused.
+    unexpected = [k for k in unexpected if not k.startswith(("fc.", "classifier.", "head."))]
+    if missing or unexpected:
+        raise ModelError(f"encoder_weights {path}: does not fit the encoder (missing {missing[:5]}, unexpected {unexpected[:5]})")
