@@ -38,9 +38,12 @@ def deep_update(base: dict, changes: dict) -> dict:
 
 
 def write_config(workdir: Path, **changes) -> dict:
-    """Write ``workdir/config.yaml``: the repo's config with a tiny demo and ``changes``."""
+    """Write ``workdir/config.yaml``: the repo's config with a tiny demo and ``changes``
+    (merged key by key, except ``models``, which replaces the model list)."""
     config = deep_update(DEFAULT_CONFIG, {"demo": TINY_DEMO, "threads": {"index": 2}})
-    config = deep_update(config, changes)
+    config = deep_update(config, {k: v for k, v in changes.items() if k != "models"})
+    if "models" in changes:
+        config["models"] = changes["models"]
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return config
@@ -103,3 +106,34 @@ def small_coco(tmp_path) -> dict:
     train = write_coco(root, "train.json", images, annotations)
     test = write_coco(root, "test.json", [{"id": 1, "file_name": "b1/t.png", "width": 40, "height": 30}], [])
     return {"root": root, "train": train, "test": test, "images": images, "annotations": annotations}
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> dict:
+    """A tiny demo dataset, indexed, with 2 folds: what train/predict read in the workflow."""
+    from segflow.demo import make_demo
+    from segflow.folds import make_folds
+    from segflow.index import build_index
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = root / "demo_data"
+    make_demo(data, CLASSES, seed=0, train_images=24, test_images=5, size=64, batches=3, noise_rate=0.0)
+    paths = {"root": data, "images": root / "images.parquet", "masks": root / "masks", "folds": root / "folds.csv"}
+    images = build_index(
+        data / "train_all.json", data / "test.json", data, CLASSES,
+        images_out=paths["images"], annotations_out=root / "annotations.parquet", skipped_out=root / "skipped.csv", masks_dir=paths["masks"],
+    )
+    make_folds(images, len(CLASSES), "kfold", 2, seed=0).to_csv(paths["folds"], index=False)
+    return paths
+
+
+def model_params(**changes) -> dict:
+    """Resolved model settings as the workflow passes them: schema defaults + changes."""
+    params = {
+        "arch": "FPN", "encoder": "mobilenet_v2", "encoder_weights": None, "input_size": None, "epochs": 2, "batch_size": 4,
+        "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0001, "momentum": 0.9, "scheduler": "cosine", "warmup_epochs": 0.5,
+        "min_lr_ratio": 0.01, "accumulate": 1, "grad_clip": None, "amp": "bf16", "loss": {"ce": 1.0, "dice": 1.0},
+        "label_smoothing": 0.0, "focal_gamma": 2.0, "augment": [{"HorizontalFlip": {"p": 0.5}}], "workers": None, "device": "cpu",
+    }
+    params.update(changes)
+    return params

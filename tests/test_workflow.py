@@ -91,8 +91,40 @@ def test_own_dataset_by_config_only(tmp_path):
 
 def test_dry_run_of_the_default_config(tmp_path):
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
-    assert counts == {"all": 1, "demo": 1, "eda": 1, "folds": 1, "index": 1}
+    runs = len(config["models"]) * config["cv"]["folds"] * len(config["cv"]["seeds"])
+    assert counts == {"all": 1, "demo": 1, "eda": 1, "folds": 1, "index": 1, "train": runs, "predict": runs, "oof_score": len(config["models"])}
+
+
+def test_dry_run_holds_models_x_folds_x_seeds_jobs(tmp_path):
+    models = {"a": {}, "b": {"arch": "FPN"}, "c": {"encoder": "mobilenet_v2"}}
+    write_config(tmp_path, models=models, cv={"folds": 4, "seeds": [0, 1]})
+    counts = job_counts(snakemake(tmp_path, "-n").stdout)
+    assert counts["train"] == counts["predict"] == 3 * 4 * 2
+    assert counts["oof_score"] == 3
+
+
+def test_holdout_trains_one_fold(tmp_path):
+    write_config(tmp_path, cv={"method": "holdout", "seeds": [0, 1]})
+    counts = job_counts(snakemake(tmp_path, "-n").stdout)
+    assert counts["train"] == 2 * 2  # 2 models x fold 0 x 2 seeds
+
+
+@pytest.mark.parametrize(
+    "changes,words",
+    [
+        ({"defaults": {"optimizer": "adam"}}, ["'adam' is not one of", "optimizer"]),
+        ({"models": {"m": {"loss": {"bce": 1.0}}}}, ["Additional properties are not allowed", "bce"]),
+        ({"models": {"bad-name": {}}}, ["bad-name", "does not match"]),
+    ],
+)
+def test_bad_model_config_stops_before_any_job(tmp_path, changes, words):
+    write_config(tmp_path, **changes)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    for word in words:
+        assert word in result.stdout + result.stderr
 
 
 def test_eda_alone_needs_no_folds(tmp_path):
@@ -136,12 +168,36 @@ def test_snakefmt_is_clean():
 
 # --- a tiny real run ------------------------------------------------------------------------
 
+TINY_MODELS = {"fpn": {"arch": "FPN", "encoder": "mobilenet_v2"}, "unet": {"arch": "Unet", "encoder": "mobilenet_v2"}}
+TARGETS = ("results/eda/report.html", "results/folds/folds.csv", "results/r0/oof/fpn.json", "results/r0/oof/unet.json")
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """The whole workflow so far on 16 + 6 images of 64 px, 2 models x 2 folds, 1 epoch."""
     workdir = tmp_path_factory.mktemp("run")
-    config = write_config(workdir, debug={"enabled": True, "images": 16}, cv={"folds": 4})
-    snakemake(workdir, "--cores", "2", "results/eda/report.html", "results/folds/folds.csv")
+    config = write_config(
+        workdir,
+        debug={"enabled": True, "images": 16, "epochs": 1},
+        cv={"folds": 2},
+        models=TINY_MODELS,
+        defaults={"batch_size": 4},
+        predict={"size": 32},
+        wandb={"mode": "disabled"},
+    )
+    snakemake(workdir, "--cores", "2")
     return workdir, config
+
+
+def dry_run_with(workdir, config, tmp_path, **changes):
+    """Job counts of a dry run of every target under ``config`` changed by ``changes``."""
+    from conftest import deep_update
+
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(deep_update(config, changes)))
+    # Targets first: --configfile, like --resources, takes several values.
+    output = snakemake(workdir, *TARGETS, "-n", "--configfile", str(changed)).stdout
+    return {} if "Nothing to be done" in output else job_counts(output), output
 
 
 def test_tiny_run_writes_index_masks_eda_and_folds(tiny_run):
@@ -152,7 +208,7 @@ def test_tiny_run_writes_index_masks_eda_and_folds(tiny_run):
     assert len(train) == 16 and (images["split"] == "test").sum() == 6  # debug sample; 6 test images exist
     assert sorted(p.name for p in (results / "data" / "masks").glob("*.png")) == sorted(f"{i}.png" for i in train["coco_id"])
     folds = pd.read_csv(results / "folds" / "folds.csv")
-    assert sorted(folds["image_id"]) == sorted(train["image_id"]) and sorted(folds["fold"].unique()) == [0, 1, 2, 3]
+    assert sorted(folds["image_id"]) == sorted(train["image_id"]) and sorted(folds["fold"].unique()) == [0, 1]
     for log in ("demo", "index", "eda", "folds"):
         assert (results / "logs" / f"{log}.log").is_file()
     assert (results / "benchmarks" / "index.tsv").is_file()
@@ -177,19 +233,49 @@ def test_tiny_run_eda_report_and_stats_agree_with_the_index(tiny_run):
     assert "src=\"http" not in html and "<link" not in html
 
 
-def test_tiny_run_rerun_has_nothing_to_do(tiny_run):
+def test_tiny_run_trains_predicts_and_scores_every_model(tiny_run):
     workdir, _ = tiny_run
-    result = snakemake(workdir, "-n", "results/eda/report.html", "results/folds/folds.csv")
-    assert "Nothing to be done" in result.stdout + result.stderr
+    results = workdir / "results" / "r0"
+    for model in TINY_MODELS:
+        summary = json.loads((results / "oof" / f"{model}.json").read_text())
+        assert summary["model"] == model and 0 <= summary["miou"] <= 1 and summary["seeds"]["0"]["images"] == 16
+        assert len(pd.read_csv(results / "oof" / f"{model}.csv")) == 16
+        for fold in (0, 1):
+            run = f"{model}/f{fold}-s0"
+            assert {p.name for p in (results / "train" / run).iterdir()} == {"model.pt", "history.csv", "metrics.json"}
+            assert (results / "predict" / run / "test.npy").is_file()
+            assert "epoch 1/1 train_loss" in (workdir / "results" / "logs" / "r0" / "train" / f"{run}.log").read_text()
+            assert (workdir / "results" / "benchmarks" / "r0" / "train" / f"{run}.tsv").is_file()
+    assert not (workdir / "results" / "wandb").exists()  # disabled: nothing written
 
 
-def test_changing_the_fold_count_reruns_folds_only(tiny_run, tmp_path):
+def test_tiny_run_rerun_has_nothing_to_do(tiny_run, tmp_path):
     workdir, config = tiny_run
-    changed = tmp_path / "changed.yaml"
-    changed.write_text(yaml.safe_dump({**config, "cv": {**config["cv"], "folds": 3}}))
-    # Targets first: --configfile, like --resources, takes several values.
-    counts = job_counts(snakemake(workdir, "results/eda/report.html", "results/folds/folds.csv", "-n", "--configfile", str(changed)).stdout)
-    assert counts == {"folds": 1}
+    counts, output = dry_run_with(workdir, config, tmp_path)
+    assert counts == {} and "Nothing to be done" in output
+    reordered = {key: config[key] for key in reversed(list(config))}  # same config, keys reordered
+    counts, _ = dry_run_with(workdir, reordered, tmp_path)
+    assert counts == {}
+
+
+def test_changing_one_models_lr_reruns_that_model_only(tiny_run, tmp_path):
+    workdir, config = tiny_run
+    counts, output = dry_run_with(workdir, config, tmp_path, models={"unet": {"lr": 0.01}})
+    assert counts == {"train": 2, "predict": 2, "oof_score": 1}
+    assert "output: results/r0/train/unet/" in output
+    assert "output: results/r0/train/fpn/" not in output and "output: results/r0/oof/fpn.json" not in output
+
+
+def test_changing_tta_repredicts_without_retraining(tiny_run, tmp_path):
+    workdir, config = tiny_run
+    counts, _ = dry_run_with(workdir, config, tmp_path, models={"fpn": {"tta": "d4"}})
+    assert counts == {"predict": 2, "oof_score": 1}
+
+
+def test_changing_the_fold_count_reruns_folds_and_what_follows_only(tiny_run, tmp_path):
+    workdir, config = tiny_run
+    counts, _ = dry_run_with(workdir, config, tmp_path, cv={"folds": 3})
+    assert counts == {"folds": 1, "train": 6, "predict": 6, "oof_score": 2}
 
 
 def test_skipped_input_is_counted_in_the_report(tmp_path):

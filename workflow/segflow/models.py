@@ -68,7 +68,8 @@ def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> None:
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if any(k.startswith("encoder.") for k in state):
         state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    # nn.Module's own method: smp encoders override load_state_dict (drop fc.*, return None).
+    missing, unexpected = torch.nn.Module.load_state_dict(model.encoder, state, strict=False)
     # A classifier head (fc.*) in an ImageNet checkpoint is expected to be unused.
     unexpected = [k for k in unexpected if not k.startswith(("fc.", "classifier.", "head."))]
     if missing or unexpected:

@@ -1,0 +1,55 @@
+"""Model factory: offline-safe pretrained weights, local weights files, size rules."""
+
+import time
+
+import pytest
+import torch
+
+from segflow.models import ModelError, create_model, size_multiple
+
+
+def test_random_init_needs_no_network():
+    model = create_model("FPN", "mobilenet_v2", 11)
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 11, 64, 64)
+
+
+def test_named_pretrained_weights_offline_fail_fast_and_clearly():
+    started = time.perf_counter()
+    with pytest.raises(ModelError) as error:
+        create_model("Unet", "resnet18", 3, "imagenet")
+    assert time.perf_counter() - started < 10  # not ~23 s of retries
+    message = str(error.value)
+    assert "imagenet" in message and "HF_HUB_OFFLINE" in message and "local weights file" in message
+
+
+def test_local_encoder_weights_file_loads(tmp_path):
+    source = create_model("Unet", "resnet18", 3)
+    torch.save(source.encoder.state_dict(), tmp_path / "resnet18.pth")
+    model = create_model("Unet", "resnet18", 3, str(tmp_path / "resnet18.pth"))
+    for key, value in source.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[key], value)
+
+
+def test_full_model_checkpoint_gives_its_encoder(tmp_path):
+    source = create_model("Unet", "resnet18", 3)
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "whole.pt")
+    model = create_model("FPN", "resnet18", 5, str(tmp_path / "whole.pt"))
+    key = next(iter(source.encoder.state_dict()))
+    assert torch.equal(model.encoder.state_dict()[key], source.encoder.state_dict()[key])
+
+
+def test_weights_for_another_encoder_are_an_error(tmp_path):
+    torch.save(create_model("Unet", "mobilenet_v2", 3).encoder.state_dict(), tmp_path / "mnv2.pth")
+    with pytest.raises(ModelError, match="does not fit the encoder"):
+        create_model("Unet", "resnet18", 3, str(tmp_path / "mnv2.pth"))
+    with pytest.raises(ModelError, match="does not exist"):
+        create_model("Unet", "resnet18", 3, str(tmp_path / "missing.pth"))
+
+
+def test_unknown_arch_is_an_error():
+    with pytest.raises(ModelError, match="NoSuchNet"):
+        create_model("NoSuchNet", "resnet18", 3)
+
+
+def test_size_multiples():
+    assert size_multiple("Unet") == 1 and size_multiple("DeepLabV3Plus") == 16 and size_multiple("FPN") == 32

@@ -1,0 +1,77 @@
+"""Training on tiny real data: the loss falls, outputs are complete, CPU runs are reproducible."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import CLASSES, model_params
+from segflow.train import fold_split, load_checkpoint, lr_factor, train
+
+
+def run(tiny_dataset, out_dir, seed=0, **changes):
+    return train(
+        images_path=tiny_dataset["images"], folds_path=tiny_dataset["folds"], masks_dir=tiny_dataset["masks"], image_root=tiny_dataset["root"],
+        params=model_params(**changes), classes=CLASSES, fold=0, seed=seed, out_dir=out_dir, threads=2, run_name="fpn/f0-s0",
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    return out, run(tiny_dataset, out, epochs=3)
+
+
+def test_training_lowers_the_loss_and_writes_history_and_metrics(trained):
+    out, metrics = trained
+    history = pd.read_csv(out / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert {"lr", "val_loss", "val_miou", "seconds", "images_per_s", "iou_Paper"} <= set(history.columns)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == metrics
+    assert metrics["val_miou"] == pytest.approx(history["val_miou"].max())
+    assert metrics["best_epoch"] == int(history["val_miou"].idxmax()) + 1
+    assert metrics["train_images"] == 12 and metrics["val_images"] == 12 and metrics["device"] == "cpu"
+
+
+def test_checkpoint_holds_plain_types_and_loads_with_weights_only(trained):
+    out, metrics = trained
+    checkpoint = torch.load(out / "model.pt", weights_only=True)  # raises on numpy scalars, Paths...
+    assert set(checkpoint) == {"state_dict", "config", "classes", "fold", "seed", "epoch", "val_miou"}
+    assert checkpoint["epoch"] == metrics["best_epoch"] and checkpoint["classes"] == CLASSES
+    model, _ = load_checkpoint(out / "model.pt")
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, len(CLASSES), 64, 64)
+
+
+def test_same_seed_gives_identical_weights_on_cpu(tiny_dataset, tmp_path):
+    run(tiny_dataset, tmp_path / "a", seed=5, epochs=1)
+    run(tiny_dataset, tmp_path / "b", seed=5, epochs=1)
+    run(tiny_dataset, tmp_path / "c", seed=6, epochs=1)
+    a, b, c = (torch.load(tmp_path / x / "model.pt", weights_only=True)["state_dict"] for x in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("changes", [{"optimizer": "sgd", "scheduler": "plateau", "accumulate": 2, "grad_clip": 1.0}, {"loss": {"focal": 1.0, "lovasz": 0.5}, "label_smoothing": 0.1, "scheduler": "none"}])
+def test_other_optimizers_schedulers_and_losses_run(tiny_dataset, tmp_path, changes):
+    metrics = run(tiny_dataset, tmp_path, epochs=1, **changes)
+    assert 0.0 <= metrics["val_miou"] <= 1.0
+
+
+def test_warmup_then_cosine():
+    factors = [lr_factor(s, 100, 10, 0.01) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert factors[-1] == pytest.approx(0.01, abs=0.002)
+
+
+def test_fold_split_keeps_validation_out_of_training(tiny_dataset):
+    images = pd.read_parquet(tiny_dataset["images"])
+    folds = pd.read_csv(tiny_dataset["folds"])
+    train_rows, val_rows = fold_split(images, folds, 1)
+    assert not set(train_rows["image_id"]) & set(val_rows["image_id"])
+    assert (val_rows["fold"] == 1).all() and (train_rows["split"] == "train").all()
+    with pytest.raises(ValueError, match="fold 7 has no validation images"):
+        fold_split(images, folds, 7)
