@@ -75,3 +75,26 @@ def test_fold_split_keeps_validation_out_of_training(tiny_dataset):
     assert (val_rows["fold"] == 1).all() and (train_rows["split"] == "train").all()
     with pytest.raises(ValueError, match="fold 7 has no validation images"):
         fold_split(images, folds, 7)
+
+
+def test_image_size_that_does_not_fit_the_arch_is_a_clear_error():
+    from segflow.train import check_input_size
+
+    sizes = pd.DataFrame({"height": [72, 72], "width": [72, 72]})
+    with pytest.raises(ValueError, match=r"DeepLabV3Plus needs sides that are multiples of 16, images are 72x72; set input_size \(e\.g\. 80\)"):
+        check_input_size(sizes, {"arch": "DeepLabV3Plus", "input_size": None})
+    check_input_size(sizes, {"arch": "DeepLabV3Plus", "input_size": 64})  # resized: fine
+    check_input_size(sizes, {"arch": "Unet", "input_size": None})  # Unet takes any size
+    with pytest.raises(ValueError, match="2 different sizes"):
+        check_input_size(pd.DataFrame({"height": [64, 72], "width": [64, 72]}), {"arch": "Unet", "input_size": None})
+
+
+def test_wandb_offline_writes_a_local_run_and_nothing_else(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    train(
+        images_path=tiny_dataset["images"], folds_path=tiny_dataset["folds"], masks_dir=tiny_dataset["masks"], image_root=tiny_dataset["root"],
+        params=model_params(epochs=1), classes=CLASSES, fold=0, seed=0, out_dir=tmp_path / "run", threads=2,
+        wandb_settings={"mode": "offline", "project": "segflow-test", "dir": str(tmp_path / "wandb")}, run_name="r0/fpn/f0-s0",
+    )
+    runs = list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))  # synced later with `wandb sync`

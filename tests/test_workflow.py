@@ -249,6 +249,15 @@ def test_tiny_run_trains_predicts_and_scores_every_model(tiny_run):
     assert not (workdir / "results" / "wandb").exists()  # disabled: nothing written
 
 
+def test_snakemake_report_holds_the_eda_figures(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    snakemake(workdir, "--report", str(tmp_path / "report.zip"))  # needs pygments (snakemake[reports])
+    import zipfile
+
+    names = zipfile.ZipFile(tmp_path / "report.zip").namelist()
+    assert sum(name.endswith((".png", "report.html")) for name in names) >= 9  # the 8 figures and the EDA report
+
+
 def test_tiny_run_rerun_has_nothing_to_do(tiny_run, tmp_path):
     workdir, config = tiny_run
     counts, output = dry_run_with(workdir, config, tmp_path)

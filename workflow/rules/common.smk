@@ -23,7 +23,13 @@ for variable, first in (
     )
 
 from segflow.coco import DataError
-from segflow.settings import DEMO_ROOT, ConfigError, check_config, data_paths
+from segflow.settings import (
+    DEMO_ROOT,
+    ConfigError,
+    check_config,
+    data_paths,
+    model_settings,
+)
 
 try:
     check_config(config)
@@ -73,17 +79,9 @@ FOLDS = (
 PREDICT_ONLY = ("tta",)  # model keys that change predictions, not training
 
 
-def model_params(model):
-    """The resolved settings of ``model``: its entry over ``defaults`` (shallow), debug applied."""
-    params = {**config["defaults"], **config["models"][model]}
-    if config["debug"]["enabled"]:
-        params["epochs"] = config["debug"]["epochs"]
-    return params
-
-
 def train_params(wildcards):
     """JSON of what training reads, keys sorted: a change reruns exactly this model's jobs."""
-    params = model_params(wildcards.model)
+    params = model_settings(config, wildcards.model)
     return json.dumps(
         {k: v for k, v in params.items() if k not in PREDICT_ONLY}, sort_keys=True
     )

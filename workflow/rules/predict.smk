@@ -21,7 +21,7 @@ rule predict:
     params:
         root=DATA.root,
         size=predict_size(),
-        tta=lambda wildcards: model_params(wildcards.model)["tta"],
+        tta=lambda wildcards: model_settings(config, wildcards.model)["tta"],
         batch_size=config["predict"]["batch_size"],
         out_dir=lambda wildcards, output: os.path.dirname(output.oof),
     shell:

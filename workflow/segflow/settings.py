@@ -55,6 +55,15 @@ def data_paths(config: dict) -> DataPaths:
     return DataPaths(str(root), under_root("train"), under_root("test"), under_root("val"), under_root("sample_submission"))
 
 
+def model_settings(config: dict, model: str) -> dict:
+    """The resolved settings of ``model``: its entry over ``defaults`` (shallow: a model's
+    ``loss`` or ``augment`` replaces the default one whole), debug epochs applied."""
+    settings = {**config["defaults"], **config["models"][model]}
+    if config["debug"]["enabled"]:
+        settings["epochs"] = config["debug"]["epochs"]
+    return settings
+
+
 def check_config(config: dict) -> None:
     """Raise ConfigError/DataError for a config that cannot work; see the module doc."""
     classes = config["classes"]
@@ -80,4 +89,4 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"cv.group_by: {group_by!r} has {pattern.groups} capture groups; use at most one")
 
 
-__all__ = ["ConfigError", "DataError", "DataPaths", "DEMO_FILES", "DEMO_ROOT", "check_config", "data_paths"]
+__all__ = ["ConfigError", "DataError", "DataPaths", "DEMO_FILES", "DEMO_ROOT", "check_config", "data_paths", "model_settings"]

@@ -32,7 +32,7 @@ from segflow.index import mask_file  # noqa: E402
 from segflow.io import atomic_path, write_json, write_table  # noqa: E402
 from segflow.losses import create_loss  # noqa: E402
 from segflow.metrics import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
-from segflow.models import create_model  # noqa: E402
+from segflow.models import create_model, size_multiple  # noqa: E402
 
 
 def seed_everything(seed: int) -> None:
@@ -78,6 +78,20 @@ def evaluate(model, loader, criterion, n_classes: int, device: str, autocast) ->
     return loss_sum / max(1, count), confusion.cpu().numpy()
 
 
+def check_input_size(rows: pd.DataFrame, params: dict) -> None:
+    """Images of one size (to batch them) that fits the arch (smp: e.g. DeepLabV3+ needs multiples of 16)."""
+    multiple = size_multiple(params["arch"])
+    if params.get("input_size"):
+        sizes = {(params["input_size"], params["input_size"])}
+    else:
+        sizes = set(zip(rows["height"], rows["width"]))
+        if len(sizes) > 1:
+            raise ValueError(f"images have {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]}); set input_size to train on one size")
+    height, width = next(iter(sizes))
+    if height % multiple or width % multiple:
+        raise ValueError(f"{params['arch']} needs sides that are multiples of {multiple}, images are {width}x{height}; set input_size (e.g. {-(-max(height, width) // multiple) * multiple})")
+
+
 def to_device(images: torch.Tensor, device: str) -> torch.Tensor:
     images = images.to(device, non_blocking=True)
     return images.contiguous(memory_format=torch.channels_last) if device == "cuda" else images
@@ -117,6 +131,7 @@ def train(
             [str(Path(image_root) / f) for f in rows["file_name"]], [str(mask_file(masks_dir, i)) for i in rows["coco_id"]], transform
         )
 
+    check_input_size(pd.concat([train_rows, val_rows]), params)
     batch_size = int(params["batch_size"])
     # drop_last: BatchNorm (DeepLabV3/V3+) fails on a last batch of one image in train mode.
     train_loader = make_loader(dataset(train_rows, train_transform), batch_size, shuffle=True, seed=seed, workers=workers, drop_last=len(train_rows) > batch_size, pin_memory=device == "cuda")
