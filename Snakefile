@@ -29,11 +29,14 @@ include: "workflow/rules/eda.smk"
 include: "workflow/rules/folds.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/ensemble.smk"
 
 
 rule all:
     default_target: True
     input:
-        rules.eda.output.report,
-        rules.folds.output.folds,
-        expand(rules.oof_score.output.json, round="r0", model=MODELS),
+        final_targets(),
+
+
+onsuccess:
+    print_run_summary()

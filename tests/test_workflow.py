@@ -94,7 +94,27 @@ def test_dry_run_of_the_default_config(tmp_path):
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
     runs = len(config["models"]) * config["cv"]["folds"] * len(config["cv"]["seeds"])
-    assert counts == {"all": 1, "demo": 1, "eda": 1, "folds": 1, "index": 1, "train": runs, "predict": runs, "oof_score": len(config["models"])}
+    assert counts == {
+        "all": 1, "demo": 1, "eda": 1, "folds": 1, "index": 1, "train": runs, "predict": runs,
+        "oof_score": len(config["models"]), "ensemble": 1, "submission": 1, "demo_score": 1,
+    }
+    assert len(config["models"]) >= 2 and len({m.get("arch") for m in config["models"].values()}) >= 2  # a real ensemble
+
+
+def test_the_submission_target_by_name(tmp_path):
+    write_config(tmp_path)
+    counts = job_counts(snakemake(tmp_path, "-n", "-j4", "--resources", "gpu=1", "--", "submission").stdout)
+    assert counts["submission"] == 1 and counts["ensemble"] == 1 and "demo_score" not in counts
+
+
+def test_ensemble_members_from_config(tmp_path):
+    write_config(tmp_path, models={"a": {}, "b": {"arch": "FPN"}}, cv={"seeds": [0, 1]}, ensemble={"members": ["a/s1", "b"]})
+    output = snakemake(tmp_path, "-n", "results/ensemble/summary.json").stdout
+    assert "results/r0/predict/a/f0-s1/oof.npy" in output and "results/r0/predict/a/f0-s0/oof.npy" not in output
+    assert "results/r0/predict/b/f0-s0/oof.npy" in output and "results/r0/predict/b/f0-s1/oof.npy" in output
+    write_config(tmp_path, ensemble={"members": ["nosuchmodel"]})
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0 and "ensemble.members: 'nosuchmodel' names no trained model" in result.stdout + result.stderr
 
 
 def test_dry_run_holds_models_x_folds_x_seeds_jobs(tmp_path):
@@ -169,7 +189,7 @@ def test_snakefmt_is_clean():
 # --- a tiny real run ------------------------------------------------------------------------
 
 TINY_MODELS = {"fpn": {"arch": "FPN", "encoder": "mobilenet_v2"}, "unet": {"arch": "Unet", "encoder": "mobilenet_v2"}}
-TARGETS = ("results/eda/report.html", "results/folds/folds.csv", "results/r0/oof/fpn.json", "results/r0/oof/unet.json")
+TARGETS = ("all",)
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +217,9 @@ def dry_run_with(workdir, config, tmp_path, **changes):
     changed.write_text(yaml.safe_dump(deep_update(config, changes)))
     # Targets first: --configfile, like --resources, takes several values.
     output = snakemake(workdir, *TARGETS, "-n", "--configfile", str(changed)).stdout
-    return {} if "Nothing to be done" in output else job_counts(output), output
+    counts = {} if "Nothing to be done" in output else job_counts(output)
+    counts.pop("all", None)
+    return counts, output
 
 
 def test_tiny_run_writes_index_masks_eda_and_folds(tiny_run):
@@ -270,7 +292,7 @@ def test_tiny_run_rerun_has_nothing_to_do(tiny_run, tmp_path):
 def test_changing_one_models_lr_reruns_that_model_only(tiny_run, tmp_path):
     workdir, config = tiny_run
     counts, output = dry_run_with(workdir, config, tmp_path, models={"unet": {"lr": 0.01}})
-    assert counts == {"train": 2, "predict": 2, "oof_score": 1}
+    assert counts == {"train": 2, "predict": 2, "oof_score": 1, "ensemble": 1, "submission": 1, "demo_score": 1}
     assert "output: results/r0/train/unet/" in output
     assert "output: results/r0/train/fpn/" not in output and "output: results/r0/oof/fpn.json" not in output
 
@@ -278,13 +300,36 @@ def test_changing_one_models_lr_reruns_that_model_only(tiny_run, tmp_path):
 def test_changing_tta_repredicts_without_retraining(tiny_run, tmp_path):
     workdir, config = tiny_run
     counts, _ = dry_run_with(workdir, config, tmp_path, models={"fpn": {"tta": "d4"}})
-    assert counts == {"predict": 2, "oof_score": 1}
+    assert counts == {"predict": 2, "oof_score": 1, "ensemble": 1, "submission": 1, "demo_score": 1}
 
 
 def test_changing_the_fold_count_reruns_folds_and_what_follows_only(tiny_run, tmp_path):
     workdir, config = tiny_run
     counts, _ = dry_run_with(workdir, config, tmp_path, cv={"folds": 3})
-    assert counts == {"folds": 1, "train": 6, "predict": 6, "oof_score": 2}
+    assert counts == {"folds": 1, "train": 6, "predict": 6, "oof_score": 2, "ensemble": 1, "submission": 1, "demo_score": 1}
+
+
+def test_changing_the_submission_size_rewrites_the_submission_only(tiny_run, tmp_path):
+    workdir, config = tiny_run
+    counts, _ = dry_run_with(workdir, config, tmp_path, submission={"size": 128})
+    assert counts == {"submission": 1, "demo_score": 1}
+
+
+def test_tiny_run_writes_a_valid_submission_and_a_demo_score(tiny_run):
+    from segflow.coco import read_json
+    from segflow.submission import check_submission
+
+    workdir, config = tiny_run
+    results = workdir / "results"
+    test_ids = [image["file_name"] for image in read_json(results / "demo_data" / "test.json")["images"]]
+    lines = (results / "submission" / "submission.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == test_ids  # test.json order
+    assert check_submission(results / "submission" / "submission.csv", 256, len(config["classes"]), test_ids) == len(test_ids)
+    score = json.loads((results / "demo" / "score.json").read_text())
+    assert 0 <= score["test_miou"] <= 1 and score["images"] == len(test_ids) and score["size"] == 256
+    summary = json.loads((results / "ensemble" / "summary.json").read_text())
+    assert set(summary["members"]) == {"r0/fpn/s0", "r0/unet/s0"}
+    assert summary["oof_miou"] >= summary["best_member_oof_miou"] - 1e-12
 
 
 def test_skipped_input_is_counted_in_the_report(tmp_path):

@@ -2,6 +2,7 @@
 # No rules here (snakemake --lint).
 
 import json
+import re
 import os
 import sys
 from pathlib import Path
@@ -100,3 +101,97 @@ def wandb_settings():
         },
         sort_keys=True,
     )
+
+
+# --- ensemble and submission -----------------------------------------------------------
+
+FINAL_ROUND = "r0"
+
+
+def member_runs():
+    """(name, round, model, seed) of every ensemble member (ensemble.members, see schema)."""
+    runs = []
+    for entry in config["ensemble"]["members"] or MODELS:
+        parts = entry.split("/")
+        round_ = parts.pop(0) if re.fullmatch(r"r\d+", parts[0]) else FINAL_ROUND
+        model = parts.pop(0)
+        seeds = [int(parts[0][1:])] if parts else SEEDS
+        if model not in MODELS or not set(seeds) <= set(SEEDS):
+            raise WorkflowError(
+                f"segflow config: ensemble.members: {entry!r} names no trained model and seed"
+                f" (models {MODELS}, seeds {SEEDS})"
+            )
+        runs += [(f"{round_}/{model}/s{seed}", round_, model, seed) for seed in seeds]
+    return runs
+
+
+MEMBERS = member_runs()  # checked now: a wrong member stops the run before any job
+
+
+def ensemble_inputs(wildcards):
+    """Every predict output of every member (all folds)."""
+    return [
+        path
+        for _, round_, model, seed in MEMBERS
+        for fold in FOLDS
+        for path in expand(
+            rules.predict.output, round=round_, model=model, fold=fold, seed=seed
+        )
+    ]
+
+
+def ensemble_members_json(wildcards, input):
+    """JSON: member name -> its predict folders (one per fold)."""
+    folders = {}
+    for name, round_, model, seed in MEMBERS:
+        folders[name] = [
+            os.path.dirname(path)
+            for fold in FOLDS
+            for path in expand(
+                rules.predict.output.oof,
+                round=round_,
+                model=model,
+                fold=fold,
+                seed=seed,
+            )
+        ]
+    return json.dumps(folders, sort_keys=True)
+
+
+def sample_submission(wildcards):
+    return {"sample": DATA.sample_submission} if DATA.sample_submission else {}
+
+
+def final_targets():
+    """What `snakemake` (rule all) builds."""
+    targets = [
+        rules.submission.output.csv,
+        rules.eda.output.report,
+        rules.ensemble.output.summary,
+        *expand(rules.oof_score.output.json, round=FINAL_ROUND, model=MODELS),
+    ]
+    if config["data"]["demo"]:
+        targets.append(rules.demo_score.output.score)
+    return targets
+
+
+def print_run_summary():
+    """At the end of a run: where the submission is and how it scores on OOF (and the demo)."""
+    summary_path = Path("results/ensemble/summary.json")
+    if (
+        not summary_path.exists()
+        or not Path("results/submission/submission.csv").exists()
+    ):
+        return
+    summary = json.loads(summary_path.read_text())
+    lines = [
+        "segflow: submission written to results/submission/submission.csv",
+        f"  ensemble OOF mIoU {summary['oof_miou']:.4f} (best member {summary['best_member_oof_miou']:.4f})",
+    ]
+    score_path = Path("results/demo/score.json")
+    if config["data"]["demo"] and score_path.exists():
+        score = json.loads(score_path.read_text())
+        lines.append(
+            f"  demo test mIoU {score['test_miou']:.4f} (results/demo/score.json)"
+        )
+    print("\n".join(lines))

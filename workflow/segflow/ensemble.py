@@ -1,0 +1,319 @@
+"""Ensemble several members' probabilities; weights and class biases tuned on OOF.
+
+A member is one model x seed (x round): its OOF probabilities are those of the fold that
+validated each image; its test probabilities are the mean over its fold models.
+
+- ``soft`` voting: weighted mean of probabilities, then argmax of log p + class bias.
+- ``hard`` voting: per pixel, the class with the most (weighted) member votes; ties are
+  broken by the weighted mean probability.
+- ``weights: oof``: coordinate ascent over member weights maximising OOF mIoU;
+  ``class_bias``: coordinate ascent over a per-class log-probability bias (soft only),
+  the competition seeds' "per-class threshold" tip.
+
+Both are tuned on a pixel sample of the OOF set (a regular grid, capped at
+``tune_pixels``), collected in one streaming pass. The choices are then checked on the
+full OOF set in one more pass: the tuned weights compete with every single member and
+with equal weights, and the bias is kept only if it raises full OOF mIoU. So the
+ensemble never scores below its best member on OOF. Every pass streams chunks of images
+from the memory-mapped files: peak memory is one chunk of every member, whatever the
+number of images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segflow.io import atomic_path, write_json
+from segflow.metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou
+from segflow.oof_score import OofError, load_label
+from segflow.predict import read_ids
+
+METHODS = ("soft", "hard")
+WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+BIAS_GRID = tuple(np.round(np.arange(-1.5, 1.51, 0.25), 2))
+EPS = 1e-4
+
+
+class MemberProbabilities:
+    """One member's probabilities by image id, read lazily from its predict folders."""
+
+    def __init__(self, name: str, run_dirs: list[str | Path], which: str):
+        self.name = name
+        self.rows: dict[str, tuple[int, int]] = {}  # image id -> (file, row)
+        self.arrays = []
+        for k, directory in enumerate(map(Path, run_dirs)):
+            array = np.load(directory / f"{which}.npy", mmap_mode="r")
+            ids = read_ids(directory / f"{which}_ids.txt")
+            if array.shape[0] != len(ids):
+                raise OofError(f"member {name}: {directory / f'{which}.npy'} holds {array.shape[0]} maps for {len(ids)} ids")
+            self.arrays.append(array)
+            if which == "oof":
+                for row, image_id in enumerate(ids):
+                    if image_id in self.rows:
+                        raise OofError(f"member {name}: image {image_id} is in the OOF of two folds")
+                    self.rows[image_id] = (k, row)
+            elif k == 0:
+                self.rows = {image_id: (0, row) for row, image_id in enumerate(ids)}
+            elif ids != list(self.rows):
+                raise OofError(f"member {name}: the test ids of {directory} differ from those of {run_dirs[0]}")
+        self.which = which
+        self.shape = self.arrays[0].shape[1:]
+
+    def get(self, image_ids: list[str]) -> np.ndarray:
+        """float32 (n, C, H, W) probabilities of ``image_ids``."""
+        missing = [i for i in image_ids if i not in self.rows]
+        if missing:
+            raise OofError(f"member {self.name}: no {self.which} probabilities for {len(missing)} images, e.g. {missing[:3]}")
+        out = np.empty((len(image_ids), *self.shape), np.float32)
+        if self.which == "test":  # every fold model predicted every test image: average them
+            rows = [self.rows[i][1] for i in image_ids]
+            out[:] = sum(a[rows].astype(np.float32) for a in self.arrays) / (255.0 * len(self.arrays))
+            return out
+        for position, image_id in enumerate(image_ids):
+            k, row = self.rows[image_id]
+            out[position] = self.arrays[k][row]
+        return out / 255.0
+
+
+def combine(probabilities: list[np.ndarray], weights: np.ndarray, method: str, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (n, ...) uint8, weighted mean probability (n, C, ...)) of the members.
+
+    Works on maps (n, C, H, W) and on pixel samples (n, C).
+    """
+    weights = np.asarray(weights, np.float64)
+    mean = sum(w * p for w, p in zip(weights, probabilities) if w) / weights.sum()
+    if method == "soft":
+        scores = np.log(mean + EPS)
+        if bias is not None:
+            scores = scores + bias.reshape((1, -1) + (1,) * (mean.ndim - 2))
+        return scores.argmax(axis=1).astype(np.uint8), mean
+    n_classes = mean.shape[1]
+    votes = np.zeros_like(mean)
+    for w, p in zip(weights, probabilities):
+        if w:
+            votes += w * (np.arange(n_classes).reshape((1, -1) + (1,) * (mean.ndim - 2)) == p.argmax(axis=1)[:, None])
+    tied = votes >= votes.max(axis=1, keepdims=True) - 1e-9
+    return np.where(tied, mean, -1.0).argmax(axis=1).astype(np.uint8), mean
+
+
+def tuning_sample(members: list[MemberProbabilities], image_ids: list[str], labels_of, tune_pixels: int, chunk: int):
+    """Per member (P, C) probabilities and (P,) labels at a regular pixel grid of every image."""
+    height, width = members[0].shape[1:]
+    stride = max(1, math.ceil(math.sqrt(len(image_ids) * height * width / tune_pixels)))
+    member_samples, label_samples = [[] for _ in members], []
+    for start in range(0, len(image_ids), chunk):
+        ids = image_ids[start : start + chunk]
+        labels = np.stack([labels_of(i) for i in ids])[:, ::stride, ::stride]
+        keep = labels != IGNORE_INDEX
+        label_samples.append(labels[keep])
+        for k, member in enumerate(members):
+            grid = member.get(ids)[:, :, ::stride, ::stride]
+            member_samples[k].append(np.moveaxis(grid, 1, -1)[keep].astype(np.float16))
+    return [np.concatenate(s).astype(np.float32) for s in member_samples], np.concatenate(label_samples), stride
+
+
+def sample_miou(samples, labels, weights, method, bias, n_classes) -> float:
+    predicted, _ = combine(samples, weights, method, bias)
+    return mean_iou(confusion_matrix(labels, predicted, n_classes))
+
+
+def tune_weights(samples, labels, method: str, n_classes: int, sweeps: int = 2) -> np.ndarray:
+    """Coordinate ascent over member weights on the OOF sample (from equal weights)."""
+    weights = np.ones(len(samples))
+    best = sample_miou(samples, labels, weights, method, None, n_classes)
+    for _ in range(sweeps):
+        improved = False
+        for m in range(len(samples)):
+            for value in WEIGHT_GRID:
+                trial = weights.copy()
+                trial[m] = value
+                if trial.sum() == 0 or value == weights[m]:
+                    continue
+                score = sample_miou(samples, labels, trial, method, None, n_classes)
+                if score > best + 1e-6:
+                    best, weights, improved = score, trial, True
+        if not improved:
+            break
+    return weights / weights.sum()
+
+
+def tune_bias(samples, labels, weights, n_classes: int, sweeps: int = 2) -> np.ndarray:
+    """Coordinate ascent over a per-class log-probability bias (soft voting)."""
+    mean = sum(w * p for w, p in zip(weights, samples) if w) / np.sum(weights)
+    scores = np.log(mean + EPS)
+    bias = np.zeros(n_classes)
+
+    def miou(b):
+        return mean_iou(confusion_matrix(labels, (scores + b).argmax(axis=1), n_classes))
+
+    best = miou(bias)
+    for _ in range(sweeps):
+        improved = False
+        for c in range(n_classes):
+            for value in BIAS_GRID:
+                trial = bias.copy()
+                trial[c] = value
+                if value == bias[c]:
+                    continue
+                score = miou(trial)
+                if score > best + 1e-6:
+                    best, bias, improved = score, trial, True
+        if not improved:
+            break
+    return bias
+
+
+def ensemble(
+    *,
+    members: dict[str, list[str | Path]],
+    images_path: str | Path,
+    masks_dir: str | Path,
+    classes: list[str],
+    out_dir: str | Path,
+    method: str = "soft",
+    weights: str = "oof",
+    class_bias: bool = True,
+    tune_pixels: int = 2_000_000,
+    chunk: int = 8,
+) -> dict:
+    """Tune on OOF, write summary.json, the ensemble's OOF and test probabilities, test labels."""
+    if method not in METHODS:
+        raise ValueError(f"ensemble.method must be one of {METHODS}, got {method!r}")
+    out_dir = Path(out_dir)
+    n_classes = len(classes)
+    names = sorted(members)
+    oof = [MemberProbabilities(name, members[name], "oof") for name in names]
+    test = [MemberProbabilities(name, members[name], "test") for name in names]
+    oof_ids = sorted(oof[0].rows)
+    for member in oof[1:]:
+        if sorted(member.rows) != oof_ids:
+            raise OofError(f"members {names[0]} and {member.name} have OOF predictions for different images")
+    size = oof[0].shape[-1]
+    coco_ids = pd.read_parquet(images_path).set_index("image_id")["coco_id"]
+
+    def labels_of(image_id):
+        return load_label(masks_dir, coco_ids[image_id], size)
+
+    # 1. Tune on a pixel sample (one pass).
+    equal = np.full(len(names), 1.0 / len(names))
+    if weights == "oof" and len(names) > 1 or class_bias and method == "soft":
+        samples, sample_labels, stride = tuning_sample(oof, oof_ids, labels_of, tune_pixels, chunk)
+    tuned = tune_weights(samples, sample_labels, method, n_classes) if weights == "oof" and len(names) > 1 else equal
+    bias = tune_bias(samples, sample_labels, tuned, n_classes) if class_bias and method == "soft" else None
+
+    # 2. Check on the full OOF set (one pass): every single member, equal, tuned, tuned + bias.
+    candidates = {f"member:{name}": np.eye(len(names))[k] for k, name in enumerate(names)}
+    candidates["equal"] = equal
+    candidates["tuned"] = tuned
+    confusions = {key: np.zeros((n_classes, n_classes), np.int64) for key in [*candidates, "tuned+bias"]}
+    for start in range(0, len(oof_ids), chunk):
+        ids = oof_ids[start : start + chunk]
+        probabilities = [member.get(ids) for member in oof]
+        labels = np.stack([labels_of(i) for i in ids])
+        for key, w in candidates.items():
+            confusions[key] += confusion_matrix(labels, combine(probabilities, w, method)[0], n_classes)
+        if bias is not None:
+            confusions["tuned+bias"] += confusion_matrix(labels, combine(probabilities, tuned, method, bias)[0], n_classes)
+    scores = {key: mean_iou(c) for key, c in confusions.items() if c.any()}
+    # "oof": the best of tuned, equal and each single member on the full OOF (tuned wins ties).
+    weight_choice = "equal" if weights == "equal" else max(candidates, key=lambda k: (scores[k], k == "tuned"))
+    final_weights = candidates[weight_choice]
+    bias_gain = None
+    if bias is not None and weight_choice == "tuned":
+        bias_gain = scores["tuned+bias"] - scores["tuned"]
+    use_bias = bias is not None and weight_choice == "tuned" and bias_gain > 0
+    final_key = "tuned+bias" if use_bias else weight_choice
+    final_bias = bias if use_bias else None
+
+    # 3. Write the ensemble's OOF and test probabilities (and the test labels) in chunks.
+    _write_maps(oof, oof_ids, final_weights, method, final_bias, out_dir / "oof.npy", out_dir / "oof_ids.txt", None, chunk)
+    test_ids = list(test[0].rows)
+    for member in test[1:]:
+        if list(member.rows) != test_ids:
+            raise OofError(f"members {names[0]} and {member.name} predicted different test images")
+    _write_maps(test, test_ids, final_weights, method, final_bias, out_dir / "test.npy", out_dir / "test_ids.txt", out_dir / "test_labels.npy", chunk)
+
+    summary = {
+        "method": method,
+        "weights_mode": weights,
+        "members": {name: {"oof_miou": scores[f"member:{name}"], "weight": float(final_weights[k])} for k, name in enumerate(names)},
+        "weights_chosen_from": weight_choice,
+        "class_bias": {c: float(b) for c, b in zip(classes, final_bias)} if final_bias is not None else None,
+        "class_bias_oof_gain": bias_gain,
+        "oof_miou": scores[final_key],
+        "oof_miou_equal_weights": scores["equal"],
+        "oof_miou_tuned_weights": scores["tuned"] if weights == "oof" else None,
+        "best_member_oof_miou": max(scores[f"member:{n}"] for n in names),
+        "per_class_iou": {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, iou_per_class(confusions[final_key]))},
+        "oof_images": len(oof_ids),
+        "test_images": len(test_ids),
+        "size": size,
+    }
+    write_json(summary, out_dir / "summary.json")
+    return summary
+
+
+def _write_maps(members, image_ids, weights, method, bias, npy_path, ids_path, labels_path, chunk):
+    first = members[0]
+    with atomic_path(npy_path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(image_ids), *first.shape))
+        labels_out = None
+        if labels_path is not None:
+            labels_tmp = Path(str(tmp) + ".labels.npy")
+            labels_out = np.lib.format.open_memmap(labels_tmp, mode="w+", dtype=np.uint8, shape=(len(image_ids), *first.shape[1:]))
+        for start in range(0, len(image_ids), chunk):
+            ids = image_ids[start : start + chunk]
+            labels, mean = combine([m.get(ids) for m in members], weights, method, bias)
+            out[start : start + len(ids)] = np.clip(np.round(mean * 255), 0, 255).astype(np.uint8)
+            if labels_out is not None:
+                labels_out[start : start + len(ids)] = labels
+        out.flush()
+        del out
+        if labels_out is not None:
+            labels_out.flush()
+            del labels_out
+            Path(labels_tmp).replace(labels_path)
+    with atomic_path(ids_path) as tmp:
+        tmp.write_text("".join(f"{i}\n" for i in image_ids))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Ensemble members' OOF/test probabilities with OOF-tuned weights.")
+    parser.add_argument("--members", required=True, help="JSON: member name -> list of predict folders")
+    parser.add_argument("--images", required=True)
+    parser.add_argument("--masks-dir", required=True)
+    parser.add_argument("--classes", required=True)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--method", choices=METHODS, default="soft")
+    parser.add_argument("--weights", choices=["equal", "oof"], default="oof")
+    parser.add_argument("--class-bias", type=str.lower, choices=["true", "false"], default="true")
+    parser.add_argument("--tune-pixels", type=int, default=2_000_000)
+    parser.add_argument("--chunk", type=int, default=8)
+    args = parser.parse_args(argv)
+    try:
+        summary = ensemble(
+            members=json.loads(args.members),
+            images_path=args.images,
+            masks_dir=args.masks_dir,
+            classes=json.loads(args.classes),
+            out_dir=args.out_dir,
+            method=args.method,
+            weights=args.weights,
+            class_bias=args.class_bias == "true",
+            tune_pixels=args.tune_pixels,
+            chunk=args.chunk,
+        )
+    except (OofError, ValueError) as e:
+        sys.exit(f"ERROR: {e}")
+    print(json.dumps({k: summary[k] for k in ("oof_miou", "oof_miou_equal_weights", "best_member_oof_miou", "weights_chosen_from", "class_bias_oof_gain")}))
+
+
+if __name__ == "__main__":
+    main()
