@@ -28,7 +28,7 @@ import ttach as tta  # noqa: E402
 from segflow.data import SegmentationDataset, build_transform, make_loader  # noqa: E402
 from segflow.io import atomic_path  # noqa: E402
 from segflow.models import size_multiple  # noqa: E402
-from segflow.train import fold_split, load_checkpoint, to_device  # noqa: E402
+from segflow.train import amp_autocast, fold_split, load_checkpoint, resize_steps, to_device  # noqa: E402
 
 TTA_MODES = ("none", "hflip", "d4", "multiscale")
 MULTISCALE = (0.75, 1.0, 1.25)
@@ -105,10 +105,8 @@ def predict(
     params, n_classes = checkpoint["config"], len(checkpoint["classes"])
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params.get("amp", "none")) if device == "cuda" else None
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else (lambda: torch.autocast(device, enabled=False))
-    resize = [{"Resize": {"height": params["input_size"], "width": params["input_size"]}}] if params.get("input_size") else []
-    transform = build_transform(resize)
+    autocast = amp_autocast(device, params.get("amp", "none"))
+    transform = build_transform(resize_steps(params))
 
     images = pd.read_parquet(images_path)
     _, val_rows = fold_split(images, pd.read_csv(folds_path), fold)

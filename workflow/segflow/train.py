@@ -92,6 +92,18 @@ def check_input_size(rows: pd.DataFrame, params: dict) -> None:
         raise ValueError(f"{params['arch']} needs sides that are multiples of {multiple}, images are {width}x{height}; set input_size (e.g. {-(-max(height, width) // multiple) * multiple})")
 
 
+def amp_autocast(device: str, amp: str):
+    """A factory of autocast contexts: bf16/fp16 on CUDA, none on the CPU (fp16 there is very slow)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if device == "cuda" else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)) if dtype else (lambda: torch.autocast(device, enabled=False))
+
+
+def resize_steps(params: dict) -> list[dict]:
+    """The augment-style step that resizes to ``input_size``, if the model has one."""
+    side = params.get("input_size")
+    return [{"Resize": {"height": side, "width": side}}] if side else []
+
+
 def to_device(images: torch.Tensor, device: str) -> torch.Tensor:
     images = images.to(device, non_blocking=True)
     return images.contiguous(memory_format=torch.channels_last) if device == "cuda" else images
@@ -122,9 +134,8 @@ def train(
 
     images = pd.read_parquet(images_path)
     train_rows, val_rows = fold_split(images, pd.read_csv(folds_path), fold)
-    resize = [{"Resize": {"height": params["input_size"], "width": params["input_size"]}}] if params.get("input_size") else []
-    train_transform = build_transform(list(params.get("augment") or []) + resize, seed=seed)
-    val_transform = build_transform(resize, seed=seed)
+    train_transform = build_transform(list(params.get("augment") or []) + resize_steps(params), seed=seed)
+    val_transform = build_transform(resize_steps(params), seed=seed)
 
     def dataset(rows, transform):
         return SegmentationDataset(
@@ -155,9 +166,8 @@ def train(
         step_scheduler = None
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2) if params["scheduler"] == "plateau" else None
 
-    amp = params.get("amp", "bf16") if device == "cuda" else "none"  # fp16 on CPU is very slow
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else (lambda: torch.autocast(device, enabled=False))
+    amp = params.get("amp", "bf16") if device == "cuda" else "none"
+    autocast = amp_autocast(device, amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
 
     tracker = start_tracking(wandb_settings, run_name, params, out_dir)
