@@ -9,7 +9,8 @@ import torch
 
 from conftest import CLASSES, model_params
 from segflow.oof_score import OofError, oof_score
-from segflow.predict import Softmax, predict, read_ids, tta_model
+from segflow.io import read_ids
+from segflow.predict import Softmax, predict, tta_model
 from segflow.train import load_checkpoint, train
 
 

@@ -30,10 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segflow.io import atomic_path, write_json
+from segflow.io import atomic_path, read_ids, write_ids, write_json
 from segflow.metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou
 from segflow.oof_score import OofError, load_label
-from segflow.predict import read_ids
 
 METHODS = ("soft", "hard")
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
@@ -180,7 +179,7 @@ def ensemble(
     method: str = "soft",
     weights: str = "oof",
     class_bias: bool = True,
-    tune_pixels: int = 2_000_000,
+    tune_pixels: int = 500_000,
     chunk: int = 8,
 ) -> dict:
     """Tune on OOF, write summary.json, the ensemble's OOF and test probabilities, test labels."""
@@ -280,8 +279,7 @@ def _write_maps(members, image_ids, weights, method, bias, npy_path, ids_path, l
             labels_out.flush()
             del labels_out
             Path(labels_tmp).replace(labels_path)
-    with atomic_path(ids_path) as tmp:
-        tmp.write_text("".join(f"{i}\n" for i in image_ids))
+    write_ids(image_ids, ids_path)
 
 
 def main(argv=None) -> None:
@@ -294,7 +292,7 @@ def main(argv=None) -> None:
     parser.add_argument("--method", choices=METHODS, default="soft")
     parser.add_argument("--weights", choices=["equal", "oof"], default="oof")
     parser.add_argument("--class-bias", type=str.lower, choices=["true", "false"], default="true")
-    parser.add_argument("--tune-pixels", type=int, default=2_000_000)
+    parser.add_argument("--tune-pixels", type=int, default=500_000)
     parser.add_argument("--chunk", type=int, default=8)
     args = parser.parse_args(argv)
     try:

@@ -70,3 +70,13 @@ def write_table(df, path: str | os.PathLike) -> None:
             df.to_parquet(tmp, index=False)
         else:
             df.to_csv(tmp, index=False)
+
+
+def read_ids(path: str | os.PathLike) -> list[str]:
+    """An image-id sidecar file (one id per line), as written by :func:`write_ids`."""
+    return Path(path).read_text().splitlines()
+
+
+def write_ids(image_ids, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{i}\n" for i in image_ids))

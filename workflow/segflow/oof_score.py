@@ -8,7 +8,10 @@ is how the competition scores its 256x256 submission masks.
 Writes ``<model>.json``: OOF mIoU and per-class IoU per seed (one confusion matrix over
 all images, segflow.metrics), their mean over seeds; and ``<model>.csv``: one row per
 image and seed (image_id, fold, seed, iou over the classes in label or prediction,
-pixel_accuracy) -- the table label-noise cleaning reads.
+pixel_accuracy) -- the table label-noise cleaning reads. A later round trained on cleaned
+labels is scored against the ORIGINAL labels, like every round; with
+``cleaned_masks_dir`` its OOF mIoU against the cleaned labels is reported beside
+(``miou_cleaned``).
 """
 
 from __future__ import annotations
@@ -24,9 +27,8 @@ import numpy as np
 import pandas as pd
 
 from segflow.index import mask_file
-from segflow.io import write_json, write_table
+from segflow.io import read_ids, write_json, write_table
 from segflow.metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou
-from segflow.predict import read_ids
 
 RUN_DIR = re.compile(r"f(?P<fold>\d+)-s(?P<seed>\d+)$")
 
@@ -43,7 +45,7 @@ def load_label(masks_dir: str | Path, coco_id: int, size: int) -> np.ndarray:
     return mask if mask.shape == (size, size) else cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
-def oof_score(*, model_name: str, predict_dirs: list[str | Path], images_path: str | Path, folds_path: str | Path, masks_dir: str | Path, classes: list[str], out_json: str | Path, out_csv: str | Path, chunk: int = 32) -> dict:
+def oof_score(*, model_name: str, predict_dirs: list[str | Path], images_path: str | Path, folds_path: str | Path, masks_dir: str | Path, classes: list[str], out_json: str | Path, out_csv: str | Path, chunk: int = 32, cleaned_masks_dir: str | Path | None = None) -> dict:
     """Score the OOF probabilities under ``predict_dirs`` (``.../f<fold>-s<seed>``); see module doc."""
     n_classes = len(classes)
     images = pd.read_parquet(images_path).set_index("image_id")
@@ -59,6 +61,7 @@ def oof_score(*, model_name: str, predict_dirs: list[str | Path], images_path: s
     rows, per_seed = [], {}
     for seed, fold_dirs in sorted(runs.items()):
         confusion = np.zeros((n_classes, n_classes), np.int64)
+        cleaned_confusion = np.zeros((n_classes, n_classes), np.int64)
         covered: set[str] = set()
         for fold, directory in sorted(fold_dirs):
             ids = read_ids(directory / "oof_ids.txt")
@@ -79,6 +82,8 @@ def oof_score(*, model_name: str, predict_dirs: list[str | Path], images_path: s
                     label = load_label(masks_dir, images.at[image_id, "coco_id"], size)
                     image_confusion = confusion_matrix(label, prediction, n_classes)
                     confusion += image_confusion
+                    if cleaned_masks_dir is not None:
+                        cleaned_confusion += confusion_matrix(load_label(cleaned_masks_dir, images.at[image_id, "coco_id"], size), prediction, n_classes)
                     labelled = label != IGNORE_INDEX
                     rows.append({"image_id": image_id, "fold": fold, "seed": seed, "iou": mean_iou(image_confusion), "pixel_accuracy": float((label == prediction)[labelled].mean())})
         missing = validated - covered
@@ -86,8 +91,12 @@ def oof_score(*, model_name: str, predict_dirs: list[str | Path], images_path: s
             raise OofError(f"model {model_name}, seed {seed}: {len(missing)} validation images have no OOF prediction, e.g. {sorted(missing)[:3]} (missing folds?)")
         iou = iou_per_class(confusion)
         per_seed[str(seed)] = {"miou": mean_iou(confusion), "per_class_iou": {name: None if np.isnan(v) else float(v) for name, v in zip(classes, iou)}, "images": len(covered)}
+        if cleaned_masks_dir is not None:
+            per_seed[str(seed)]["miou_cleaned"] = mean_iou(cleaned_confusion)
 
     summary = {"model": model_name, "miou": float(np.mean([s["miou"] for s in per_seed.values()])), "seeds": per_seed}
+    if cleaned_masks_dir is not None:
+        summary["miou_cleaned"] = float(np.mean([s["miou_cleaned"] for s in per_seed.values()]))
     write_table(pd.DataFrame(rows, columns=["image_id", "fold", "seed", "iou", "pixel_accuracy"]), out_csv)
     write_json(summary, out_json)
     return summary
@@ -103,6 +112,7 @@ def main(argv=None) -> None:
     parser.add_argument("--classes", required=True, help="JSON list of class names")
     parser.add_argument("--out-json", required=True)
     parser.add_argument("--out-csv", required=True)
+    parser.add_argument("--cleaned-masks-dir", default=None, help="also score against these (cleaned) labels")
     args = parser.parse_args(argv)
     try:
         summary = oof_score(
@@ -114,6 +124,7 @@ def main(argv=None) -> None:
             classes=json.loads(args.classes),
             out_json=args.out_json,
             out_csv=args.out_csv,
+            cleaned_masks_dir=args.cleaned_masks_dir,
         )
     except (OofError, FileNotFoundError) as e:
         sys.exit(f"ERROR: {e}")

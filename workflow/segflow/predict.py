@@ -26,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 import ttach as tta  # noqa: E402
 
 from segflow.data import SegmentationDataset, build_transform, make_loader  # noqa: E402
-from segflow.io import atomic_path  # noqa: E402
+from segflow.io import atomic_path, write_ids  # noqa: E402
 from segflow.models import size_multiple  # noqa: E402
 from segflow.train import amp_autocast, fold_split, load_checkpoint, resize_steps, to_device  # noqa: E402
 
@@ -76,12 +76,7 @@ def write_probabilities(model, loader, image_ids: list[str], n_classes: int, siz
                 out[index.numpy()] = (probabilities * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         out.flush()
         del out
-    with atomic_path(ids_path) as tmp:
-        tmp.write_text("".join(f"{i}\n" for i in image_ids))
-
-
-def read_ids(path: str | Path) -> list[str]:
-    return Path(path).read_text().splitlines()
+    write_ids(image_ids, ids_path)
 
 
 def predict(

@@ -25,8 +25,7 @@ import numpy as np
 import pandas as pd
 
 from segflow.coco import read_json
-from segflow.io import atomic_path
-from segflow.predict import read_ids
+from segflow.io import atomic_path, read_ids
 
 HEADER = b"image_id,PredictionString"
 
