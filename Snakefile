@@ -1,5 +1,5 @@
-# segflow: a COCO segmentation competition dataset -> EDA, folds (and, as the stages land,
-# training, prediction, ensembling, submission). This file only wires: settings live in
+# segflow: a COCO segmentation competition dataset -> EDA, folds, training, prediction,
+# label-noise cleaning and retraining, ensembling, submission. This file only wires: settings live in
 # config.yaml, helpers in workflow/rules/common.smk, each stage in its own rule file.
 
 from snakemake.utils import min_version, validate
@@ -17,7 +17,7 @@ include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
-    round=r"r\d+",
+    round="|".join(ROUNDS),
     model="|".join(MODELS),
     fold=r"\d+",
     seed=r"\d+",
@@ -30,6 +30,7 @@ include: "workflow/rules/folds.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/ensemble.smk"
+include: "workflow/rules/clean.smk"
 
 
 rule all:

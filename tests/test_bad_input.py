@@ -39,7 +39,7 @@ def test_valid_input_indexes_cleanly(small_coco, tmp_path):
     images, out = index(small_coco, tmp_path)
     assert sorted(images["image_id"]) == ["b1/a.png", "b1/t.png", "b2/b.png"]
     assert pd.read_csv(out / "skipped.csv").empty
-    assert sorted(p.name for p in (out / "masks").iterdir()) == ["1.png", "2.png"]  # train only
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["1.png", "1_instances.png", "2.png", "2_instances.png"]  # train only
 
 
 def test_malformed_json_names_the_file_and_position(small_coco, tmp_path):

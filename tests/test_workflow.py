@@ -114,7 +114,28 @@ def test_ensemble_members_from_config(tmp_path):
     assert "results/r0/predict/b/f0-s0/oof.npy" in output and "results/r0/predict/b/f0-s1/oof.npy" in output
     write_config(tmp_path, ensemble={"members": ["nosuchmodel"]})
     result = snakemake(tmp_path, "-n", check=False)
-    assert result.returncode != 0 and "ensemble.members: 'nosuchmodel' names no trained model" in result.stdout + result.stderr
+    assert result.returncode != 0 and "ensemble.members: 'nosuchmodel' names no trained round, model" in result.stdout + result.stderr
+    write_config(tmp_path, ensemble={"members": ["r1/a"]})  # no round r1 while cleaning is off
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0 and "'r1/a' names no trained round" in result.stdout + result.stderr
+
+
+def test_cleaning_adds_round_r1_and_the_submission_comes_from_it(tmp_path):
+    write_config(tmp_path, clean={"enabled": True})
+    output = snakemake(tmp_path, "-n").stdout
+    counts = job_counts(output)
+    runs = 2 * 3  # 2 models x 3 folds x 1 seed per round
+    assert counts == {
+        "all": 1, "demo": 1, "eda": 1, "folds": 1, "index": 1, "train": 2 * runs, "predict": 2 * runs, "oof_score": 4,
+        "round_ensemble": 1, "clean": 1, "demo_noise": 1, "ensemble": 1, "submission": 1, "demo_score": 1,
+    }
+    assert "results/r1/predict/fpn_r18/f0-s0/oof.npy" in output and "--train-masks-dir results/clean/masks --drop results/clean/dropped.txt" in output
+    write_config(tmp_path, clean={"enabled": True, "source": "fpn_r18"})
+    counts = job_counts(snakemake(tmp_path, "-n", "results/clean/summary.json").stdout)
+    assert counts == {"demo": 1, "index": 1, "folds": 1, "train": 3, "predict": 3, "clean": 1}  # one model's r0 runs judge
+    write_config(tmp_path, clean={"enabled": True, "source": "nosuchmodel"})
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0 and "clean.source: 'nosuchmodel'" in result.stdout + result.stderr
 
 
 def test_dry_run_holds_models_x_folds_x_seeds_jobs(tmp_path):
@@ -228,7 +249,7 @@ def test_tiny_run_writes_index_masks_eda_and_folds(tiny_run):
     images = pd.read_parquet(results / "data" / "images.parquet")
     train = images[images["split"] == "train"]
     assert len(train) == 16 and (images["split"] == "test").sum() == 6  # debug sample; 6 test images exist
-    assert sorted(p.name for p in (results / "data" / "masks").glob("*.png")) == sorted(f"{i}.png" for i in train["coco_id"])
+    assert sorted(p.name for p in (results / "data" / "masks").glob("*.png")) == sorted(f"{i}{kind}.png" for i in train["coco_id"] for kind in ("", "_instances"))
     folds = pd.read_csv(results / "folds" / "folds.csv")
     assert sorted(folds["image_id"]) == sorted(train["image_id"]) and sorted(folds["fold"].unique()) == [0, 1]
     for log in ("demo", "index", "eda", "folds"):
@@ -348,3 +369,57 @@ def test_skipped_input_is_counted_in_the_report(tmp_path):
     assert "skipped items: <b>2</b>" in html and ">99<" in html and "5.png is missing or unreadable (skipped with its 1 annotation)" in html
     images = pd.read_parquet(tmp_path / "results" / "data" / "images.parquet")
     assert "b1/5.png" not in set(images["image_id"]) and len(images) == 8  # 7 train + 1 test
+
+
+# --- label-noise cleaning and round r1 on top of the tiny run -------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_clean_run(tiny_run, tmp_path_factory):
+    """The tiny run with cleaning on: r0 is reused as it is; flag the worst quarter, drop it."""
+    source, config = tiny_run
+    workdir = tmp_path_factory.mktemp("clean") / "run"
+    shutil.copytree(source, workdir, symlinks=True)  # copy2 keeps mtimes: r0 stays up to date
+    clean = {"enabled": True, "action": "drop", "worst_fraction": 0.25, "min_region": 1.0, "gallery": 3}
+    config = write_config(workdir, **{k: v for k, v in config.items() if k not in ("demo", "threads")}, clean=clean)
+    counts = job_counts(snakemake(workdir, "-n").stdout)
+    assert counts == {"round_ensemble": 1, "clean": 1, "demo_noise": 1, "train": 4, "predict": 4, "oof_score": 2, "ensemble": 1, "submission": 1, "demo_score": 1, "all": 1}
+    snakemake(workdir, "--cores", "2")
+    return workdir, config
+
+
+def test_tiny_clean_run_drops_the_flagged_images_from_r1_training_only(tiny_clean_run):
+    workdir, _ = tiny_clean_run
+    results = workdir / "results"
+    dropped = set((results / "clean" / "dropped.txt").read_text().split())
+    assert len(dropped) == 4  # a quarter of 16
+    images = pd.read_csv(results / "clean" / "images.csv")
+    assert set(images.loc[~images["train"], "image_id"]) == dropped and images["flagged"].sum() == 4
+    folds = pd.read_csv(results / "folds" / "folds.csv").set_index("image_id")["fold"]
+    for model in TINY_MODELS:
+        for fold in (0, 1):
+            metrics = json.loads((results / "r1" / "train" / model / f"f{fold}-s0" / "metrics.json").read_text())
+            in_train_folds = sum(folds[i] != fold for i in dropped)
+            assert metrics["dropped_images"] == in_train_folds and metrics["train_images"] == 8 - in_train_folds
+            assert metrics["val_images"] == 8  # validation keeps every labelled image of the fold
+            assert 0 <= metrics["val_miou_cleaned"] <= 1
+        oof = json.loads((results / "r1" / "oof" / f"{model}.json").read_text())
+        assert oof["miou_cleaned"] == pytest.approx(oof["miou"])  # drop leaves the labels as they are
+
+
+def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r1(tiny_clean_run):
+    workdir, config = tiny_clean_run
+    results = workdir / "results"
+    scores = pd.read_csv(results / "clean" / "scores.csv")
+    assert (scores["level"] == "image").sum() == 16 and len(list((results / "clean" / "masks").glob("*.png"))) == 16
+    assert len(list((results / "clean" / "gallery").glob("*.png"))) == 3 and "data:image/png;base64" in (results / "clean" / "gallery.html").read_text()
+    detection = json.loads((results / "demo" / "noise_detection.json").read_text())
+    noise = pd.read_csv(results / "demo_data" / "truth" / "noise.csv")
+    assert detection["labelled_images"] == 16 and detection["flagged_images"] == 4
+    assert detection["noisy_images"] == noise["image_id"].isin(scores["image_id"]).sum()
+    assert set(detection["images"]) == {"all", "class_swap", "missing", "shifted", "bloated"}
+    summary = json.loads((results / "ensemble" / "summary.json").read_text())
+    assert set(summary["members"]) == {"r1/fpn/s0", "r1/unet/s0"}
+    assert json.loads((results / "r0" / "ensemble" / "summary.json").read_text())["oof_images"] == 16
+    lines = (results / "submission" / "submission.csv").read_text().splitlines()
+    assert len(lines) == 1 + 6

@@ -103,9 +103,96 @@ def wandb_settings():
     )
 
 
-# --- ensemble and submission -----------------------------------------------------------
+# --- rounds: r0 trains on the given labels; r1 on the cleaned ones ----------------------
 
-FINAL_ROUND = "r0"
+CLEAN = config["clean"]["enabled"]
+ROUNDS = ["r0", "r1"] if CLEAN else ["r0"]
+FINAL_ROUND = ROUNDS[-1]
+
+
+def round_training_inputs(wildcards):
+    """What a round trains on beyond the index: r1 adds the cleaned masks and dropped list."""
+    if wildcards.round == "r0":
+        return {}
+    return {
+        "train_masks": rules.clean.output.masks,
+        "dropped": rules.clean.output.dropped,
+    }
+
+
+def round_training_args(wildcards, input):
+    if wildcards.round == "r0":
+        return ""
+    return f"--train-masks-dir {input.train_masks} --drop {input.dropped}"
+
+
+def cleaned_masks(wildcards):
+    """r1's OOF is scored on the original labels and, beside, on the cleaned ones."""
+    return {} if wildcards.round == "r0" else {"cleaned": rules.clean.output.masks}
+
+
+def predict_dirs(round_, model, seed):
+    """The predict folder of each fold of one model x seed."""
+    return [
+        os.path.dirname(path)
+        for fold in FOLDS
+        for path in expand(
+            rules.predict.output.oof, round=round_, model=model, fold=fold, seed=seed
+        )
+    ]
+
+
+def members_inputs(members):
+    """Every predict output of every member (all folds)."""
+    return [
+        path
+        for _, round_, model, seed in members
+        for fold in FOLDS
+        for path in expand(
+            rules.predict.output, round=round_, model=model, fold=fold, seed=seed
+        )
+    ]
+
+
+def members_json(members):
+    """JSON: member name -> its predict folders (one per fold)."""
+    return json.dumps(
+        {
+            name: predict_dirs(round_, model, seed)
+            for name, round_, model, seed in members
+        },
+        sort_keys=True,
+    )
+
+
+def round_members(round_):
+    """(name, round, model, seed) of every model x seed of one round."""
+    return [
+        (f"{round_}/{model}/s{seed}", round_, model, seed)
+        for model in MODELS
+        for seed in SEEDS
+    ]
+
+
+# --- label-noise cleaning -------------------------------------------------------------
+
+
+def clean_source_inputs(wildcards):
+    """The r0 OOF probabilities that judge the labels: r0's ensemble, or one model's runs."""
+    source = config["clean"]["source"]
+    if source == "ensemble":
+        return expand(rules.round_ensemble.output, round="r0")
+    return members_inputs([m for m in round_members("r0") if m[2] == source])
+
+
+def clean_sources_json(wildcards, input):
+    source = config["clean"]["source"]
+    if source == "ensemble":
+        return json.dumps({"r0/ensemble": ["results/r0/ensemble"]})
+    return members_json([m for m in round_members("r0") if m[2] == source])
+
+
+# --- ensemble and submission -----------------------------------------------------------
 
 
 def member_runs():
@@ -116,10 +203,10 @@ def member_runs():
         round_ = parts.pop(0) if re.fullmatch(r"r\d+", parts[0]) else FINAL_ROUND
         model = parts.pop(0)
         seeds = [int(parts[0][1:])] if parts else SEEDS
-        if model not in MODELS or not set(seeds) <= set(SEEDS):
+        if round_ not in ROUNDS or model not in MODELS or not set(seeds) <= set(SEEDS):
             raise WorkflowError(
-                f"segflow config: ensemble.members: {entry!r} names no trained model and seed"
-                f" (models {MODELS}, seeds {SEEDS})"
+                f"segflow config: ensemble.members: {entry!r} names no trained round, model"
+                f" and seed (rounds {ROUNDS}, models {MODELS}, seeds {SEEDS})"
             )
         runs += [(f"{round_}/{model}/s{seed}", round_, model, seed) for seed in seeds]
     return runs
@@ -127,35 +214,14 @@ def member_runs():
 
 MEMBERS = member_runs()  # checked now: a wrong member stops the run before any job
 
-
-def ensemble_inputs(wildcards):
-    """Every predict output of every member (all folds)."""
-    return [
-        path
-        for _, round_, model, seed in MEMBERS
-        for fold in FOLDS
-        for path in expand(
-            rules.predict.output, round=round_, model=model, fold=fold, seed=seed
-        )
-    ]
-
-
-def ensemble_members_json(wildcards, input):
-    """JSON: member name -> its predict folders (one per fold)."""
-    folders = {}
-    for name, round_, model, seed in MEMBERS:
-        folders[name] = [
-            os.path.dirname(path)
-            for fold in FOLDS
-            for path in expand(
-                rules.predict.output.oof,
-                round=round_,
-                model=model,
-                fold=fold,
-                seed=seed,
-            )
-        ]
-    return json.dumps(folders, sort_keys=True)
+# The ensemble and round_ensemble rules run the same step on different members.
+ENSEMBLE_SHELL = (
+    "python -m segflow.ensemble --members {params.members:q} --images {input.images}"
+    " --masks-dir {input.masks} --classes {params.classes:q} --out-dir {params.out_dir}"
+    " --method {params.settings[method]} --weights {params.settings[weights]}"
+    " --class-bias {params.settings[class_bias]} --tune-pixels {params.settings[tune_pixels]}"
+    " --chunk {params.settings[chunk]} > {log} 2>&1"
+)
 
 
 def sample_submission(wildcards):
@@ -168,10 +234,14 @@ def final_targets():
         rules.submission.output.csv,
         rules.eda.output.report,
         rules.ensemble.output.summary,
-        *expand(rules.oof_score.output.json, round=FINAL_ROUND, model=MODELS),
+        *expand(rules.oof_score.output.json, round=ROUNDS, model=MODELS),
     ]
+    if CLEAN:
+        targets += [rules.clean.output.summary, rules.clean.output.gallery]
     if config["data"]["demo"]:
         targets.append(rules.demo_score.output.score)
+        if CLEAN:
+            targets.append(rules.demo_noise.output.detection)
     return targets
 
 

@@ -1,7 +1,35 @@
-rule ensemble:
-    """Members' OOF and test probabilities combined; weights and class bias tuned on OOF."""
+rule round_ensemble:
+    """One round's OOF ensemble of all its models x seeds: what the next round learns from."""
     input:
-        predictions=ensemble_inputs,
+        predictions=lambda wildcards: members_inputs(round_members(wildcards.round)),
+        images=rules.index.output.images,
+        masks=rules.index.output.masks,
+    output:
+        summary="results/{round}/ensemble/summary.json",
+        oof="results/{round}/ensemble/oof.npy",
+        oof_ids="results/{round}/ensemble/oof_ids.txt",
+        test="results/{round}/ensemble/test.npy",
+        test_ids="results/{round}/ensemble/test_ids.txt",
+        test_labels="results/{round}/ensemble/test_labels.npy",
+    log:
+        "results/logs/{round}/ensemble.log",
+    benchmark:
+        "results/benchmarks/{round}/ensemble.tsv"
+    conda:
+        ENV
+    params:
+        members=lambda wildcards: members_json(round_members(wildcards.round)),
+        settings=stable(config["ensemble"]),
+        classes=CLASSES_JSON,
+        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
+    shell:
+        ENSEMBLE_SHELL
+
+
+rule ensemble:
+    """The submission's ensemble (ensemble.members); weights and class bias tuned on OOF."""
+    input:
+        predictions=members_inputs(MEMBERS),
         images=rules.index.output.images,
         masks=rules.index.output.masks,
     output:
@@ -18,16 +46,12 @@ rule ensemble:
     conda:
         ENV
     params:
-        members=ensemble_members_json,
+        members=members_json(MEMBERS),
         settings=stable(config["ensemble"]),
         classes=CLASSES_JSON,
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
-        "python -m segflow.ensemble --members {params.members:q} --images {input.images}"
-        " --masks-dir {input.masks} --classes {params.classes:q} --out-dir {params.out_dir}"
-        " --method {params.settings[method]} --weights {params.settings[weights]}"
-        " --class-bias {params.settings[class_bias]} --tune-pixels {params.settings[tune_pixels]}"
-        " --chunk {params.settings[chunk]} > {log} 2>&1"
+        ENSEMBLE_SHELL
 
 
 rule submission:

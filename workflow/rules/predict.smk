@@ -34,6 +34,7 @@ rule predict:
 rule oof_score:
     """A model's folds merged into one OOF set per seed: mIoU, per-class and per-image IoU."""
     input:
+        unpack(cleaned_masks),
         oof=lambda wildcards: expand(
             rules.predict.output.oof, fold=FOLDS, seed=SEEDS, allow_missing=True
         ),
@@ -52,8 +53,11 @@ rule oof_score:
     params:
         classes=CLASSES_JSON,
         dirs=lambda wildcards, input: " ".join(os.path.dirname(p) for p in input.oof),
+        cleaned=lambda wildcards, input: (
+            f"--cleaned-masks-dir {input.cleaned}" if "cleaned" in input.keys() else ""
+        ),
     shell:
         "python -m segflow.oof_score --model-name {wildcards.model}"
         " --predict-dirs {params.dirs} --images {input.images} --folds {input.folds}"
         " --masks-dir {input.masks} --classes {params.classes:q}"
-        " --out-json {output.json} --out-csv {output.csv} > {log} 2>&1"
+        " --out-json {output.json} --out-csv {output.csv} {params.cleaned} > {log} 2>&1"

@@ -1,6 +1,7 @@
 rule train:
     """One model on one fold with one seed; the checkpoint of its best validation mIoU."""
     input:
+        unpack(round_training_inputs),
         images=rules.index.output.images,
         masks=rules.index.output.masks,
         folds=rules.folds.output.folds,
@@ -23,10 +24,12 @@ rule train:
         classes=CLASSES_JSON,
         wandb=wandb_settings(),
         out_dir=lambda wildcards, output: os.path.dirname(output.model),
+        round_args=round_training_args,
     shell:
         "python -m segflow.train --images {input.images} --folds {input.folds}"
         " --masks-dir {input.masks} --image-root {params.root:q} --params {params.model:q}"
         " --classes {params.classes:q} --fold {wildcards.fold} --seed {wildcards.seed}"
         " --out-dir {params.out_dir} --threads {threads} --wandb {params.wandb:q}"
         " --name {wildcards.round}/{wildcards.model}/f{wildcards.fold}-s{wildcards.seed}"
+        " {params.round_args}"
         " > {log} 2>&1"

@@ -2,8 +2,11 @@
 
 Every image is opened once here (so a missing, unreadable or wrongly sized file is caught
 before any training starts) and every training image's annotations are rasterized once
-(segflow.coco.rasterize) into ``masks/<coco id>.png``. Later steps read these files and
-never touch the COCO JSON again.
+(segflow.coco.rasterize) into ``masks/<coco id>.png`` (class index per pixel) and
+``masks/<coco id>_instances.png`` (uint16: 1 + the position, in annotations.parquet, of
+the image's annotation on top of each pixel; 0 on background), which label-noise cleaning
+uses to score each annotation. Later steps read these files and never touch the COCO JSON
+again.
 
 images.parquet columns: image_id (the COCO file_name, unique across splits and what the
 submission calls an image), coco_id, file_name, width, height, split (train/test), group
@@ -39,6 +42,11 @@ def pixel_columns(n_classes: int) -> list[str]:
 def mask_file(masks_dir: str | Path, coco_id: int) -> Path:
     """Where the cached mask of training image ``coco_id`` lives."""
     return Path(masks_dir) / f"{int(coco_id)}.png"
+
+
+def instance_file(masks_dir: str | Path, coco_id: int) -> Path:
+    """Where the instance map of training image ``coco_id`` lives (see module doc)."""
+    return Path(masks_dir) / f"{int(coco_id)}_instances.png"
 
 
 def group_of(file_name: str) -> str:
@@ -129,8 +137,11 @@ def _index_image(image_root: Path, coco: CocoSplit, image: dict, n_classes: int,
         return row, [], None
     annotations = coco.annotations[image["id"]]
     raster = rasterize(annotations, image["height"], image["width"], coco.class_of_category)
-    if not cv2.imwrite(str(mask_file(masks_dir, image["id"])), raster.mask):
-        raise OSError(f"could not write the mask of image id {image['id']} under {masks_dir}")
+    if len(annotations) >= 2**16 - 1:
+        return None, [], Problem(str(coco.path), f"{len(annotations)} annotations on one image (at most 65534)", image_id=image["id"])
+    instances = (raster.owner + 1).astype(np.uint16)
+    if not (cv2.imwrite(str(mask_file(masks_dir, image["id"])), raster.mask) and cv2.imwrite(str(instance_file(masks_dir, image["id"])), instances)):
+        raise OSError(f"could not write the masks of image id {image['id']} under {masks_dir}")
     pixels = np.bincount(raster.mask.ravel(), minlength=n_classes)
     row.update({f"pixels_{k}": int(v) for k, v in enumerate(pixels)})
     row["n_objects"] = len(annotations)

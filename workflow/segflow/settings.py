@@ -79,6 +79,9 @@ def check_config(config: dict) -> None:
             path = getattr(paths, key)
             if path is not None:
                 class_index_by_category(read_json(path)["categories"], classes, path)
+    source = config.get("clean", {}).get("source", "ensemble")
+    if source != "ensemble" and source not in config["models"]:
+        raise ConfigError(f"clean.source: {source!r} is neither 'ensemble' nor a model of models ({sorted(config['models'])})")
     group_by = config["cv"].get("group_by")
     if group_by not in (None, "folder"):
         try:

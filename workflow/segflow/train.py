@@ -5,6 +5,11 @@ step (or ReduceLROnPlateau on val mIoU per epoch), gradient accumulation, AMP on
 (bf16, or fp16 with GradScaler) with channels_last, plain fp32 on CPU. Validation mIoU
 comes from one confusion matrix over the whole fold (segflow.metrics).
 
+Later rounds train on other labels: ``train_masks_dir`` holds the cleaned masks they learn
+from and ``drop`` the images they leave out, while validation still scores the ORIGINAL
+labels of ``masks_dir`` (the checkpoint is chosen by them), so rounds compare on the same
+ground truth; the cleaned labels' val mIoU is logged beside it (``val_miou_cleaned``).
+
 Writes into ``out_dir``: model.pt ({"state_dict", "config", ...}, plain types only, so
 ``torch.load(weights_only=True)`` reads it), history.csv (one row per epoch) and
 metrics.json (the best epoch).
@@ -29,7 +34,7 @@ import torch  # noqa: E402
 
 from segflow.data import SegmentationDataset, build_transform, make_loader  # noqa: E402
 from segflow.index import mask_file  # noqa: E402
-from segflow.io import atomic_path, write_json, write_table  # noqa: E402
+from segflow.io import atomic_path, read_ids, write_json, write_table  # noqa: E402
 from segflow.losses import create_loss  # noqa: E402
 from segflow.metrics import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
 from segflow.models import create_model, size_multiple  # noqa: E402
@@ -45,13 +50,20 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def fold_split(images: pd.DataFrame, folds: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train rows, validation rows) of the labelled images for ``fold``."""
+def fold_split(images: pd.DataFrame, folds: pd.DataFrame, fold: int, drop: set[str] | frozenset[str] = frozenset()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train rows, validation rows) of the labelled images for ``fold``.
+
+    ``drop`` (label-noise cleaning) leaves images out of training only: validation scores
+    every labelled image of the fold, so OOF numbers compare between rounds.
+    """
     labelled = images[images["split"] == "train"].merge(folds, on="image_id", how="inner", validate="one_to_one")
     val = labelled[labelled["fold"] == fold]
     if val.empty:
         raise ValueError(f"fold {fold} has no validation images (folds: {sorted(folds['fold'].unique())})")
-    return labelled[labelled["fold"] != fold].reset_index(drop=True), val.reset_index(drop=True)
+    train = labelled[(labelled["fold"] != fold) & ~labelled["image_id"].isin(drop)]
+    if train.empty:
+        raise ValueError(f"fold {fold} has no training images left ({len(drop)} dropped by label-noise cleaning)")
+    return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -123,6 +135,8 @@ def train(
     threads: int = 1,
     wandb_settings: dict | None = None,
     run_name: str = "",
+    train_masks_dir: str | Path | None = None,
+    drop: set[str] | frozenset[str] = frozenset(),
 ) -> dict:
     """Train per ``params`` (the resolved model config; see the config schema) and save the best."""
     out_dir = Path(out_dir)
@@ -133,20 +147,25 @@ def train(
     workers = params["workers"] if params.get("workers") is not None else (max(1, threads - 1) if device == "cuda" else 0)
 
     images = pd.read_parquet(images_path)
-    train_rows, val_rows = fold_split(images, pd.read_csv(folds_path), fold)
+    folds = pd.read_csv(folds_path)
+    train_rows, val_rows = fold_split(images, folds, fold, drop)
+    n_dropped = len(fold_split(images, folds, fold)[0]) - len(train_rows)
     train_transform = build_transform(list(params.get("augment") or []) + resize_steps(params), seed=seed)
     val_transform = build_transform(resize_steps(params), seed=seed)
 
-    def dataset(rows, transform):
+    def dataset(rows, transform, labels_dir=masks_dir):
         return SegmentationDataset(
-            [str(Path(image_root) / f) for f in rows["file_name"]], [str(mask_file(masks_dir, i)) for i in rows["coco_id"]], transform
+            [str(Path(image_root) / f) for f in rows["file_name"]], [str(mask_file(labels_dir, i)) for i in rows["coco_id"]], transform
         )
 
     check_input_size(pd.concat([train_rows, val_rows]), params)
     batch_size = int(params["batch_size"])
     # drop_last: BatchNorm (DeepLabV3/V3+) fails on a last batch of one image in train mode.
-    train_loader = make_loader(dataset(train_rows, train_transform), batch_size, shuffle=True, seed=seed, workers=workers, drop_last=len(train_rows) > batch_size, pin_memory=device == "cuda")
+    train_loader = make_loader(dataset(train_rows, train_transform, train_masks_dir or masks_dir), batch_size, shuffle=True, seed=seed, workers=workers, drop_last=len(train_rows) > batch_size, pin_memory=device == "cuda")
     val_loader = make_loader(dataset(val_rows, val_transform), batch_size, shuffle=False, seed=seed, workers=workers, pin_memory=device == "cuda")
+    cleaned_val_loader = None
+    if train_masks_dir is not None:
+        cleaned_val_loader = make_loader(dataset(val_rows, val_transform, train_masks_dir), batch_size, shuffle=False, seed=seed, workers=workers, pin_memory=device == "cuda")
 
     model = create_model(params["arch"], params["encoder"], n_classes, params.get("encoder_weights")).to(device)
     if device == "cuda":
@@ -197,6 +216,9 @@ def train(
         train_seconds = time.perf_counter() - started
         val_loss, confusion = evaluate(model, val_loader, criterion, n_classes, device, autocast)
         val_miou, iou = mean_iou(confusion), iou_per_class(confusion)
+        extra = {}
+        if cleaned_val_loader is not None:
+            extra["val_miou_cleaned"] = mean_iou(evaluate(model, cleaned_val_loader, criterion, n_classes, device, autocast)[1])
         if plateau is not None:
             plateau.step(val_miou)
         row = {
@@ -205,6 +227,7 @@ def train(
             "train_loss": loss_sum / max(1, seen),
             "val_loss": val_loss,
             "val_miou": val_miou,
+            **extra,
             **{f"iou_{name}": float(v) for name, v in zip(classes, iou)},
             "seconds": time.perf_counter() - started,
             "images_per_s": seen / train_seconds,
@@ -216,7 +239,7 @@ def train(
             flush=True,
         )
         if val_miou > best["val_miou"]:
-            best = {"epoch": epoch, "val_miou": val_miou, "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(classes, iou)}}
+            best = {"epoch": epoch, "val_miou": val_miou, **extra, "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(classes, iou)}}
             save_checkpoint(out_dir / "model.pt", model, params, classes, fold, seed, best)
             log_images(tracker, model, val_loader, classes, device, autocast)
         if tracker is not None:
@@ -228,9 +251,11 @@ def train(
         "seed": seed,
         "best_epoch": best["epoch"],
         "val_miou": best["val_miou"],
+        **({"val_miou_cleaned": best["val_miou_cleaned"]} if "val_miou_cleaned" in best else {}),
         "per_class_iou": best["per_class_iou"],
         "epochs": epochs,
         "train_images": len(train_rows),
+        "dropped_images": n_dropped,
         "val_images": len(val_rows),
         "train_images_per_s": float(np.mean([h["images_per_s"] for h in history])),
         "seconds": float(sum(h["seconds"] for h in history)),
@@ -312,6 +337,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--wandb", default="{}", help="JSON: mode, project, dir")
     parser.add_argument("--name", default="")
+    parser.add_argument("--train-masks-dir", default=None, help="masks to train on (later rounds: cleaned labels); validation keeps --masks-dir")
+    parser.add_argument("--drop", default=None, help="file of image ids left out of training, one per line")
     args = parser.parse_args(argv)
     try:
         train(
@@ -327,6 +354,8 @@ def main(argv=None) -> None:
             threads=args.threads,
             wandb_settings=json.loads(args.wandb),
             run_name=args.name,
+            train_masks_dir=args.train_masks_dir,
+            drop=frozenset(read_ids(args.drop)) if args.drop else frozenset(),
         )
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"ERROR: {e}")

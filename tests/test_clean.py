@@ -1,0 +1,267 @@
+"""Label-noise cleaning: scores and flags on hand-made masks, the actions, the r1 training set."""
+
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from segflow.clean import CleanSettings, clean, cleaned_mask, flag_annotations, flag_images, score_image
+from segflow.index import instance_file, mask_file
+from segflow.metrics import IGNORE_INDEX
+from segflow.noise_detection import annotation_detection, image_detection
+from segflow.train import fold_split
+
+SIZE = 32
+N_CLASSES = 3  # background, A, B
+SETTINGS = CleanSettings(agreement_below=0.5, confidence=0.8, min_region=0.02)
+
+
+def confident_probabilities(prediction: np.ndarray, sure: float = 0.9) -> np.ndarray:
+    """(C, H, W) probabilities whose argmax is ``prediction`` with probability ``sure``."""
+    probabilities = np.full((N_CLASSES, *prediction.shape), (1 - sure) / (N_CLASSES - 1), np.float32)
+    for k in range(N_CLASSES):
+        probabilities[k][prediction == k] = sure
+    return probabilities
+
+
+def box(y0, y1, x0, x1, value, base=None, dtype=np.uint8):
+    out = np.zeros((SIZE, SIZE), dtype) if base is None else base.copy()
+    out[y0:y1, x0:x1] = value
+    return out
+
+
+def annotations(*classes):
+    return pd.DataFrame({"annotation_id": [100 + k for k in range(len(classes))], "class_index": list(classes)})
+
+
+def judged(label, truth, classes, probabilities=None):
+    """score_image, then flag_annotations against a population: three well-predicted
+    annotations of each class (their agreement 1 is what the class normally reaches)."""
+    probabilities = confident_probabilities(truth) if probabilities is None else probabilities
+    scores = score_image("x", label, (label > 0).astype(np.int32), probabilities, annotations(*classes), SETTINGS, scale=(2.0, 2.0))
+    population = [{"image_id": f"p{k}", "class_index": c, "pixels": 100, "agreement": 1.0, "own_probability": 0.9, "other_class": 0, "other_probability": 0.1} for k in range(3) for c in (1, 2)]
+    table = flag_annotations(pd.DataFrame(scores.annotations + population), SETTINGS)
+    return scores, table[table["image_id"] == "x"].to_dict("records")
+
+
+def test_clean_image_gets_no_flag():
+    label = box(4, 16, 4, 16, 1)
+    scores, (row,) = judged(label, label, [1])
+    assert scores.image["iou"] == 1.0 and not scores.regions
+    assert row["agreement"] == 1.0 and not row["flagged"]
+
+
+def test_swapped_class_is_flagged_as_class():
+    truth = box(4, 16, 4, 16, 1)
+    label = box(4, 16, 4, 16, 2)  # the annotator picked B for an A object
+    scores, (row,) = judged(label, truth, [2])
+    assert row["flagged"] and row["suspected"] == "class" and row["agreement"] == 0.0 and row["other_class"] == 1
+    assert not scores.regions  # the object is labelled, only with the wrong class
+
+
+def test_missing_object_is_flagged_as_missed_region_with_its_box():
+    truth = box(4, 16, 4, 16, 1, base=box(20, 28, 20, 28, 2))
+    label = box(20, 28, 20, 28, 2)  # the A object was never annotated
+    scores, (row,) = judged(label, truth, [2])
+    assert not row["flagged"]
+    (region,) = scores.regions
+    assert region["flagged"] and region["suspected"] == "missing" and region["class_index"] == 1
+    assert region["bbox"] == "8 8 24 24"  # in image pixels (scale 2)
+    assert scores.missed[4:16, 4:16].all() and scores.missed.sum() == 144
+
+
+def test_bloated_polygon_is_flagged_as_region():
+    truth = box(10, 18, 10, 18, 1)  # 64 pixels
+    label = box(7, 21, 7, 21, 1)  # 196 pixels: the polygon was drawn far too large
+    _, (row,) = judged(label, truth, [1])
+    assert row["flagged"] and row["suspected"] == "region" and row["agreement"] == pytest.approx(64 / 196)
+
+
+def test_a_class_the_model_never_predicts_is_not_flagged_wholesale():
+    rows = pd.DataFrame({"image_id": list("abcd"), "class_index": [1, 1, 2, 2], "pixels": [100] * 4, "agreement": [0.0, 0.02, 0.9, 0.1], "own_probability": [0.01, 0.02, 0.8, 0.1], "other_class": [0] * 4, "other_probability": [0.9] * 4})
+    table = flag_annotations(rows, CleanSettings(agreement_below=0.5))
+    assert table["flagged"].tolist() == [False, False, False, True]  # class 1: agreement ~0 everywhere, not judged
+    assert table["class_agreement"].tolist() == pytest.approx([0.01, 0.01, 0.5, 0.5])
+
+
+def test_small_objects_are_not_judged():
+    label = box(2, 4, 2, 4, 1)  # 4 pixels < 2% of 1024
+    _, (row,) = judged(label, np.zeros_like(label), [1])
+    assert not row["flagged"] and np.isnan(row["agreement"])
+
+
+def test_image_flags_by_iou_threshold_worst_fraction_and_annotations():
+    images = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "iou": [0.9, 0.2, 0.5, 0.8]})
+    flagged_annotation = pd.DataFrame({"image_id": ["d"], "flagged": [True]})
+    none = pd.DataFrame({"image_id": [], "flagged": []})
+    reasons = flag_images(images, flagged_annotation, none, CleanSettings(iou_below=0.3))
+    assert reasons.to_dict() == {"a": "", "b": "low_iou", "c": "", "d": "annotation"}
+    reasons = flag_images(images, none, none, CleanSettings(worst_fraction=0.5))
+    assert reasons.to_dict() == {"a": "", "b": "low_iou", "c": "low_iou", "d": ""}
+
+
+def swapped_and_missing():
+    """An image with a swapped object (A labelled B) and a missing A object."""
+    truth = box(2, 12, 2, 12, 1, base=box(18, 30, 18, 30, 1))
+    label = box(2, 12, 2, 12, 2)
+    probabilities = confident_probabilities(truth)
+    probabilities[:, 2:4, 2:12] = 1 / N_CLASSES  # an unconfident strip inside the swapped object
+    scores, (row,) = judged(label, truth, [2], probabilities)
+    assert row["flagged"]
+    return truth, label, (label > 0).astype(np.int32), scores
+
+
+def test_relabel_gives_flagged_regions_the_confident_prediction_and_255_elsewhere():
+    truth, label, instances, scores = swapped_and_missing()
+    out = cleaned_mask(label, instances, scores, [0], low_iou=False, action="relabel")
+    assert (out[4:12, 2:12] == 1).all()  # swapped class fixed
+    assert (out[2:4, 2:12] == IGNORE_INDEX).all()  # not confident: ignored, not guessed
+    assert (out[18:30, 18:30] == 1).all()  # missed object added
+    assert (out[(truth == 0) & (out != IGNORE_INDEX)] == 0).all()
+
+
+def test_ignore_blanks_flagged_regions_and_drop_or_none_keep_the_label():
+    truth, label, instances, scores = swapped_and_missing()
+    out = cleaned_mask(label, instances, scores, [0], low_iou=False, action="ignore")
+    assert (out[2:12, 2:12] == IGNORE_INDEX).all() and (out[20:30, 18:30] == IGNORE_INDEX).all()
+    assert (out[(out != IGNORE_INDEX)] == 0).all()
+    for action in ("drop", "none"):
+        assert np.array_equal(cleaned_mask(label, instances, scores, [0], low_iou=False, action=action), label)
+
+
+def test_relabel_at_a_larger_label_size_upsamples_the_prediction():
+    truth, label, instances, scores = swapped_and_missing()
+    big_label = cv2.resize(label, (64, 64), interpolation=cv2.INTER_NEAREST)
+    big_instances = cv2.resize(instances.astype(np.uint16), (64, 64), interpolation=cv2.INTER_NEAREST)
+    out = cleaned_mask(big_label, big_instances, scores, [0], low_iou=False, action="relabel")
+    assert out.shape == (64, 64) and (out[8:24, 4:24] == 1).all() and (out[36:60, 36:60] == 1).all()
+
+
+# --- clean() on files laid out as the index writes them ---------------------------------
+
+
+@pytest.fixture()
+def indexed(tmp_path):
+    """Labelled images clean, swapped, missing, bloated, clean, clean; one test image; OOF from the truth."""
+    truths, labels = [], []
+    truths.append(box(4, 16, 4, 16, 1)); labels.append(box(4, 16, 4, 16, 1))  # noqa: E702
+    truths.append(box(4, 16, 4, 16, 1)); labels.append(box(4, 16, 4, 16, 2))  # noqa: E702
+    truths.append(box(4, 16, 4, 16, 1, base=box(20, 28, 20, 28, 2))); labels.append(box(20, 28, 20, 28, 2))  # noqa: E702
+    truths.append(box(10, 18, 10, 18, 1)); labels.append(box(7, 21, 7, 21, 1))  # noqa: E702
+    for _ in range(2):  # more clean A objects: what class A's agreement normally is
+        truths.append(box(4, 16, 4, 16, 1)); labels.append(box(4, 16, 4, 16, 1))  # noqa: E702
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    ids = [f"b/{k}.png" for k in range(len(labels))]
+    (tmp_path / "b").mkdir()
+    rows, annotation_rows = [], []
+    for k, (image_id, label) in enumerate(zip(ids, labels)):
+        cv2.imwrite(str(tmp_path / image_id), np.full((SIZE, SIZE, 3), 90, np.uint8))
+        cv2.imwrite(str(mask_file(masks, k)), label)
+        cv2.imwrite(str(instance_file(masks, k)), (label > 0).astype(np.uint16))
+        rows.append({"image_id": image_id, "coco_id": k, "file_name": image_id, "width": SIZE, "height": SIZE, "split": "train"})
+        annotation_rows.append({"image_id": image_id, "annotation_id": 10 + k, "class_index": int(label.max())})
+    rows.append({"image_id": "t.png", "coco_id": 9, "file_name": "t.png", "width": SIZE, "height": SIZE, "split": "test"})
+    pd.DataFrame(rows).to_parquet(tmp_path / "images.parquet")
+    pd.DataFrame(annotation_rows).to_parquet(tmp_path / "annotations.parquet")
+    oof = tmp_path / "oof"
+    oof.mkdir()
+    np.save(oof / "oof.npy", np.stack([(confident_probabilities(t) * 255).round().astype(np.uint8) for t in truths]))
+    (oof / "oof_ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    return tmp_path, ids
+
+
+def run_clean(root, action, **settings):
+    return clean(
+        sources={"oof": [root / "oof"]}, images_path=root / "images.parquet", annotations_path=root / "annotations.parquet",
+        masks_dir=root / "masks", image_root=root, classes=["bg", "A", "B"], out_dir=root / f"clean_{action}",
+        settings=CleanSettings(action=action, agreement_below=0.5, confidence=0.8, min_region=0.02, **settings), gallery=4,
+    )
+
+
+def test_clean_flags_the_three_noisy_images_and_drops_them(indexed):
+    root, ids = indexed
+    summary = run_clean(root, "drop")
+    out = root / "clean_drop"
+    images = pd.read_csv(out / "images.csv")
+    assert images.set_index("image_id")["reasons"].fillna("").to_dict() == {ids[0]: "", ids[1]: "annotation", ids[2]: "missed", ids[3]: "annotation", ids[4]: "", ids[5]: ""}
+    assert (out / "dropped.txt").read_text().split() == ids[1:4]
+    assert images.set_index("image_id")["train"].tolist() == [True, False, False, False, True, True]
+    assert summary["flagged_images"] == 3 and summary["dropped_images"] == 3
+    for k in range(6):  # drop keeps every label as it is
+        assert np.array_equal(cv2.imread(str(mask_file(out / "masks", k)), cv2.IMREAD_UNCHANGED), cv2.imread(str(mask_file(root / "masks", k)), cv2.IMREAD_UNCHANGED))
+    scores = pd.read_csv(out / "scores.csv")
+    assert set(scores["level"]) == {"image", "annotation", "region"} and len(scores[scores["level"] == "annotation"]) == 6
+    flags = pd.read_csv(out / "flags.csv")
+    assert sorted(flags.loc[flags["level"] == "annotation", "suspected"]) == ["class", "region"]
+    assert sorted(p.name for p in (out / "gallery").iterdir()) == [f"0{r}_{k}.png" for r, k in ((1, 1), (2, 3), (3, 2))]  # by OOF IoU, worst first
+    assert "<img src='data:image/png;base64," in (out / "gallery.html").read_text()
+
+
+def test_clean_relabel_writes_corrected_masks_and_drops_nothing(indexed):
+    root, ids = indexed
+    run_clean(root, "relabel")
+    out = root / "clean_relabel"
+    assert (out / "dropped.txt").read_text() == ""
+    swapped = cv2.imread(str(mask_file(out / "masks", 1)), cv2.IMREAD_UNCHANGED)
+    assert (swapped[4:16, 4:16] == 1).all()
+    missing = cv2.imread(str(mask_file(out / "masks", 2)), cv2.IMREAD_UNCHANGED)
+    assert (missing[4:16, 4:16] == 1).all() and (missing[20:28, 20:28] == 2).all()
+    bloated = cv2.imread(str(mask_file(out / "masks", 3)), cv2.IMREAD_UNCHANGED)
+    assert bloated.sum() == 64 and (bloated[10:18, 10:18] == 1).all()  # back to the true object
+    assert pd.read_csv(out / "images.csv")["changed_pixels"].tolist()[0] == 0
+
+
+def test_no_flag_is_fine_and_reported(indexed):
+    root, _ = indexed
+    summary = run_clean(root, "none", iou_below=None)
+    summary_none = json.loads((root / "clean_none" / "summary.json").read_text())
+    assert summary == summary_none and summary["flagged_images"] == 3 and summary["dropped_images"] == 0
+    clean(
+        sources={"oof": [root / "oof"]}, images_path=root / "images.parquet", annotations_path=root / "annotations.parquet",
+        masks_dir=root / "masks", image_root=root, classes=["bg", "A", "B"], out_dir=root / "quiet",
+        settings=CleanSettings(agreement_below=0.0, confidence=1.01, min_region=0.02), gallery=4,
+    )
+    assert json.loads((root / "quiet" / "summary.json").read_text())["flagged_images"] == 0
+    assert (root / "quiet" / "dropped.txt").read_text() == "" and not list((root / "quiet" / "gallery").iterdir())
+
+
+def test_oof_ids_that_do_not_match_the_index_are_an_error(indexed):
+    from segflow.oof_score import OofError
+
+    root, ids = indexed
+    (root / "oof" / "oof_ids.txt").write_text("".join(f"{i}\n" for i in [*ids[:-1], "b/unknown.png"]))
+    with pytest.raises(OofError, match=r"OOF source oof: .*1 unknown.*b/unknown.png.*1 labelled images without OOF"):
+        run_clean(root, "drop")
+    assert not (root / "clean_drop").exists()
+
+
+# --- the next round's training set ---------------------------------------------------------
+
+
+def test_dropped_images_never_train_and_validation_keeps_every_labelled_image():
+    images = pd.DataFrame({"image_id": [f"i{k}" for k in range(8)] + ["t0", "t1"], "split": ["train"] * 8 + ["test"] * 2})
+    folds = pd.DataFrame({"image_id": [f"i{k}" for k in range(8)], "fold": [0, 1] * 4})
+    dropped = frozenset({"i0", "i1", "i2"})
+    for fold in (0, 1):
+        train, val = fold_split(images, folds, fold, drop=dropped)
+        assert not set(train["image_id"]) & dropped
+        assert not set(train["image_id"]) & set(val["image_id"])
+        assert set(val["image_id"]) == {f"i{k}" for k in range(fold, 8, 2)}  # scored on every image of the fold
+        assert not {"t0", "t1"} & (set(train["image_id"]) | set(val["image_id"]))
+
+
+def test_detection_scores_against_the_manifest():
+    manifest = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "annotation_id": [1, 2, 3, 4], "kind": ["class_swap", "missing", "shifted", "bloated"]})
+    labelled = {"a", "b", "c", "d", "e", "f", "g", "h"}
+    result = image_detection({"a", "b", "e"}, manifest, labelled)
+    assert result["all"]["precision"] == pytest.approx(2 / 3) and result["all"]["recall"] == 0.5
+    assert result["class_swap"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "true_positives": 1, "flagged": 2, "positives": 1}
+    assert result["shifted"]["recall"] == 0.0 and result["shifted"]["precision"] == 0.0
+    flags = pd.DataFrame(
+        {"level": ["annotation", "annotation", "region", "region"], "image_id": ["a", "e", "b", "f"], "annotation_id": [1, 99, None, None], "bbox": [None, None, "10 10 5 5", "0 0 3 3"]}
+    )
+    result = annotation_detection(flags, manifest, {1: [0, 0, 4, 4], 2: [11, 11, 4, 4], 3: [0, 0, 1, 1], 4: [0, 0, 1, 1]})
+    assert result["all"]["true_positives"] == 2 and result["all"]["flagged"] == 4 and result["missing"]["recall"] == 1.0
