@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segflow.clean import CleanSettings, clean, cleaned_mask, flag_annotations, flag_images, score_image
+from segflow.clean import CleanSettings, clean, cleaned_mask, flag_images, score_image, self_confidence_sums
 from segflow.index import instance_file, mask_file
 from segflow.metrics import IGNORE_INDEX
 from segflow.noise_detection import annotation_detection, image_detection
@@ -15,7 +15,8 @@ from segflow.train import fold_split
 
 SIZE = 32
 N_CLASSES = 3  # background, A, B
-SETTINGS = CleanSettings(agreement_below=0.5, confidence=0.8, min_region=0.02)
+SETTINGS = CleanSettings(issue_share=0.3, min_class_confidence=0.2, min_region=0.02, missed_region=0.02)
+THRESHOLDS = np.array([0.85, 0.85, 0.85])  # every class learnt: mean self-confidence 0.85
 
 
 def confident_probabilities(prediction: np.ndarray, sure: float = 0.9) -> np.ndarray:
@@ -36,14 +37,11 @@ def annotations(*classes):
     return pd.DataFrame({"annotation_id": [100 + k for k in range(len(classes))], "class_index": list(classes)})
 
 
-def judged(label, truth, classes, probabilities=None):
-    """score_image, then flag_annotations against a population: three well-predicted
-    annotations of each class (their agreement 1 is what the class normally reaches)."""
+def judged(label, truth, classes, probabilities=None, thresholds=THRESHOLDS):
+    """score_image of one image whose OOF prediction is ``truth`` (confident)."""
     probabilities = confident_probabilities(truth) if probabilities is None else probabilities
-    scores = score_image("x", label, (label > 0).astype(np.int32), probabilities, annotations(*classes), SETTINGS, scale=(2.0, 2.0))
-    population = [{"image_id": f"p{k}", "class_index": c, "pixels": 100, "agreement": 1.0, "own_probability": 0.9, "other_class": 0, "other_probability": 0.1} for k in range(3) for c in (1, 2)]
-    table = flag_annotations(pd.DataFrame(scores.annotations + population), SETTINGS)
-    return scores, table[table["image_id"] == "x"].to_dict("records")
+    scores = score_image("x", label, (label > 0).astype(np.int32), probabilities, annotations(*classes), thresholds, SETTINGS, scale=(2.0, 2.0))
+    return scores, scores.annotations
 
 
 def test_clean_image_gets_no_flag():
@@ -57,7 +55,7 @@ def test_swapped_class_is_flagged_as_class():
     truth = box(4, 16, 4, 16, 1)
     label = box(4, 16, 4, 16, 2)  # the annotator picked B for an A object
     scores, (row,) = judged(label, truth, [2])
-    assert row["flagged"] and row["suspected"] == "class" and row["agreement"] == 0.0 and row["other_class"] == 1
+    assert row["flagged"] and row["suspected"] == "class" and row["issue_share"] == 1.0 and row["agreement"] == 0.0 and row["other_class"] == 1
     assert not scores.regions  # the object is labelled, only with the wrong class
 
 
@@ -76,20 +74,33 @@ def test_bloated_polygon_is_flagged_as_region():
     truth = box(10, 18, 10, 18, 1)  # 64 pixels
     label = box(7, 21, 7, 21, 1)  # 196 pixels: the polygon was drawn far too large
     _, (row,) = judged(label, truth, [1])
-    assert row["flagged"] and row["suspected"] == "region" and row["agreement"] == pytest.approx(64 / 196)
+    assert row["flagged"] and row["suspected"] == "region" and row["issue_share"] == pytest.approx(132 / 196) and row["other_class"] == 0
 
 
-def test_a_class_the_model_never_predicts_is_not_flagged_wholesale():
-    rows = pd.DataFrame({"image_id": list("abcd"), "class_index": [1, 1, 2, 2], "pixels": [100] * 4, "agreement": [0.0, 0.02, 0.9, 0.1], "own_probability": [0.01, 0.02, 0.8, 0.1], "other_class": [0] * 4, "other_probability": [0.9] * 4})
-    table = flag_annotations(rows, CleanSettings(agreement_below=0.5))
-    assert table["flagged"].tolist() == [False, False, False, True]  # class 1: agreement ~0 everywhere, not judged
-    assert table["class_agreement"].tolist() == pytest.approx([0.01, 0.01, 0.5, 0.5])
+def test_a_class_the_model_has_not_learnt_is_not_judged_nor_ever_confident():
+    truth = box(4, 16, 4, 16, 1)
+    label = box(4, 16, 4, 16, 2)
+    scores, (row,) = judged(label, truth, [2], thresholds=np.array([0.85, 0.85, 0.1]))  # B not learnt
+    assert not row["flagged"] and np.isnan(row.get("issue_share", np.nan))
+    scores, (row,) = judged(label, truth, [2], thresholds=np.array([0.85, 0.1, 0.85]))  # A never confident
+    assert not row["flagged"] and row["issue_share"] == 0.0 and not scores.issue.any()
+
+
+def test_class_thresholds_are_the_mean_self_confidence():
+    label = box(0, 16, 0, 32, 1)  # top half A, bottom half background
+    probabilities = confident_probabilities(label, sure=0.9)
+    probabilities[:, 0:8] = confident_probabilities(label, sure=0.5)[:, 0:8]  # half of A less sure
+    probabilities[:, 31, 31] = [0.2, 0.3, 0.5]
+    label[31, 31] = IGNORE_INDEX  # not counted
+    sums, counts = self_confidence_sums(label, probabilities)
+    assert counts.tolist() == [511, 512, 0]
+    assert (sums / np.maximum(counts, 1)).tolist() == pytest.approx([0.9, 0.7, 0.0])
 
 
 def test_small_objects_are_not_judged():
     label = box(2, 4, 2, 4, 1)  # 4 pixels < 2% of 1024
     _, (row,) = judged(label, np.zeros_like(label), [1])
-    assert not row["flagged"] and np.isnan(row["agreement"])
+    assert not row["flagged"] and "issue_share" not in row
 
 
 def test_image_flags_by_iou_threshold_worst_fraction_and_annotations():
@@ -109,7 +120,7 @@ def swapped_and_missing():
     probabilities = confident_probabilities(truth)
     probabilities[:, 2:4, 2:12] = 1 / N_CLASSES  # an unconfident strip inside the swapped object
     scores, (row,) = judged(label, truth, [2], probabilities)
-    assert row["flagged"]
+    assert row["flagged"] and row["issue_share"] == pytest.approx(0.8)
     return truth, label, (label > 0).astype(np.int32), scores
 
 
@@ -117,7 +128,7 @@ def test_relabel_gives_flagged_regions_the_confident_prediction_and_255_elsewher
     truth, label, instances, scores = swapped_and_missing()
     out = cleaned_mask(label, instances, scores, [0], low_iou=False, action="relabel")
     assert (out[4:12, 2:12] == 1).all()  # swapped class fixed
-    assert (out[2:4, 2:12] == IGNORE_INDEX).all()  # not confident: ignored, not guessed
+    assert (out[2:4, 2:12] == IGNORE_INDEX).all()  # nothing confident: ignored, not guessed
     assert (out[18:30, 18:30] == 1).all()  # missed object added
     assert (out[(truth == 0) & (out != IGNORE_INDEX)] == 0).all()
 
@@ -177,7 +188,7 @@ def run_clean(root, action, **settings):
     return clean(
         sources={"oof": [root / "oof"]}, images_path=root / "images.parquet", annotations_path=root / "annotations.parquet",
         masks_dir=root / "masks", image_root=root, classes=["bg", "A", "B"], out_dir=root / f"clean_{action}",
-        settings=CleanSettings(action=action, agreement_below=0.5, confidence=0.8, min_region=0.02, **settings), gallery=4,
+        settings=CleanSettings(action=action, min_region=0.02, missed_region=0.02, **settings), gallery=4,
     )
 
 
@@ -222,7 +233,7 @@ def test_no_flag_is_fine_and_reported(indexed):
     clean(
         sources={"oof": [root / "oof"]}, images_path=root / "images.parquet", annotations_path=root / "annotations.parquet",
         masks_dir=root / "masks", image_root=root, classes=["bg", "A", "B"], out_dir=root / "quiet",
-        settings=CleanSettings(agreement_below=0.0, confidence=1.01, min_region=0.02), gallery=4,
+        settings=CleanSettings(issue_share=1.01, missed_region=1.0), gallery=4,
     )
     assert json.loads((root / "quiet" / "summary.json").read_text())["flagged_images"] == 0
     assert (root / "quiet" / "dropped.txt").read_text() == "" and not list((root / "quiet" / "gallery").iterdir())

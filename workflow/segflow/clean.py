@@ -1,43 +1,43 @@
 """Label-noise cleaning: find suspicious labels from honest out-of-fold predictions.
 
 Every labelled image was predicted by a model that never trained on it (OOF), so where a
-confident OOF prediction and the label disagree, the label is suspect. Scored at the
-stored probability size:
+confident OOF prediction and the label disagree, the label is suspect. "Confident" is
+per class, as in confident learning (Northcutt et al.): the threshold of class k is its
+mean self-confidence, the mean OOF probability of k over the pixels labelled k. A pixel
+is a label issue when its label's probability is below that label's threshold and some
+other class reaches its own threshold (the most probable such class is the suggested
+label). A class the model has not learnt (threshold below ``min_class_confidence``) is
+never confident and its annotations are not judged: the judge is only as good as the
+OOF model. Scored at the stored probability size:
 
 - per image: the IoU between OOF prediction and label over the classes in either
-  (segflow.metrics.image_iou);
-- per annotation (its visible pixels, from the index's instance maps): ``agreement``, the
-  share of its pixels predicted as its class; ``own_probability`` and the strongest other
-  class with its mean probability. A swapped class, a shifted or a bloated polygon all
-  lower the agreement even when the rest of the image is right. An annotation is flagged
-  when its agreement is below ``agreement_below`` times the typical agreement of its
-  class (pixel-weighted over all its scored annotations): the judge is only as good as
-  the OOF model, and a class the model has not learnt (agreement near 0 everywhere) must
-  not be flagged wholesale -- the per-class threshold of confident learning; a class
-  whose typical agreement is below ``min_class_agreement`` is not judged at all. The
-  suspected kind is ``class`` when another object class is more probable over the
-  region, else ``region`` (the polygon is off: shifted or bloated);
-- missed objects: connected regions where the prediction is a confident object class
-  (max probability >= ``confidence``) but the label says background; flagged when larger
-  than ``min_region`` of the image (after a small opening, so the thin rims where
-  prediction and label outline differ do not count).
+  (segflow.metrics.image_iou), and the share of issue pixels;
+- per annotation (its visible pixels, from the index's instance maps): ``issue_share``,
+  the share of its pixels that are issues, flagged at ``issue_share`` or more; also its
+  ``agreement`` (share predicted as its class), ``own_probability`` and the suggested
+  other class. A swapped class, a shifted or a bloated polygon all raise the issue share
+  even when the rest of the image is right. Suspected kind: ``class`` when the suggested
+  label is another object class, else ``region`` (the polygon is off: shifted, bloated);
+  objects smaller than ``min_region`` of the image are not judged;
+- missed objects: connected regions of issue pixels labelled background whose suggested
+  label is an object class, flagged when at least ``missed_region`` of the image (after
+  a small opening, so the rims where prediction and label outlines differ do not count).
 
 An image is flagged when its IoU is below ``iou_below``, when it is among the
 ``worst_fraction`` lowest IoUs, or when it holds a flagged annotation or missed region.
-Objects smaller than ``min_region`` of the image are not judged (their OOF agreement says
-more about the model than about the label).
 
-Actions on flagged images, for the next round's training set:
-``drop``: the image leaves it; ``relabel``: the flagged regions (flagged annotations,
-missed regions and, for an image flagged by IoU, the pixels where a confident prediction
-disagrees) take the confident OOF prediction, 255 where it is not confident;
-``ignore``: the flagged regions become 255 (ignored by the loss); ``none``: report only.
+Actions on flagged images, for the next round's training set: ``drop``: the image leaves
+it; ``relabel``: in the flagged regions (flagged annotations, missed regions and, for an
+image flagged by IoU, its issue pixels) issue pixels take the suggested label, pixels
+whose label is confidently predicted keep it, the rest become 255; ``ignore``: the
+flagged regions become 255 (ignored by the loss); ``none``: report only.
 
 Writes under ``out_dir``: scores.csv (level image / annotation / region), flags.csv (the
 flagged rows, with the suspected kind and the action), images.csv (one row per labelled
 image: flagged, reasons, action, train), dropped.txt (image ids that leave training),
-masks/ (the cleaned class masks of every labelled image, by coco id), summary.json, and a
-gallery of the worst flagged images: gallery.html and gallery/*.png.
+masks/ (the cleaned class masks of every labelled image, by coco id), summary.json (with
+the class thresholds), and a gallery of the worst flagged images: gallery.html and
+gallery/*.png.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ from segflow.oof_score import OofError, load_label
 
 ACTIONS = ("drop", "relabel", "ignore", "none")
 SCORE_COLUMNS = [
-    "level", "image_id", "annotation_id", "region", "class_index", "pixels", "iou", "agreement", "class_agreement",
-    "own_probability", "other_class", "other_probability", "confidence", "bbox", "flagged", "suspected",
+    "level", "image_id", "annotation_id", "region", "class_index", "pixels", "iou", "issue_share", "agreement",
+    "own_probability", "other_class", "other_probability", "bbox", "flagged", "suspected",
 ]
 
 
@@ -74,10 +74,10 @@ class CleanSettings:
     action: str = "ignore"
     iou_below: float | None = None
     worst_fraction: float | None = None
-    agreement_below: float = 0.5
-    min_class_agreement: float = 0.2
-    confidence: float = 0.8
+    issue_share: float = 0.3
+    min_class_confidence: float = 0.2
     min_region: float = 0.005
+    missed_region: float = 0.02
 
     def __post_init__(self):
         if self.action not in ACTIONS:
@@ -88,23 +88,46 @@ class CleanSettings:
 
 @dataclass
 class ImageScores:
-    """Scores of one image at the probability size (see module doc)."""
+    """Scores and maps of one image at the probability size (see module doc)."""
 
     image: dict
     annotations: list[dict]
     regions: list[dict]
-    missed: np.ndarray  # (h, w) bool: the flagged missed regions
     prediction: np.ndarray  # (h, w) uint8 OOF argmax
-    confident: np.ndarray  # (h, w) bool: max probability >= confidence
+    issue: np.ndarray  # (h, w) bool: label issue pixels
+    suggested: np.ndarray  # (h, w) uint8: the confident other class (where issue)
+    supported: np.ndarray  # (h, w) bool: the label's own probability reaches its threshold
+    missed: np.ndarray  # (h, w) bool: the flagged missed regions
 
 
-def score_image(image_id: str, label: np.ndarray, instances: np.ndarray, probabilities: np.ndarray, annotations: pd.DataFrame, settings: CleanSettings, scale: tuple[float, float] = (1.0, 1.0)) -> ImageScores:
+def self_confidence_sums(label: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of p_k over the pixels labelled k, their count) per class k, for class_thresholds."""
+    n_classes = probabilities.shape[0]
+    labelled = label != IGNORE_INDEX
+    own = np.take_along_axis(probabilities, np.where(labelled, label, 0)[None].astype(np.int64), axis=0)[0]
+    return (
+        np.bincount(label[labelled].ravel(), weights=own[labelled].ravel(), minlength=n_classes)[:n_classes],
+        np.bincount(label[labelled].ravel(), minlength=n_classes)[:n_classes],
+    )
+
+
+def score_image(image_id: str, label: np.ndarray, instances: np.ndarray, probabilities: np.ndarray, annotations: pd.DataFrame, thresholds: np.ndarray, settings: CleanSettings, scale: tuple[float, float] = (1.0, 1.0)) -> ImageScores:
     """Score one image. ``label`` and ``instances`` are at the size of ``probabilities`` (C, h, w);
     ``annotations`` are the image's rows of annotations.parquet, in order (instance value
-    k + 1 is its k-th row). ``scale`` (x, y) maps region boxes to image pixels."""
+    k + 1 is its k-th row); ``thresholds`` the classes' mean self-confidence; ``scale``
+    (x, y) maps region boxes to image pixels."""
     n_classes = probabilities.shape[0]
+    thresholds = np.asarray(thresholds, np.float64)
+    learnt = thresholds >= settings.min_class_confidence
     prediction = probabilities.argmax(axis=0).astype(np.uint8)
-    confident = probabilities.max(axis=0) >= settings.confidence
+    labelled = label != IGNORE_INDEX
+    safe_label = np.where(labelled, label, 0).astype(np.int64)
+    own = np.take_along_axis(probabilities, safe_label[None], axis=0)[0]
+    above = probabilities >= np.where(learnt, thresholds, np.inf)[:, None, None]
+    np.put_along_axis(above, safe_label[None], False, axis=0)  # another class than the label
+    suggested = np.where(above, probabilities, -1.0).argmax(axis=0).astype(np.uint8)
+    supported = own >= thresholds[safe_label]
+    issue = above.any(axis=0) & ~supported & labelled
     min_pixels = max(1.0, settings.min_region * label.size)
 
     annotation_rows = []
@@ -112,61 +135,54 @@ def score_image(image_id: str, label: np.ndarray, instances: np.ndarray, probabi
         region = instances == position + 1
         pixels = int(region.sum())
         row = {"level": "annotation", "image_id": image_id, "annotation_id": int(annotation_id), "class_index": int(class_index), "pixels": pixels, "flagged": False}
-        if pixels >= min_pixels:  # flagged later, against its class (flag_annotations)
-            mean_probability = probabilities[:, region].mean(axis=1)
-            others = mean_probability.copy()
-            others[class_index] = -1.0
-            other = int(others.argmax())
+        if pixels >= min_pixels and learnt[class_index]:
+            issue_share = float(issue[region].mean())
+            if issue[region].any():
+                other = int(np.bincount(suggested[region & issue], minlength=n_classes).argmax())
+            else:
+                others = probabilities[:, region].mean(axis=1)
+                others[class_index] = -1.0
+                other = int(others.argmax())
+            flagged = issue_share >= settings.issue_share
             row.update(
+                issue_share=issue_share,
                 agreement=float((prediction[region] == class_index).mean()),
-                own_probability=float(mean_probability[class_index]),
+                own_probability=float(own[region].mean()),
                 other_class=other,
-                other_probability=float(mean_probability[other]),
+                other_probability=float(probabilities[other][region].mean()),
+                flagged=flagged,
+                suspected=("class" if other != 0 else "region") if flagged else None,
             )
         annotation_rows.append(row)
 
-    # Missed objects: confident object-class prediction on labelled background.
-    candidate = (confident & (prediction != 0) & (label == 0)).astype(np.uint8)
+    # Missed objects: issue pixels on labelled background that a confident object class claims.
+    candidate = (issue & (label == 0) & (suggested != 0)).astype(np.uint8)
     candidate = cv2.morphologyEx(candidate, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     n_components, components, stats, _ = cv2.connectedComponentsWithStats(candidate, connectivity=8)
     missed = np.zeros(label.shape, bool)
     region_rows = []
     for k in range(1, n_components):
         pixels = int(stats[k, cv2.CC_STAT_AREA])
-        if pixels < min_pixels:
+        if pixels < max(1.0, settings.missed_region * label.size):
             continue
         inside = components == k
         missed |= inside
-        predicted = np.bincount(prediction[inside], minlength=n_classes)
+        claimed = int(np.bincount(suggested[inside], minlength=n_classes).argmax())
         x, y, w, h = (float(v) for v in stats[k, :4])
         box = (x * scale[0], y * scale[1], w * scale[0], h * scale[1])
         region_rows.append(
             {
-                "level": "region", "image_id": image_id, "region": len(region_rows), "class_index": int(predicted.argmax()), "pixels": pixels,
-                "confidence": float(probabilities[:, inside].max(axis=0).mean()), "bbox": " ".join(f"{v:.0f}" for v in box), "flagged": True, "suspected": "missing",
+                "level": "region", "image_id": image_id, "region": len(region_rows), "class_index": claimed, "pixels": pixels,
+                "other_class": claimed, "other_probability": float(probabilities[claimed][inside].mean()),
+                "bbox": " ".join(f"{v:.0f}" for v in box), "flagged": True, "suspected": "missing",
             }
         )
 
     image_row = {
         "level": "image", "image_id": image_id, "pixels": int(label.size), "iou": image_iou(label, prediction, n_classes),
-        "flagged": False, "suspected": None,
+        "issue_share": float(issue.mean()), "flagged": False, "suspected": None,
     }
-    return ImageScores(image_row, annotation_rows, region_rows, missed, prediction, confident)
-
-
-def flag_annotations(annotations: pd.DataFrame, settings: CleanSettings) -> pd.DataFrame:
-    """``annotations`` (score_image rows) with ``flagged``, ``suspected`` and ``class_agreement``."""
-    out = annotations.copy()
-    scored = out["agreement"].notna()
-    weights = out["pixels"].where(scored, 0).astype(float)
-    agreed = (out["agreement"].fillna(0) * weights).groupby(out["class_index"]).sum()
-    class_agreement = agreed / weights.groupby(out["class_index"]).sum().replace(0, np.nan)
-    out["class_agreement"] = out["class_index"].map(class_agreement)
-    judged = scored & (out["class_agreement"] >= settings.min_class_agreement)
-    out["flagged"] = judged & (out["agreement"] < settings.agreement_below * out["class_agreement"])
-    other_object = (out["other_class"] != 0) & (out["other_probability"] > out["own_probability"])
-    out["suspected"] = np.where(out["flagged"], np.where(other_object, "class", "region"), None)
-    return out
+    return ImageScores(image_row, annotation_rows, region_rows, prediction, issue, suggested, supported, missed)
 
 
 def flag_images(image_rows: pd.DataFrame, annotation_rows: pd.DataFrame, region_rows: pd.DataFrame, settings: CleanSettings) -> pd.Series:
@@ -199,18 +215,16 @@ def cleaned_mask(label: np.ndarray, instances: np.ndarray, scores: ImageScores, 
             return small
         return cv2.resize(small.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
 
-    region = scores.missed.copy()
-    if low_iou:  # no single object to blame: the pixels where a confident prediction disagrees
-        small_label = cv2.resize(label, scores.prediction.shape[::-1], interpolation=cv2.INTER_NEAREST) if label.shape != scores.prediction.shape else label
-        region |= scores.confident & (scores.prediction != small_label) & (small_label != IGNORE_INDEX)
+    region = scores.missed | scores.issue if low_iou else scores.missed  # IoU alone blames no object: its issue pixels
     region = full_size(region).astype(bool)
     for position in flagged_positions:
         region |= instances == position + 1
     out = label.copy()
     if action == "ignore":
         out[region] = IGNORE_INDEX
-    else:  # relabel
-        relabelled = np.where(full_size(scores.confident).astype(bool), full_size(scores.prediction), IGNORE_INDEX).astype(np.uint8)
+    else:  # relabel: issue -> suggested label; confidently supported -> kept; the rest -> 255
+        issue, supported = full_size(scores.issue).astype(bool), full_size(scores.supported).astype(bool)
+        relabelled = np.where(issue, full_size(scores.suggested), np.where(supported, label, IGNORE_INDEX)).astype(np.uint8)
         out[region] = relabelled[region]
     return out
 
@@ -266,23 +280,35 @@ def clean(
     def probabilities_of(ids: list[str]) -> np.ndarray:
         return sum(reader.get(ids) for reader in readers) / len(readers)
 
-    # 1. Score every labelled image (streamed in chunks).
     image_ids = list(labelled.index)
+
+    def labels_of(image_id):
+        coco_id = labelled.at[image_id, "coco_id"]
+        return load_label(masks_dir, coco_id, size), resize_nearest(load_instances(masks_dir, coco_id), size)
+
+    # 1. The class thresholds: mean self-confidence over every labelled pixel (one streamed pass).
+    sums, counts = np.zeros(len(classes)), np.zeros(len(classes))
+    for start in range(0, len(image_ids), chunk):
+        ids = image_ids[start : start + chunk]
+        for image_id, probabilities in zip(ids, probabilities_of(ids)):
+            image_sums, image_counts = self_confidence_sums(labels_of(image_id)[0], probabilities)
+            sums, counts = sums + image_sums, counts + image_counts
+    thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
+
+    # 2. Score every labelled image (another streamed pass).
     image_rows, annotation_rows, region_rows = [], [], []
     for start in range(0, len(image_ids), chunk):
         ids = image_ids[start : start + chunk]
         for image_id, probabilities in zip(ids, probabilities_of(ids)):
-            coco_id = labelled.at[image_id, "coco_id"]
-            label = load_label(masks_dir, coco_id, size)
-            instances = resize_nearest(load_instances(masks_dir, coco_id), size)
+            label, instances = labels_of(image_id)
             scale = (labelled.at[image_id, "width"] / size, labelled.at[image_id, "height"] / size)
-            scores = score_image(image_id, label, instances, probabilities, by_image.get(image_id, empty_annotations), settings, scale)
+            scores = score_image(image_id, label, instances, probabilities, by_image.get(image_id, empty_annotations), thresholds, settings, scale)
             image_rows.append(scores.image)
             annotation_rows += scores.annotations
             region_rows += scores.regions  # only the table rows are kept, not the maps
 
     image_table = pd.DataFrame(image_rows)
-    annotation_table = flag_annotations(pd.DataFrame(annotation_rows, columns=SCORE_COLUMNS), settings)
+    annotation_table = pd.DataFrame(annotation_rows, columns=SCORE_COLUMNS)
     region_table = pd.DataFrame(region_rows, columns=SCORE_COLUMNS)
     reasons = flag_images(image_table, annotation_table, region_table, settings)
     image_table["flagged"] = image_table["image_id"].map(reasons).ne("")
@@ -290,7 +316,7 @@ def clean(
     scores_table = pd.concat([image_table.reindex(columns=SCORE_COLUMNS), annotation_table, region_table], ignore_index=True)
     scores_table = scores_table.astype({"annotation_id": "Int64", "region": "Int64", "class_index": "Int64", "other_class": "Int64", "flagged": bool})
 
-    # 2. The next round's labels: cleaned masks of every labelled image, and who is dropped.
+    # 3. The next round's labels: cleaned masks of every labelled image, and who is dropped.
     flagged_ids = [i for i in image_ids if reasons[i]]
     positions = annotation_table.groupby("image_id", sort=False).cumcount()  # k: instance value k + 1
     flagged_positions = positions[annotation_table["flagged"]].groupby(annotation_table["image_id"]).agg(list).to_dict()
@@ -304,7 +330,7 @@ def clean(
                 shutil.copyfile(source, mask_file(masks_tmp, coco_id))
                 continue
             # The maps of a flagged image again (cheap; pass 1 kept only the tables).
-            scores = score_image(image_id, load_label(masks_dir, coco_id, size), resize_nearest(load_instances(masks_dir, coco_id), size), probabilities_of([image_id])[0], by_image.get(image_id, empty_annotations), settings)
+            scores = score_image(image_id, *labels_of(image_id), probabilities_of([image_id])[0], by_image.get(image_id, empty_annotations), thresholds, settings)
             label = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
             positions = flagged_positions.get(image_id, [])
             new = cleaned_mask(label, load_instances(masks_dir, coco_id), scores, positions, "low_iou" in reasons[image_id], action)
@@ -330,16 +356,18 @@ def clean(
         write_table(images_table, out_dir / "images.csv")
         write_ids(dropped, out_dir / "dropped.txt")
         worst = image_table[image_table["flagged"]].sort_values("iou", kind="stable")["image_id"].tolist()[:gallery]
-        write_gallery(worst, labelled, scores_table, masks_dir, out_dir, image_root, classes, size, probabilities_of, settings)
+        write_gallery(worst, labelled, scores_table, masks_dir, out_dir, image_root, classes, size, probabilities_of, thresholds, settings)
         summary = {
             "sources": sorted(sources),
             "settings": asdict(settings),
+            "class_thresholds": {name: float(t) for name, t in zip(classes, thresholds)},
+            "judged_classes": [name for name, t in zip(classes, thresholds) if t >= settings.min_class_confidence],
             "labelled_images": len(image_ids),
             "flagged_images": len(flagged_ids),
             "flagged_share": len(flagged_ids) / max(1, len(image_ids)),
             "flagged_by": {reason: int(reasons.str.contains(reason).sum()) for reason in ("low_iou", "annotation", "missed")},
             "flagged_annotations": int(annotation_table["flagged"].sum()),
-            "annotations_scored": int(annotation_table["agreement"].notna().sum()),
+            "annotations_judged": int(annotation_table["issue_share"].notna().sum()),
             "annotations": len(annotation_table),
             "missed_regions": len(region_table),
             "dropped_images": len(dropped),
@@ -352,7 +380,7 @@ def clean(
     return summary
 
 
-def write_gallery(image_ids, labelled, scores_table, masks_dir, out_dir, image_root, classes, size, probabilities_of, settings) -> None:
+def write_gallery(image_ids, labelled, scores_table, masks_dir, out_dir, image_root, classes, size, probabilities_of, thresholds, settings) -> None:
     """gallery/NN_<id>.png (image | label | OOF prediction | flagged region) and gallery.html."""
     from segflow.viz import class_palette, data_uri, legend_handles, overlay, plt, save_figure
 
@@ -368,7 +396,7 @@ def write_gallery(image_ids, labelled, scores_table, masks_dir, out_dir, image_r
             rows = scores_table[scores_table["image_id"] == image_id]
             flagged_ids = set(rows.loc[(rows["level"] == "annotation") & rows["flagged"], "annotation_id"])
             annotation_ids = rows.loc[rows["level"] == "annotation", "annotation_id"].tolist()
-            scores = score_image(image_id, label, instances, probabilities_of([image_id])[0], pd.DataFrame({"annotation_id": annotation_ids, "class_index": rows.loc[rows["level"] == "annotation", "class_index"].tolist()}), settings)
+            scores = score_image(image_id, label, instances, probabilities_of([image_id])[0], pd.DataFrame({"annotation_id": annotation_ids, "class_index": rows.loc[rows["level"] == "annotation", "class_index"].tolist()}), thresholds, settings)
             flagged_region = scores.missed.copy()
             for position, annotation_id in enumerate(annotation_ids):
                 if annotation_id in flagged_ids:
@@ -392,7 +420,7 @@ def write_gallery(image_ids, labelled, scores_table, masks_dir, out_dir, image_r
     for image_id, image_row, flagged_rows, png in entries:
         parts.append(f"<h3>{html.escape(image_id)}: IoU {image_row['iou']:.3f}, {html.escape(str(image_row['suspected']))}</h3><img src='{data_uri(png)}'>")
         if len(flagged_rows):
-            table = flagged_rows[["level", "annotation_id", "region", "class_index", "pixels", "agreement", "other_class", "other_probability", "confidence", "suspected"]]
+            table = flagged_rows[["level", "annotation_id", "region", "class_index", "pixels", "issue_share", "agreement", "other_class", "other_probability", "suspected"]]
             parts.append(table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.2f}"))
     parts.append("</body></html>")
     with atomic_path(out_dir / "gallery.html") as tmp:
