@@ -1,5 +1,5 @@
 # segflow: a COCO segmentation competition dataset -> EDA, folds, training, prediction,
-# label-noise cleaning and retraining, ensembling, submission. This file only wires: settings live in
+# label-noise cleaning, pseudo labels and retraining rounds, ensembling, submission. This file only wires: settings live in
 # config.yaml, helpers in workflow/rules/common.smk, each stage in its own rule file.
 
 from snakemake.utils import min_version, validate
@@ -31,6 +31,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/ensemble.smk"
 include: "workflow/rules/clean.smk"
+include: "workflow/rules/pseudo.smk"
 
 
 rule all:

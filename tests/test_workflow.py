@@ -127,8 +127,8 @@ def test_cleaning_adds_round_r1_and_the_submission_comes_from_it(tmp_path):
     runs = 2 * 3  # 2 models x 3 folds x 1 seed per round
     assert counts == {
         "all": 1, "demo": 1, "eda": 1, "folds": 1, "index": 1, "train": 2 * runs, "predict": 2 * runs, "oof_score": 4,
-        "round_ensemble": 1, "clean": 1, "demo_noise": 1, "ensemble": 1, "submission": 1, "demo_score": 1,
-    }
+        "round_ensemble": 2, "clean": 1, "demo_noise": 1, "ensemble": 1, "submission": 1, "demo_score": 1, "demo_rounds": 1,
+    }  # round_ensemble: r0's judges the labels, r1's is scored in demo/rounds.json
     assert "results/r1/predict/fpn_r18/f0-s0/oof.npy" in output and "--train-masks-dir results/clean/masks --drop results/clean/dropped.txt" in output
     write_config(tmp_path, clean={"enabled": True, "source": "fpn_r18"})
     counts = job_counts(snakemake(tmp_path, "-n", "results/clean/summary.json").stdout)
@@ -376,14 +376,19 @@ def test_skipped_input_is_counted_in_the_report(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_clean_run(tiny_run, tmp_path_factory):
-    """The tiny run with cleaning on: r0 is reused as it is; flag the worst quarter, drop it."""
+    """The tiny run with cleaning and pseudo labels on: r0 is reused as it is; cleaning
+    flags the worst quarter and drops it; r1 also trains on pseudo-labelled test images."""
     source, config = tiny_run
     workdir = tmp_path_factory.mktemp("clean") / "run"
     shutil.copytree(source, workdir, symlinks=True)  # copy2 keeps mtimes: r0 stays up to date
     clean = {"enabled": True, "action": "drop", "worst_fraction": 0.25, "min_region": 1.0, "gallery": 3}
-    config = write_config(workdir, **{k: v for k, v in config.items() if k not in ("demo", "threads")}, clean=clean)
+    pseudo = {"enabled": True, "confidence": 0.2, "min_coverage": 0.3}  # a 1-epoch model is not confident
+    config = write_config(workdir, **{k: v for k, v in config.items() if k not in ("demo", "threads")}, clean=clean, pseudo=pseudo)
     counts = job_counts(snakemake(workdir, "-n").stdout)
-    assert counts == {"round_ensemble": 1, "clean": 1, "demo_noise": 1, "train": 4, "predict": 4, "oof_score": 2, "ensemble": 1, "submission": 1, "demo_score": 1, "all": 1}
+    assert counts == {
+        "round_ensemble": 2, "clean": 1, "demo_noise": 1, "pseudo_labels": 1, "train": 4, "predict": 4, "oof_score": 2,
+        "ensemble": 1, "submission": 1, "demo_score": 1, "demo_rounds": 1, "all": 1,
+    }
     snakemake(workdir, "--cores", "2")
     return workdir, config
 
@@ -396,12 +401,17 @@ def test_tiny_clean_run_drops_the_flagged_images_from_r1_training_only(tiny_clea
     images = pd.read_csv(results / "clean" / "images.csv")
     assert set(images.loc[~images["train"], "image_id"]) == dropped and images["flagged"].sum() == 4
     folds = pd.read_csv(results / "folds" / "folds.csv").set_index("image_id")["fold"]
+    pseudo = pd.read_csv(results / "pseudo" / "r1" / "images.csv")
+    n_pseudo = int(pseudo["kept"].sum())
+    assert len(pseudo) == 6 and not set(pseudo["image_id"]) & set(folds.index)  # test images only
+    assert len(list((results / "pseudo" / "r1" / "masks").glob("*.png"))) == n_pseudo
     for model in TINY_MODELS:
         for fold in (0, 1):
             metrics = json.loads((results / "r1" / "train" / model / f"f{fold}-s0" / "metrics.json").read_text())
             in_train_folds = sum(folds[i] != fold for i in dropped)
             assert metrics["dropped_images"] == in_train_folds and metrics["train_images"] == 8 - in_train_folds
             assert metrics["val_images"] == 8  # validation keeps every labelled image of the fold
+            assert metrics["pseudo_images"] == n_pseudo > 0  # and training adds the pseudo-labelled test images
             assert 0 <= metrics["val_miou_cleaned"] <= 1
         oof = json.loads((results / "r1" / "oof" / f"{model}.json").read_text())
         assert oof["miou_cleaned"] == pytest.approx(oof["miou"])  # drop leaves the labels as they are
@@ -423,3 +433,30 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
     assert json.loads((results / "r0" / "ensemble" / "summary.json").read_text())["oof_images"] == 16
     lines = (results / "submission" / "submission.csv").read_text().splitlines()
     assert len(lines) == 1 + 6
+    rounds = json.loads((results / "demo" / "rounds.json").read_text())
+    assert set(rounds) == {"r0", "r1"} and all(0 <= r["test_miou"] <= 1 for r in rounds.values())
+    assert (results / "pseudo" / "r1" / "summary.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "clean,pseudo,expected",
+    [
+        (False, False, {"train": 6, "round_ensemble": 0, "clean": 0, "pseudo_labels": 0, "oof_score": 2}),
+        (True, False, {"train": 12, "round_ensemble": 2, "clean": 1, "pseudo_labels": 0, "oof_score": 4}),
+        (False, True, {"train": 12, "round_ensemble": 2, "clean": 0, "pseudo_labels": 1, "oof_score": 4}),
+        (True, True, {"train": 12, "round_ensemble": 2, "clean": 1, "pseudo_labels": 1, "oof_score": 4}),
+        (False, {"rounds": 2}, {"train": 18, "round_ensemble": 3, "clean": 0, "pseudo_labels": 2, "oof_score": 6}),
+    ],
+)
+def test_each_stage_switch_shows_exactly_its_jobs_in_the_dry_run(tmp_path, clean, pseudo, expected):
+    pseudo_config = {"enabled": True, **pseudo} if isinstance(pseudo, dict) else {"enabled": pseudo}
+    write_config(tmp_path, clean={"enabled": clean}, pseudo=pseudo_config)
+    output = snakemake(tmp_path, "-n").stdout
+    counts = job_counts(output)
+    assert {rule: counts.get(rule, 0) for rule in expected} == expected
+    assert counts["predict"] == counts["train"] and counts.get("demo_noise", 0) == int(clean)
+    assert counts.get("demo_rounds", 0) == int(clean or bool(pseudo))
+    if not clean and not pseudo:
+        assert "results/r1/" not in output  # r0 only
+    if pseudo:
+        assert "--pseudo results/pseudo/r1/images.csv --pseudo-masks-dir results/pseudo/r1/masks" in output

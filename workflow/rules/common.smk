@@ -103,32 +103,56 @@ def wandb_settings():
     )
 
 
-# --- rounds: r0 trains on the given labels; r1 on the cleaned ones ----------------------
+# --- rounds: r0 trains on the given labels; r1.. on cleaned labels and/or pseudo labels ---
 
 CLEAN = config["clean"]["enabled"]
-ROUNDS = ["r0", "r1"] if CLEAN else ["r0"]
+PSEUDO = config["pseudo"]["enabled"]
+LATER_ROUNDS = config["pseudo"]["rounds"] if PSEUDO else int(CLEAN)
+ROUNDS = [f"r{n}" for n in range(LATER_ROUNDS + 1)]
 FINAL_ROUND = ROUNDS[-1]
 
 
+def previous_round(round_):
+    return f"r{int(round_[1:]) - 1}"
+
+
 def round_training_inputs(wildcards):
-    """What a round trains on beyond the index: r1 adds the cleaned masks and dropped list."""
-    if wildcards.round == "r0":
-        return {}
-    return {
-        "train_masks": rules.clean.output.masks,
-        "dropped": rules.clean.output.dropped,
-    }
+    """What a round trains on beyond the index: r1.. add the cleaned masks and the dropped
+    list (clean) and the previous round's pseudo labels (pseudo)."""
+    inputs = {}
+    if wildcards.round != "r0" and CLEAN:
+        inputs.update(
+            train_masks=rules.clean.output.masks, dropped=rules.clean.output.dropped
+        )
+    if wildcards.round != "r0" and PSEUDO:
+        inputs.update(
+            pseudo=expand(rules.pseudo_labels.output.images, round=wildcards.round)[0],
+            pseudo_masks=expand(
+                rules.pseudo_labels.output.masks, round=wildcards.round
+            )[0],
+        )
+    return inputs
 
 
 def round_training_args(wildcards, input):
-    if wildcards.round == "r0":
-        return ""
-    return f"--train-masks-dir {input.train_masks} --drop {input.dropped}"
+    args = []
+    if "train_masks" in input.keys():
+        args.append(f"--train-masks-dir {input.train_masks} --drop {input.dropped}")
+    if "pseudo" in input.keys():
+        args.append(f"--pseudo {input.pseudo} --pseudo-masks-dir {input.pseudo_masks}")
+    return " ".join(args)
 
 
 def cleaned_masks(wildcards):
-    """r1's OOF is scored on the original labels and, beside, on the cleaned ones."""
-    return {} if wildcards.round == "r0" else {"cleaned": rules.clean.output.masks}
+    """Later rounds' OOF is scored on the original labels and, beside, on the cleaned ones."""
+    if wildcards.round == "r0" or not CLEAN:
+        return {}
+    return {"cleaned": rules.clean.output.masks}
+
+
+def previous_ensemble(wildcards):
+    """Round r<n>'s pseudo labels come from round r<n-1>'s ensemble."""
+    return expand(rules.round_ensemble.output, round=previous_round(wildcards.round))
 
 
 def predict_dirs(round_, model, seed):
@@ -238,10 +262,14 @@ def final_targets():
     ]
     if CLEAN:
         targets += [rules.clean.output.summary, rules.clean.output.gallery]
+    if PSEUDO:
+        targets += expand(rules.pseudo_labels.output.summary, round=ROUNDS[1:])
     if config["data"]["demo"]:
         targets.append(rules.demo_score.output.score)
         if CLEAN:
             targets.append(rules.demo_noise.output.detection)
+        if len(ROUNDS) > 1:
+            targets.append(rules.demo_rounds.output.rounds)
     return targets
 
 

@@ -3,7 +3,9 @@
 Reads ``truth/test.json`` (which no training or prediction step reads), rasterizes it with
 the same rule as every label (segflow.coco.rasterize), resizes it to the submission size
 by nearest neighbour as the competition does, and computes the competition mIoU over the
-whole test set from the submission CSV as written.
+whole test set from the submission CSV as written. ``rounds`` scores each round's own
+ensemble the same way (its test label maps, resized by nearest neighbour as the
+submission step does), so a user sees what each round bought.
 """
 
 from __future__ import annotations
@@ -11,53 +13,89 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from segflow.coco import load_coco, rasterize
-from segflow.io import write_json
+from segflow.io import read_ids, write_json
 from segflow.metrics import confusion_matrix, iou_per_class, mean_iou
 from segflow.submission import SubmissionError, read_submission
 
 
-def demo_score(*, submission: str, truth_json: str, classes: list[str], size: int, out: str) -> dict:
+def resized(mask: np.ndarray, size: int) -> np.ndarray:
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) if mask.shape != (size, size) else mask
+
+
+def truth_labels(truth_json: str, classes: list[str], size: int) -> dict[str, np.ndarray]:
+    """The hidden test labels by image id (file_name), at ``size`` x ``size``."""
     truth = load_coco(truth_json, classes)
-    labels = {}
-    for image in truth.images:
-        mask = rasterize(truth.annotations[image["id"]], image["height"], image["width"], truth.class_of_category).mask
-        labels[image["file_name"]] = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) if mask.shape != (size, size) else mask
+    return {
+        image["file_name"]: resized(rasterize(truth.annotations[image["id"]], image["height"], image["width"], truth.class_of_category).mask, size)
+        for image in truth.images
+    }
+
+
+def score_predictions(predictions, labels: dict[str, np.ndarray], classes: list[str], size: int, source: str) -> dict:
+    """Test mIoU of (image id, label map at ``size``) pairs over the whole set."""
     confusion = np.zeros((len(classes), len(classes)), np.int64)
     scored = 0
-    # The submission step already checked completeness (debug mode writes a sample).
-    for image_id, prediction in read_submission(submission, size, len(classes)):
+    for image_id, prediction in predictions:
         if image_id not in labels:
-            raise SubmissionError(f"{submission}: image {image_id!r} is not a test image of {truth_json}")
+            raise SubmissionError(f"{source}: image {image_id!r} is not a test image of the demo truth")
         confusion += confusion_matrix(labels[image_id], prediction, len(classes))
         scored += 1
-    score = {
+    return {
         "test_miou": mean_iou(confusion),
         "per_class_iou": {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, iou_per_class(confusion))},
         "images": scored,
         "size": size,
     }
+
+
+def demo_score(*, submission: str, truth_json: str, classes: list[str], size: int, out: str) -> dict:
+    labels = truth_labels(truth_json, classes, size)
+    # The submission step already checked completeness (debug mode writes a sample).
+    score = score_predictions(read_submission(submission, size, len(classes)), labels, classes, size, submission)
     write_json(score, out)
     return score
 
 
+def rounds_score(*, round_dirs: dict[str, str], truth_json: str, classes: list[str], size: int, out: str) -> dict:
+    """Test mIoU of each round's ensemble (``round_dirs``: round -> its ensemble folder)."""
+    labels = truth_labels(truth_json, classes, size)
+    result = {}
+    for round_, directory in sorted(round_dirs.items()):
+        maps = np.load(Path(directory) / "test_labels.npy", mmap_mode="r")
+        pairs = ((image_id, resized(np.asarray(maps[k]), size)) for k, image_id in enumerate(read_ids(Path(directory) / "test_ids.txt")))
+        score = score_predictions(pairs, labels, classes, size, directory)
+        summary = json.loads((Path(directory) / "summary.json").read_text())
+        result[round_] = {"test_miou": score["test_miou"], "oof_miou": summary["oof_miou"], "per_class_iou": score["per_class_iou"]}
+    write_json(result, out)
+    return result
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Score a submission against the demo's hidden test labels.")
-    parser.add_argument("--submission", required=True)
+    parser.add_argument("--submission", default=None, help="score this submission CSV")
+    parser.add_argument("--rounds", default=None, help="or JSON: round -> its ensemble folder (test_labels.npy, test_ids.txt)")
     parser.add_argument("--truth", required=True, help="the demo's truth/test.json")
     parser.add_argument("--classes", required=True)
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if (args.submission is None) == (args.rounds is None):
+        parser.error("give one of --submission and --rounds")
     try:
-        score = demo_score(submission=args.submission, truth_json=args.truth, classes=json.loads(args.classes), size=args.size, out=args.out)
+        if args.rounds:
+            result = rounds_score(round_dirs=json.loads(args.rounds), truth_json=args.truth, classes=json.loads(args.classes), size=args.size, out=args.out)
+            print(json.dumps({r: v["test_miou"] for r, v in result.items()}))
+        else:
+            score = demo_score(submission=args.submission, truth_json=args.truth, classes=json.loads(args.classes), size=args.size, out=args.out)
+            print(json.dumps({"test_miou": score["test_miou"]}))
     except SubmissionError as e:
         sys.exit(f"ERROR: {e}")
-    print(json.dumps({"test_miou": score["test_miou"]}))
 
 
 if __name__ == "__main__":

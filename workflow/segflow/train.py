@@ -6,9 +6,11 @@ step (or ReduceLROnPlateau on val mIoU per epoch), gradient accumulation, AMP on
 comes from one confusion matrix over the whole fold (segflow.metrics).
 
 Later rounds train on other labels: ``train_masks_dir`` holds the cleaned masks they learn
-from and ``drop`` the images they leave out, while validation still scores the ORIGINAL
-labels of ``masks_dir`` (the checkpoint is chosen by them), so rounds compare on the same
-ground truth; the cleaned labels' val mIoU is logged beside it (``val_miou_cleaned``).
+from, ``drop`` the images they leave out, and ``pseudo`` the pseudo-labelled test images
+(masks in ``pseudo_masks_dir``) they add, while validation still scores the ORIGINAL labels
+of ``masks_dir`` on the fold's labelled images only (the checkpoint is chosen by them), so
+rounds compare on the same ground truth; with cleaned labels, their val mIoU is logged
+beside it (``val_miou_cleaned``).
 
 Writes into ``out_dir``: model.pt ({"state_dict", "config", ...}, plain types only, so
 ``torch.load(weights_only=True)`` reads it), history.csv (one row per epoch) and
@@ -64,6 +66,15 @@ def fold_split(images: pd.DataFrame, folds: pd.DataFrame, fold: int, drop: set[s
     if train.empty:
         raise ValueError(f"fold {fold} has no training images left ({len(drop)} dropped by label-noise cleaning)")
     return train.reset_index(drop=True), val.reset_index(drop=True)
+
+
+def pseudo_rows(images: pd.DataFrame, pseudo: set[str] | frozenset[str]) -> pd.DataFrame:
+    """The test images named in ``pseudo`` (pseudo-labelled), as rows of the index."""
+    test = images[images["split"] == "test"]
+    unknown = sorted(set(pseudo) - set(test["image_id"]))
+    if unknown:
+        raise ValueError(f"pseudo labels name {len(unknown)} images that are not test images, e.g. {unknown[:3]}")
+    return test[test["image_id"].isin(pseudo)].reset_index(drop=True)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -137,6 +148,8 @@ def train(
     run_name: str = "",
     train_masks_dir: str | Path | None = None,
     drop: set[str] | frozenset[str] = frozenset(),
+    pseudo: set[str] | frozenset[str] = frozenset(),
+    pseudo_masks_dir: str | Path | None = None,
 ) -> dict:
     """Train per ``params`` (the resolved model config; see the config schema) and save the best."""
     out_dir = Path(out_dir)
@@ -150,6 +163,7 @@ def train(
     folds = pd.read_csv(folds_path)
     train_rows, val_rows = fold_split(images, folds, fold, drop)
     n_dropped = len(fold_split(images, folds, fold)[0]) - len(train_rows)
+    extra_rows = pseudo_rows(images, pseudo)
     train_transform = build_transform(list(params.get("augment") or []) + resize_steps(params), seed=seed)
     val_transform = build_transform(resize_steps(params), seed=seed)
 
@@ -158,10 +172,14 @@ def train(
             [str(Path(image_root) / f) for f in rows["file_name"]], [str(mask_file(labels_dir, i)) for i in rows["coco_id"]], transform
         )
 
-    check_input_size(pd.concat([train_rows, val_rows]), params)
+    check_input_size(pd.concat([train_rows, val_rows, extra_rows]), params)
     batch_size = int(params["batch_size"])
     # drop_last: BatchNorm (DeepLabV3/V3+) fails on a last batch of one image in train mode.
-    train_loader = make_loader(dataset(train_rows, train_transform, train_masks_dir or masks_dir), batch_size, shuffle=True, seed=seed, workers=workers, drop_last=len(train_rows) > batch_size, pin_memory=device == "cuda")
+    train_set = dataset(train_rows, train_transform, train_masks_dir or masks_dir)
+    if len(extra_rows):
+        pseudo_set = dataset(extra_rows, train_transform, pseudo_masks_dir)
+        train_set = SegmentationDataset(train_set.image_paths + pseudo_set.image_paths, train_set.mask_paths + pseudo_set.mask_paths, train_transform)
+    train_loader = make_loader(train_set, batch_size, shuffle=True, seed=seed, workers=workers, drop_last=len(train_set) > batch_size, pin_memory=device == "cuda")
     val_loader = make_loader(dataset(val_rows, val_transform), batch_size, shuffle=False, seed=seed, workers=workers, pin_memory=device == "cuda")
     cleaned_val_loader = None
     if train_masks_dir is not None:
@@ -191,7 +209,7 @@ def train(
 
     tracker = start_tracking(wandb_settings, run_name, params, out_dir)
     history, best = [], {"val_miou": -1.0}
-    print(f"{run_name}: {len(train_rows)} train / {len(val_rows)} val images, device {device}, amp {amp}, {epochs} epochs", flush=True)
+    print(f"{run_name}: {len(train_rows)} train (+{len(extra_rows)} pseudo-labelled) / {len(val_rows)} val images, device {device}, amp {amp}, {epochs} epochs", flush=True)
     for epoch in range(1, epochs + 1):
         model.train()
         started, seen, loss_sum = time.perf_counter(), 0, 0.0
@@ -256,6 +274,7 @@ def train(
         "epochs": epochs,
         "train_images": len(train_rows),
         "dropped_images": n_dropped,
+        "pseudo_images": len(extra_rows),
         "val_images": len(val_rows),
         "train_images_per_s": float(np.mean([h["images_per_s"] for h in history])),
         "seconds": float(sum(h["seconds"] for h in history)),
@@ -268,6 +287,11 @@ def train(
         tracker.summary.update({"best_val_miou": best["val_miou"], "best_epoch": best["epoch"]})
         tracker.finish()
     return metrics
+
+
+def kept_pseudo_images(path: str | Path) -> list[str]:
+    table = pd.read_csv(path)
+    return table.loc[table["kept"].astype(bool), "image_id"].tolist()
 
 
 def save_checkpoint(path: Path, model, params: dict, classes: list[str], fold: int, seed: int, best: dict) -> None:
@@ -339,6 +363,8 @@ def main(argv=None) -> None:
     parser.add_argument("--name", default="")
     parser.add_argument("--train-masks-dir", default=None, help="masks to train on (later rounds: cleaned labels); validation keeps --masks-dir")
     parser.add_argument("--drop", default=None, help="file of image ids left out of training, one per line")
+    parser.add_argument("--pseudo", default=None, help="pseudo-label images.csv (image_id, kept): test images added to training")
+    parser.add_argument("--pseudo-masks-dir", default=None)
     args = parser.parse_args(argv)
     try:
         train(
@@ -356,6 +382,8 @@ def main(argv=None) -> None:
             run_name=args.name,
             train_masks_dir=args.train_masks_dir,
             drop=frozenset(read_ids(args.drop)) if args.drop else frozenset(),
+            pseudo=frozenset(kept_pseudo_images(args.pseudo)) if args.pseudo else frozenset(),
+            pseudo_masks_dir=args.pseudo_masks_dir,
         )
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"ERROR: {e}")
