@@ -207,7 +207,7 @@ def test_clean_flags_the_three_noisy_images_and_drops_them(indexed):
     assert set(scores["level"]) == {"image", "annotation", "region"} and len(scores[scores["level"] == "annotation"]) == 6
     flags = pd.read_csv(out / "flags.csv")
     assert sorted(flags.loc[flags["level"] == "annotation", "suspected"]) == ["class", "region"]
-    assert sorted(p.name for p in (out / "gallery").iterdir()) == [f"0{r}_{k}.png" for r, k in ((1, 1), (2, 3), (3, 2))]  # by OOF IoU, worst first
+    assert sorted(p.name for p in (out / "gallery").iterdir()) == [f"0{r}_b_{k}.png" for r, k in ((1, 1), (2, 3), (3, 2))]  # by OOF IoU, worst first
     assert "<img src='data:image/png;base64," in (out / "gallery.html").read_text()
 
 

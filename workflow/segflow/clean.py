@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass
@@ -411,7 +412,7 @@ def write_gallery(image_ids, labelled, scores_table, masks_dir, out_dir, image_r
             image_row = rows[rows["level"] == "image"].iloc[0]
             fig.suptitle(f"{image_id}  IoU {image_row['iou']:.2f}  flags: {image_row['suspected']}", fontsize=9)
             fig.legend(handles=legend_handles(classes, palette), loc="lower center", ncol=min(6, len(classes)), fontsize=7, bbox_to_anchor=(0.5, -0.08))
-            name = f"{rank:02d}_{Path(image_id).stem}.png"
+            name = f"{rank:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', str(Path(image_id).with_suffix('')))}.png"  # batch folder kept: names repeat across batches
             png = save_figure(fig, figures_tmp / name)
             entries.append((image_id, image_row, rows[rows["flagged"] & (rows["level"] != "image")], png))
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>segflow: label-noise gallery</title>",
