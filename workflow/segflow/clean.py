@@ -319,6 +319,8 @@ def clean(
 
     # 3. The next round's labels: cleaned masks of every labelled image, and who is dropped.
     flagged_ids = [i for i in image_ids if reasons[i]]
+    flagged_set = set(flagged_ids)
+    annotation_table["flagged"] = annotation_table["flagged"].astype(bool)
     positions = annotation_table.groupby("image_id", sort=False).cumcount()  # k: instance value k + 1
     flagged_positions = positions[annotation_table["flagged"]].groupby(annotation_table["image_id"]).agg(list).to_dict()
     action = settings.action
@@ -327,14 +329,13 @@ def clean(
         for image_id in image_ids:
             coco_id = labelled.at[image_id, "coco_id"]
             source = mask_file(masks_dir, coco_id)
-            if image_id not in flagged_ids or action in ("drop", "none"):
+            if image_id not in flagged_set or action in ("drop", "none"):
                 shutil.copyfile(source, mask_file(masks_tmp, coco_id))
                 continue
             # The maps of a flagged image again (cheap; pass 1 kept only the tables).
             scores = score_image(image_id, *labels_of(image_id), probabilities_of([image_id])[0], by_image.get(image_id, empty_annotations), thresholds, settings)
             label = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
-            positions = flagged_positions.get(image_id, [])
-            new = cleaned_mask(label, load_instances(masks_dir, coco_id), scores, positions, "low_iou" in reasons[image_id], action)
+            new = cleaned_mask(label, load_instances(masks_dir, coco_id), scores, flagged_positions.get(image_id, []), "low_iou" in reasons[image_id], action)
             changed[image_id] = int((new != label).sum())
             if not cv2.imwrite(str(mask_file(masks_tmp, coco_id)), new):
                 raise OSError(f"could not write the cleaned mask of image id {coco_id} under {masks_tmp}")
