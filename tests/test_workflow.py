@@ -383,7 +383,7 @@ def tiny_clean_run(tiny_run, tmp_path_factory):
     shutil.copytree(source, workdir, symlinks=True)  # copy2 keeps mtimes: r0 stays up to date
     clean = {"enabled": True, "action": "drop", "worst_fraction": 0.25, "min_region": 1.0, "gallery": 3}
     pseudo = {"enabled": True, "confidence": 0.2, "min_coverage": 0.3}  # a 1-epoch model is not confident
-    config = write_config(workdir, **{k: v for k, v in config.items() if k not in ("demo", "threads")}, clean=clean, pseudo=pseudo)
+    config = write_config(workdir, **{k: v for k, v in config.items() if k not in ("demo", "threads", "clean", "pseudo")}, clean=clean, pseudo=pseudo)
     counts = job_counts(snakemake(workdir, "-n").stdout)
     assert counts == {
         "round_ensemble": 2, "clean": 1, "demo_noise": 1, "pseudo_labels": 1, "train": 4, "predict": 4, "oof_score": 2,
