@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from segflow.ensemble import MemberProbabilities
-from segflow.index import instance_file, mask_file
+from segflow.index import instance_file, mask_file, resize_label
 from segflow.io import atomic_dir, atomic_path, write_ids, write_json, write_table
 from segflow.metrics import IGNORE_INDEX, image_iou
 from segflow.oof_score import OofError, load_label
@@ -94,6 +94,8 @@ class ImageScores:
     image: dict
     annotations: list[dict]
     regions: list[dict]
+    label: np.ndarray  # (h, w) the label it was scored on
+    instances: np.ndarray  # (h, w) its instance map
     prediction: np.ndarray  # (h, w) uint8 OOF argmax
     issue: np.ndarray  # (h, w) bool: label issue pixels
     suggested: np.ndarray  # (h, w) uint8: the confident other class (where issue)
@@ -183,7 +185,7 @@ def score_image(image_id: str, label: np.ndarray, instances: np.ndarray, probabi
         "level": "image", "image_id": image_id, "pixels": int(label.size), "iou": image_iou(label, prediction, n_classes),
         "issue_share": float(issue.mean()), "flagged": False, "suspected": None,
     }
-    return ImageScores(image_row, annotation_rows, region_rows, prediction, issue, suggested, supported, missed)
+    return ImageScores(image_row, annotation_rows, region_rows, label, instances, prediction, issue, suggested, supported, missed)
 
 
 def flag_images(image_rows: pd.DataFrame, annotation_rows: pd.DataFrame, region_rows: pd.DataFrame, settings: CleanSettings) -> pd.Series:
@@ -237,10 +239,6 @@ def load_instances(masks_dir: str | Path, coco_id: int) -> np.ndarray:
     return instances
 
 
-def resize_nearest(array: np.ndarray, size: int) -> np.ndarray:
-    return array if array.shape == (size, size) else cv2.resize(array, (size, size), interpolation=cv2.INTER_NEAREST)
-
-
 def open_oof(sources: dict[str, list[str | Path]]) -> list[MemberProbabilities]:
     """OOF readers of the source: one per member (e.g. a model's seeds), averaged equally."""
     return [MemberProbabilities(name, dirs, "oof") for name, dirs in sorted(sources.items())]
@@ -285,7 +283,7 @@ def clean(
 
     def labels_of(image_id):
         coco_id = labelled.at[image_id, "coco_id"]
-        return load_label(masks_dir, coco_id, size), resize_nearest(load_instances(masks_dir, coco_id), size)
+        return load_label(masks_dir, coco_id, size), resize_label(load_instances(masks_dir, coco_id), size)
 
     # 1. The class thresholds: mean self-confidence over every labelled pixel (one streamed pass).
     sums, counts = np.zeros(len(classes)), np.zeros(len(classes))
@@ -317,6 +315,10 @@ def clean(
     scores_table = pd.concat([image_table.reindex(columns=SCORE_COLUMNS), annotation_table, region_table], ignore_index=True)
     scores_table = scores_table.astype({"annotation_id": "Int64", "region": "Int64", "class_index": "Int64", "other_class": "Int64", "flagged": bool})
 
+    def rescore(image_id: str) -> ImageScores:
+        """The maps of one image again (cheap; the passes above keep only the tables)."""
+        return score_image(image_id, *labels_of(image_id), probabilities_of([image_id])[0], by_image.get(image_id, empty_annotations), thresholds, settings)
+
     # 3. The next round's labels: cleaned masks of every labelled image, and who is dropped.
     flagged_ids = [i for i in image_ids if reasons[i]]
     flagged_set = set(flagged_ids)
@@ -332,8 +334,7 @@ def clean(
             if image_id not in flagged_set or action in ("drop", "none"):
                 shutil.copyfile(source, mask_file(masks_tmp, coco_id))
                 continue
-            # The maps of a flagged image again (cheap; pass 1 kept only the tables).
-            scores = score_image(image_id, *labels_of(image_id), probabilities_of([image_id])[0], by_image.get(image_id, empty_annotations), thresholds, settings)
+            scores = rescore(image_id)
             label = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)
             new = cleaned_mask(label, load_instances(masks_dir, coco_id), scores, flagged_positions.get(image_id, []), "low_iou" in reasons[image_id], action)
             changed[image_id] = int((new != label).sum())
@@ -358,7 +359,7 @@ def clean(
         write_table(images_table, out_dir / "images.csv")
         write_ids(dropped, out_dir / "dropped.txt")
         worst = image_table[image_table["flagged"]].sort_values("iou", kind="stable")["image_id"].tolist()[:gallery]
-        write_gallery(worst, labelled, scores_table, masks_dir, out_dir, image_root, classes, size, probabilities_of, thresholds, settings)
+        write_gallery(worst, labelled, scores_table, flagged_positions, rescore, out_dir, image_root, classes, size, settings.action)
         summary = {
             "sources": sorted(sources),
             "settings": asdict(settings),
@@ -382,7 +383,7 @@ def clean(
     return summary
 
 
-def write_gallery(image_ids, labelled, scores_table, masks_dir, out_dir, image_root, classes, size, probabilities_of, thresholds, settings) -> None:
+def write_gallery(image_ids, labelled, scores_table, flagged_positions, rescore, out_dir, image_root, classes, size, action) -> None:
     """gallery/NN_<id>.png (image | label | OOF prediction | flagged region) and gallery.html."""
     from segflow.viz import class_palette, data_uri, legend_handles, overlay, plt, save_figure
 
@@ -390,19 +391,14 @@ def write_gallery(image_ids, labelled, scores_table, masks_dir, out_dir, image_r
     entries = []
     with atomic_dir(out_dir / "gallery") as figures_tmp:
         for rank, image_id in enumerate(image_ids, 1):
-            coco_id = labelled.at[image_id, "coco_id"]
             picture = cv2.cvtColor(cv2.imread(str(Path(image_root) / labelled.at[image_id, "file_name"]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
             picture = cv2.resize(picture, (size, size), interpolation=cv2.INTER_AREA) if picture.shape[:2] != (size, size) else picture
-            label = load_label(masks_dir, coco_id, size)
-            instances = resize_nearest(load_instances(masks_dir, coco_id), size)
+            scores = rescore(image_id)
+            label, instances = scores.label, scores.instances
             rows = scores_table[scores_table["image_id"] == image_id]
-            flagged_ids = set(rows.loc[(rows["level"] == "annotation") & rows["flagged"], "annotation_id"])
-            annotation_ids = rows.loc[rows["level"] == "annotation", "annotation_id"].tolist()
-            scores = score_image(image_id, label, instances, probabilities_of([image_id])[0], pd.DataFrame({"annotation_id": annotation_ids, "class_index": rows.loc[rows["level"] == "annotation", "class_index"].tolist()}), thresholds, settings)
             flagged_region = scores.missed.copy()
-            for position, annotation_id in enumerate(annotation_ids):
-                if annotation_id in flagged_ids:
-                    flagged_region |= instances == position + 1
+            for position in flagged_positions.get(image_id, []):
+                flagged_region |= instances == position + 1
             flagged_overlay = picture.copy()
             flagged_overlay[flagged_region] = (0.4 * flagged_overlay[flagged_region] + 0.6 * np.array([255, 0, 0])).astype(np.uint8)
             fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))
@@ -418,7 +414,7 @@ def write_gallery(image_ids, labelled, scores_table, masks_dir, out_dir, image_r
             entries.append((image_id, image_row, rows[rows["flagged"] & (rows["level"] != "image")], png))
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>segflow: label-noise gallery</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}img{max-width:100%}table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>",
-             f"<h1>Worst flagged images ({len(entries)})</h1><p>Sorted by OOF image IoU. Action: <b>{html.escape(settings.action)}</b>.</p>"]
+             f"<h1>Worst flagged images ({len(entries)})</h1><p>Sorted by OOF image IoU. Action: <b>{html.escape(action)}</b>.</p>"]
     for image_id, image_row, flagged_rows, png in entries:
         parts.append(f"<h3>{html.escape(image_id)}: IoU {image_row['iou']:.3f}, {html.escape(str(image_row['suspected']))}</h3><img src='{data_uri(png)}'>")
         if len(flagged_rows):

@@ -15,24 +15,20 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from segflow.coco import load_coco, rasterize
+from segflow.index import resize_label
 from segflow.io import read_ids, write_json
 from segflow.metrics import confusion_matrix, iou_per_class, mean_iou
 from segflow.submission import SubmissionError, read_submission
-
-
-def resized(mask: np.ndarray, size: int) -> np.ndarray:
-    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) if mask.shape != (size, size) else mask
 
 
 def truth_labels(truth_json: str, classes: list[str], size: int) -> dict[str, np.ndarray]:
     """The hidden test labels by image id (file_name), at ``size`` x ``size``."""
     truth = load_coco(truth_json, classes)
     return {
-        image["file_name"]: resized(rasterize(truth.annotations[image["id"]], image["height"], image["width"], truth.class_of_category).mask, size)
+        image["file_name"]: resize_label(rasterize(truth.annotations[image["id"]], image["height"], image["width"], truth.class_of_category).mask, size)
         for image in truth.images
     }
 
@@ -68,7 +64,7 @@ def rounds_score(*, round_dirs: dict[str, str], truth_json: str, classes: list[s
     result = {}
     for round_, directory in sorted(round_dirs.items()):
         maps = np.load(Path(directory) / "test_labels.npy", mmap_mode="r")
-        pairs = ((image_id, resized(np.asarray(maps[k]), size)) for k, image_id in enumerate(read_ids(Path(directory) / "test_ids.txt")))
+        pairs = ((image_id, resize_label(np.asarray(maps[k]), size)) for k, image_id in enumerate(read_ids(Path(directory) / "test_ids.txt")))
         score = score_predictions(pairs, labels, classes, size, directory)
         summary = json.loads((Path(directory) / "summary.json").read_text())
         result[round_] = {"test_miou": score["test_miou"], "oof_miou": summary["oof_miou"], "per_class_iou": score["per_class_iou"]}

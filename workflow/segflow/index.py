@@ -49,6 +49,11 @@ def instance_file(masks_dir: str | Path, coco_id: int) -> Path:
     return Path(masks_dir) / f"{int(coco_id)}_instances.png"
 
 
+def resize_label(mask: np.ndarray, size: int) -> np.ndarray:
+    """A label (class or instance map) at ``size`` x ``size``: nearest neighbour, so labels stay labels."""
+    return mask if mask.shape == (size, size) else cv2.resize(np.ascontiguousarray(mask), (size, size), interpolation=cv2.INTER_NEAREST)
+
+
 def group_of(file_name: str) -> str:
     """The image's folder (e.g. the competition's batch), or its own name if it has none."""
     return file_name.split("/", 1)[0] if "/" in file_name else file_name

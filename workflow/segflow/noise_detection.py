@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 
-import numpy as np
 import pandas as pd
 
 from segflow.coco import read_json
@@ -102,14 +101,9 @@ def noise_detection(*, flags_path: str, images_path: str, noise_path: str, clean
         "images": image_detection(flagged_images, manifest, labelled),
         "annotations": annotation_detection(flags, manifest, true_boxes),
     }
-    write_json(json.loads(json.dumps(result, default=_plain)), out)
+    write_json(result, out)
     return result
 
-
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value)} is not JSON serializable")
 
 
 def main(argv=None) -> None:

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from segflow.index import mask_file
+from segflow.index import mask_file, resize_label
 from segflow.io import read_ids, write_json, write_table
 from segflow.metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou
 
@@ -42,7 +42,7 @@ def load_label(masks_dir: str | Path, coco_id: int, size: int) -> np.ndarray:
     mask = cv2.imread(str(mask_file(masks_dir, coco_id)), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise FileNotFoundError(f"mask of image {coco_id} missing under {masks_dir}")
-    return mask if mask.shape == (size, size) else cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return resize_label(mask, size)
 
 
 def oof_score(*, model_name: str, predict_dirs: list[str | Path], images_path: str | Path, folds_path: str | Path, masks_dir: str | Path, classes: list[str], out_json: str | Path, out_csv: str | Path, chunk: int = 32, cleaned_masks_dir: str | Path | None = None) -> dict:

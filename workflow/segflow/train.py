@@ -162,28 +162,25 @@ def train(
     images = pd.read_parquet(images_path)
     folds = pd.read_csv(folds_path)
     train_rows, val_rows = fold_split(images, folds, fold, drop)
-    n_dropped = len(fold_split(images, folds, fold)[0]) - len(train_rows)
+    n_dropped = int(((folds["fold"] != fold) & folds["image_id"].isin(drop)).sum())
     extra_rows = pseudo_rows(images, pseudo)
     train_transform = build_transform(list(params.get("augment") or []) + resize_steps(params), seed=seed)
     val_transform = build_transform(resize_steps(params), seed=seed)
 
-    def dataset(rows, transform, labels_dir=masks_dir):
-        return SegmentationDataset(
-            [str(Path(image_root) / f) for f in rows["file_name"]], [str(mask_file(labels_dir, i)) for i in rows["coco_id"]], transform
-        )
+    def paths(rows, labels_dir):
+        return [str(Path(image_root) / f) for f in rows["file_name"]], [str(mask_file(labels_dir, i)) for i in rows["coco_id"]]
 
     check_input_size(pd.concat([train_rows, val_rows, extra_rows]), params)
     batch_size = int(params["batch_size"])
     # drop_last: BatchNorm (DeepLabV3/V3+) fails on a last batch of one image in train mode.
-    train_set = dataset(train_rows, train_transform, train_masks_dir or masks_dir)
-    if len(extra_rows):
-        pseudo_set = dataset(extra_rows, train_transform, pseudo_masks_dir)
-        train_set = SegmentationDataset(train_set.image_paths + pseudo_set.image_paths, train_set.mask_paths + pseudo_set.mask_paths, train_transform)
+    train_images, train_masks = paths(train_rows, train_masks_dir or masks_dir)
+    pseudo_images, pseudo_masks = paths(extra_rows, pseudo_masks_dir) if len(extra_rows) else ([], [])
+    train_set = SegmentationDataset(train_images + pseudo_images, train_masks + pseudo_masks, train_transform)
     train_loader = make_loader(train_set, batch_size, shuffle=True, seed=seed, workers=workers, drop_last=len(train_set) > batch_size, pin_memory=device == "cuda")
-    val_loader = make_loader(dataset(val_rows, val_transform), batch_size, shuffle=False, seed=seed, workers=workers, pin_memory=device == "cuda")
+    val_loader = make_loader(SegmentationDataset(*paths(val_rows, masks_dir), val_transform), batch_size, shuffle=False, seed=seed, workers=workers, pin_memory=device == "cuda")
     cleaned_val_loader = None
     if train_masks_dir is not None:
-        cleaned_val_loader = make_loader(dataset(val_rows, val_transform, train_masks_dir), batch_size, shuffle=False, seed=seed, workers=workers, pin_memory=device == "cuda")
+        cleaned_val_loader = make_loader(SegmentationDataset(*paths(val_rows, train_masks_dir), val_transform), batch_size, shuffle=False, seed=seed, workers=workers, pin_memory=device == "cuda")
 
     model = create_model(params["arch"], params["encoder"], n_classes, params.get("encoder_weights")).to(device)
     if device == "cuda":
