@@ -43,16 +43,27 @@ def load_oof(results: Path, oof_dir: Path) -> tuple[list[str], np.ndarray, np.nd
     ids = [i for i in labelled.index if i in reader.rows]
     probabilities = reader.get(ids)
     size = probabilities.shape[-1]
-    labels = np.stack([load_label(results / "data" / "masks", labelled.at[i, "coco_id"], size) for i in ids])
+    labels = np.stack(
+        [
+            load_label(results / "data" / "masks", labelled.at[i, "coco_id"], size)
+            for i in ids
+        ]
+    )
     return ids, labels, probabilities
 
 
-def cleanlab_flags(ids, labels, probabilities, budget: int, min_issue_share: float) -> dict[str, set[str]]:
+def cleanlab_flags(
+    ids, labels, probabilities, budget: int, min_issue_share: float
+) -> dict[str, set[str]]:
     from cleanlab.segmentation.filter import find_label_issues
     from cleanlab.segmentation.rank import get_label_quality_scores, issues_from_scores
 
-    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)  # uint8 storage: renormalise
-    image_scores, _ = get_label_quality_scores(labels, probabilities, method="softmin", verbose=False)
+    probabilities = probabilities / probabilities.sum(
+        axis=1, keepdims=True
+    )  # uint8 storage: renormalise
+    image_scores, _ = get_label_quality_scores(
+        labels, probabilities, method="softmin", verbose=False
+    )
     order = np.argsort(image_scores, kind="stable")
     default = issues_from_scores(image_scores, threshold=0.1)
     pixel_issues = find_label_issues(labels, probabilities, n_jobs=1, verbose=False)
@@ -60,33 +71,65 @@ def cleanlab_flags(ids, labels, probabilities, budget: int, min_issue_share: flo
     return {
         "cleanlab softmin, same budget": {ids[i] for i in order[:budget]},
         "cleanlab softmin, threshold 0.1": {ids[i] for i in default},
-        f"cleanlab find_label_issues, >= {min_issue_share:.0%} pixels": {ids[i] for i, share in enumerate(issue_share) if share >= min_issue_share},
+        f"cleanlab find_label_issues, >= {min_issue_share:.0%} pixels": {
+            ids[i] for i, share in enumerate(issue_share) if share >= min_issue_share
+        },
     }
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", default="results")
-    parser.add_argument("--oof", default=None, help="folder with oof.npy + oof_ids.txt (default: results/r0/ensemble)")
+    parser.add_argument(
+        "--oof",
+        default=None,
+        help="folder with oof.npy + oof_ids.txt (default: results/r0/ensemble)",
+    )
     parser.add_argument("--min-issue-share", type=float, default=0.05)
     parser.add_argument("--out", default=None, help="also write the table as JSON here")
     args = parser.parse_args(argv)
     results = Path(args.results)
-    ids, labels, probabilities = load_oof(results, Path(args.oof) if args.oof else results / "r0" / "ensemble")
+    ids, labels, probabilities = load_oof(
+        results, Path(args.oof) if args.oof else results / "r0" / "ensemble"
+    )
     manifest = pd.read_csv(results / "demo_data" / "truth" / "noise.csv")
     ours = pd.read_csv(results / "clean" / "images.csv")
     methods = {"segflow clean": set(ours.loc[ours["flagged"], "image_id"])}
-    methods.update(cleanlab_flags(ids, labels, probabilities, len(methods["segflow clean"]), args.min_issue_share))
-    table = {name: image_detection(flagged, manifest, set(ids)) for name, flagged in methods.items()}
+    methods.update(
+        cleanlab_flags(
+            ids,
+            labels,
+            probabilities,
+            len(methods["segflow clean"]),
+            args.min_issue_share,
+        )
+    )
+    table = {
+        name: image_detection(flagged, manifest, set(ids))
+        for name, flagged in methods.items()
+    }
 
-    print(f"{len(ids)} labelled images, {len(manifest)} with injected noise; image-level precision / recall / F1")
-    print(f"{'method':44s} {'flagged':>7s}  " + "  ".join(f"{k:>17s}" for k in ("all", *KINDS)))
+    print(
+        f"{len(ids)} labelled images, {len(manifest)} with injected noise; image-level precision / recall / F1"
+    )
+    print(
+        f"{'method':44s} {'flagged':>7s}  "
+        + "  ".join(f"{k:>17s}" for k in ("all", *KINDS))
+    )
     for name, result in table.items():
         cells = []
         for kind in ("all", *KINDS):
             r = result[kind]
-            cells.append(" / ".join("  - " if r[m] is None else f"{r[m]:.2f}" for m in ("precision", "recall", "f1")))
-        print(f"{name:44s} {len(methods[name]):7d}  " + "  ".join(f"{c:>17s}" for c in cells))
+            cells.append(
+                " / ".join(
+                    "  - " if r[m] is None else f"{r[m]:.2f}"
+                    for m in ("precision", "recall", "f1")
+                )
+            )
+        print(
+            f"{name:44s} {len(methods[name]):7d}  "
+            + "  ".join(f"{c:>17s}" for c in cells)
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(table, indent=2) + "\n")
 

@@ -35,24 +35,50 @@ def run_variant(base: Path, work: Path, name: str, switches: dict, cores: int) -
     workdir = work / name.replace(" ", "_").replace("+", "and")
     if workdir.exists():
         shutil.rmtree(workdir)
-    shutil.copytree(base, workdir, symlinks=True, ignore=shutil.ignore_patterns(".venv", ".git"))
+    shutil.copytree(
+        base, workdir, symlinks=True, ignore=shutil.ignore_patterns(".venv", ".git")
+    )
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     for section, values in switches.items():
         config[section] = {**config.get(section, {}), **values}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     snakefile = Path(__file__).resolve().parents[1] / "Snakefile"
     started = time.perf_counter()
-    targets = ["results/demo/rounds.json", "results/demo/score.json"] + (["results/demo/noise_detection.json"] if config["clean"]["enabled"] else [])
-    command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir), "--cores", str(cores), "--resources", "gpu=1", "--", *targets]
+    targets = ["results/demo/rounds.json", "results/demo/score.json"] + (
+        ["results/demo/noise_detection.json"] if config["clean"]["enabled"] else []
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(snakefile),
+        "-d",
+        str(workdir),
+        "--cores",
+        str(cores),
+        "--resources",
+        "gpu=1",
+        "--",
+        *targets,
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"variant {name!r} failed:\n{result.stderr[-3000:]}")
     rounds = json.loads((workdir / "results" / "demo" / "rounds.json").read_text())
-    out = {"seconds": round(seconds, 1), "rounds": {r: {"test_miou": v["test_miou"], "oof_miou": v["oof_miou"]} for r, v in rounds.items()}}
+    out = {
+        "seconds": round(seconds, 1),
+        "rounds": {
+            r: {"test_miou": v["test_miou"], "oof_miou": v["oof_miou"]}
+            for r, v in rounds.items()
+        },
+    }
     detection = workdir / "results" / "demo" / "noise_detection.json"
     if detection.exists():
-        out["noise_detection_images"] = json.loads(detection.read_text())["images"]["all"]
+        out["noise_detection_images"] = json.loads(detection.read_text())["images"][
+            "all"
+        ]
     pseudo = workdir / "results" / "pseudo" / "r1" / "summary.json"
     if pseudo.exists():
         summary = json.loads(pseudo.read_text())
@@ -62,24 +88,40 @@ def run_variant(base: Path, work: Path, name: str, switches: dict, cores: int) -
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--base", default=".", help="workflow folder whose round r0 is done")
+    parser.add_argument(
+        "--base", default=".", help="workflow folder whose round r0 is done"
+    )
     parser.add_argument("--work", required=True, help="where the variants' copies go")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS)
+    )
     args = parser.parse_args(argv)
     base = Path(args.base).resolve()
-    base_score = json.loads((base / "results" / "demo" / "score.json").read_text())["test_miou"]
+    base_score = json.loads((base / "results" / "demo" / "score.json").read_text())[
+        "test_miou"
+    ]
     table = {"r0 ensemble (base)": {"rounds": {"r0": {"test_miou": base_score}}}}
     for name in args.variants:
-        table[name] = run_variant(base, Path(args.work), name, VARIANTS[name], args.cores)
+        table[name] = run_variant(
+            base, Path(args.work), name, VARIANTS[name], args.cores
+        )
         print(f"{name:16s} {json.dumps(table[name])}", flush=True)
-    out = Path(args.out) if args.out else base / "results" / "demo" / "rounds_variants.json"
+    out = (
+        Path(args.out)
+        if args.out
+        else base / "results" / "demo" / "rounds_variants.json"
+    )
     out.write_text(json.dumps(table, indent=2) + "\n")
-    print(f"\n{'variant':20s} {'r0 test mIoU':>12s} {'r1 test mIoU':>12s} {'r1 OOF mIoU':>12s} {'seconds':>8s}")
+    print(
+        f"\n{'variant':20s} {'r0 test mIoU':>12s} {'r1 test mIoU':>12s} {'r1 OOF mIoU':>12s} {'seconds':>8s}"
+    )
     for name, row in table.items():
         r0, r1 = row["rounds"]["r0"], row["rounds"].get("r1", {})
-        print(f"{name:20s} {r0['test_miou']:12.4f} {r1.get('test_miou', float('nan')):12.4f} {r1.get('oof_miou', float('nan')):12.4f} {row.get('seconds', 0):8.0f}")
+        print(
+            f"{name:20s} {r0['test_miou']:12.4f} {r1.get('test_miou', float('nan')):12.4f} {r1.get('oof_miou', float('nan')):12.4f} {row.get('seconds', 0):8.0f}"
+        )
 
 
 if __name__ == "__main__":

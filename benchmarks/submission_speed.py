@@ -38,7 +38,13 @@ def realistic_masks(rng) -> np.ndarray:
 
 def main() -> None:
     rng = np.random.default_rng(0)
-    for case, labels in (("realistic", realistic_masks(rng)), ("worst case: uniform random 0..10", rng.integers(0, N_CLASSES, (N_IMAGES, SIZE, SIZE), dtype=np.uint8))):
+    for case, labels in (
+        ("realistic", realistic_masks(rng)),
+        (
+            "worst case: uniform random 0..10",
+            rng.integers(0, N_CLASSES, (N_IMAGES, SIZE, SIZE), dtype=np.uint8),
+        ),
+    ):
         run(case, labels)
 
 
@@ -48,10 +54,27 @@ def run(case: str, labels: np.ndarray) -> None:
         ids = [f"batch_{i % 3 + 1:02d}/{i:04d}.jpg" for i in range(N_IMAGES)]
         np.save(tmp / "labels.npy", labels)
         (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
-        (tmp / "test.json").write_text(json.dumps({"images": [{"id": k, "file_name": i, "width": 512, "height": 512} for k, i in enumerate(ids)], "categories": []}))
+        (tmp / "test.json").write_text(
+            json.dumps(
+                {
+                    "images": [
+                        {"id": k, "file_name": i, "width": 512, "height": 512}
+                        for k, i in enumerate(ids)
+                    ],
+                    "categories": [],
+                }
+            )
+        )
 
         started = time.perf_counter()
-        write_submission(labels_path=tmp / "labels.npy", ids_path=tmp / "ids.txt", test_json=tmp / "test.json", out=tmp / "submission.csv", size=SIZE, n_classes=N_CLASSES)
+        write_submission(
+            labels_path=tmp / "labels.npy",
+            ids_path=tmp / "ids.txt",
+            test_json=tmp / "test.json",
+            out=tmp / "submission.csv",
+            size=SIZE,
+            n_classes=N_CLASSES,
+        )
         segflow_s = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -65,7 +88,9 @@ def run(case: str, labels: np.ndarray) -> None:
 
         size_mb = (tmp / "submission.csv").stat().st_size / 1e6
     print(f"{case}: {N_IMAGES} images {SIZE}x{SIZE}, {size_mb:.0f} MB")
-    print(f"segflow write + check: {segflow_s:.2f} s   (encoding alone {encode_s:.2f} s)")
+    print(
+        f"segflow write + check: {segflow_s:.2f} s   (encoding alone {encode_s:.2f} s)"
+    )
     print(f"naive ' '.join(str(v)) encoding alone: {naive_s:.2f} s")
 
 

@@ -44,13 +44,26 @@ def timed(step, n_steps: int, warmup: int, device: str) -> float:
     return (time.perf_counter() - started) / n_steps
 
 
-def measure(settings: dict, n_classes: int, size: int, device: str, amp: str, channels_last: bool, steps: int, warmup: int) -> dict:
+def measure(
+    settings: dict,
+    n_classes: int,
+    size: int,
+    device: str,
+    amp: str,
+    channels_last: bool,
+    steps: int,
+    warmup: int,
+) -> dict:
     torch.manual_seed(0)
-    model = create_model(settings["arch"], settings["encoder"], n_classes, None).to(device)
+    model = create_model(settings["arch"], settings["encoder"], n_classes, None).to(
+        device
+    )
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     batch = int(settings["batch_size"])
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(
+        memory_format=memory_format
+    )
     y = torch.randint(0, n_classes, (batch, size, size), device=device)
     criterion = create_loss(settings["loss"], settings.get("label_smoothing", 0.0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -58,7 +71,11 @@ def measure(settings: dict, n_classes: int, size: int, device: str, amp: str, ch
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
 
     def autocast():
-        return torch.autocast(device, dtype=dtype) if dtype else torch.autocast(device, enabled=False)
+        return (
+            torch.autocast(device, dtype=dtype)
+            if dtype
+            else torch.autocast(device, enabled=False)
+        )
 
     def train_step():
         with autocast():
@@ -77,32 +94,67 @@ def measure(settings: dict, n_classes: int, size: int, device: str, amp: str, ch
             predictor(x)
 
     predict_s = timed(predict_step, steps, warmup, device)
-    return {"train_images_per_s": batch / train_s, "predict_images_per_s": batch / predict_s, "batch_size": batch, "tta": settings["tta"]}
+    return {
+        "train_images_per_s": batch / train_s,
+        "predict_images_per_s": batch / predict_s,
+        "batch_size": batch,
+        "tta": settings["tta"],
+    }
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="config.yaml")
-    parser.add_argument("--size", type=int, default=None, help="image side (default: demo.size)")
+    parser.add_argument(
+        "--size", type=int, default=None, help="image side (default: demo.size)"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument(
+        "--out", default=None, help="also write the results as JSON here"
+    )
     args = parser.parse_args(argv)
     config = yaml.safe_load(Path(args.config).read_text())
     size = args.size or config.get("demo", {}).get("size", 128)
     if args.threads:
         torch.set_num_threads(args.threads)
     # On CUDA compare plain fp32 with what training uses (AMP + channels_last); the CPU runs fp32.
-    variants = [("fp32", "none", False), ("amp+channels_last", None, True)] if args.device == "cuda" else [("fp32", "none", False)]
+    variants = (
+        [("fp32", "none", False), ("amp+channels_last", None, True)]
+        if args.device == "cuda"
+        else [("fp32", "none", False)]
+    )
     rows = []
     for name in config["models"]:
         settings = model_settings({"debug": {"enabled": False}, **config}, name)
         for label, amp, channels_last in variants:
-            result = measure(settings, len(config["classes"]), size, args.device, amp or settings["amp"], channels_last, args.steps, args.warmup)
-            rows.append({"model": name, "arch": settings["arch"], "encoder": settings["encoder"], "size": size, "device": args.device, "variant": label, **result})
-            print(f"{name:14s} {settings['arch']}/{settings['encoder']:14s} {size}px {args.device} {label:18s} train {result['train_images_per_s']:8.1f} img/s   predict (tta {result['tta']}) {result['predict_images_per_s']:8.1f} img/s", flush=True)
+            result = measure(
+                settings,
+                len(config["classes"]),
+                size,
+                args.device,
+                amp or settings["amp"],
+                channels_last,
+                args.steps,
+                args.warmup,
+            )
+            rows.append(
+                {
+                    "model": name,
+                    "arch": settings["arch"],
+                    "encoder": settings["encoder"],
+                    "size": size,
+                    "device": args.device,
+                    "variant": label,
+                    **result,
+                }
+            )
+            print(
+                f"{name:14s} {settings['arch']}/{settings['encoder']:14s} {size}px {args.device} {label:18s} train {result['train_images_per_s']:8.1f} img/s   predict (tta {result['tta']}) {result['predict_images_per_s']:8.1f} img/s",
+                flush=True,
+            )
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -24,7 +24,14 @@ DEFAULT_CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 CLASSES = DEFAULT_CONFIG["classes"]  # the class list lives in config.yaml only
 
 # A demo small enough for a 2-core machine: every workflow test uses it.
-TINY_DEMO = {"seed": 0, "train_images": 24, "test_images": 6, "size": 64, "batches": 4, "noise_rate": 0.25}
+TINY_DEMO = {
+    "seed": 0,
+    "train_images": 24,
+    "test_images": 6,
+    "size": 64,
+    "batches": 4,
+    "noise_rate": 0.25,
+}
 
 
 def deep_update(base: dict, changes: dict) -> dict:
@@ -49,12 +56,25 @@ def write_config(workdir: Path, **changes) -> dict:
     return config
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run the Snakemake CLI (which reads the workflow profile) on the repo's Snakefile."""
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        *args,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -76,17 +96,34 @@ def square(x0: float, y0: float, x1: float, y1: float) -> list[float]:
     return [x0, y0, x1, y0, x1, y1, x0, y1]
 
 
-def write_coco(root: Path, name: str, images: list[dict], annotations: list[dict], categories: list[dict] | None = None, write_images: bool = True) -> Path:
+def write_coco(
+    root: Path,
+    name: str,
+    images: list[dict],
+    annotations: list[dict],
+    categories: list[dict] | None = None,
+    write_images: bool = True,
+) -> Path:
     """Write a COCO JSON under ``root`` and (optionally) grey images for its entries."""
-    categories = categories if categories is not None else [{"id": k, "name": n} for k, n in enumerate(CLASSES[1:], 1)]
+    categories = (
+        categories
+        if categories is not None
+        else [{"id": k, "name": n} for k, n in enumerate(CLASSES[1:], 1)]
+    )
     root.mkdir(parents=True, exist_ok=True)
     if write_images:
         for image in images:
             path = root / image["file_name"]
             path.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(path), np.full((image["height"], image["width"], 3), 100, np.uint8))
+            cv2.imwrite(
+                str(path), np.full((image["height"], image["width"], 3), 100, np.uint8)
+            )
     path = root / name
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    path.write_text(
+        json.dumps(
+            {"images": images, "annotations": annotations, "categories": categories}
+        )
+    )
     return path
 
 
@@ -99,13 +136,42 @@ def small_coco(tmp_path) -> dict:
         {"id": 2, "file_name": "b2/b.png", "width": 40, "height": 30},
     ]
     annotations = [
-        {"id": 10, "image_id": 1, "category_id": 2, "segmentation": [square(2, 2, 30, 25)], "iscrowd": 0},
-        {"id": 11, "image_id": 1, "category_id": 9, "segmentation": [square(10, 10, 16, 16)], "iscrowd": 0},
-        {"id": 12, "image_id": 2, "category_id": 8, "segmentation": [square(0, 0, 20, 20)], "iscrowd": 0},
+        {
+            "id": 10,
+            "image_id": 1,
+            "category_id": 2,
+            "segmentation": [square(2, 2, 30, 25)],
+            "iscrowd": 0,
+        },
+        {
+            "id": 11,
+            "image_id": 1,
+            "category_id": 9,
+            "segmentation": [square(10, 10, 16, 16)],
+            "iscrowd": 0,
+        },
+        {
+            "id": 12,
+            "image_id": 2,
+            "category_id": 8,
+            "segmentation": [square(0, 0, 20, 20)],
+            "iscrowd": 0,
+        },
     ]
     train = write_coco(root, "train.json", images, annotations)
-    test = write_coco(root, "test.json", [{"id": 1, "file_name": "b1/t.png", "width": 40, "height": 30}], [])
-    return {"root": root, "train": train, "test": test, "images": images, "annotations": annotations}
+    test = write_coco(
+        root,
+        "test.json",
+        [{"id": 1, "file_name": "b1/t.png", "width": 40, "height": 30}],
+        [],
+    )
+    return {
+        "root": root,
+        "train": train,
+        "test": test,
+        "images": images,
+        "annotations": annotations,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -117,23 +183,63 @@ def tiny_dataset(tmp_path_factory) -> dict:
 
     root = tmp_path_factory.mktemp("tiny")
     data = root / "demo_data"
-    make_demo(data, CLASSES, seed=0, train_images=24, test_images=5, size=64, batches=3, noise_rate=0.0)
-    paths = {"root": data, "images": root / "images.parquet", "masks": root / "masks", "folds": root / "folds.csv"}
-    images = build_index(
-        data / "train_all.json", data / "test.json", data, CLASSES,
-        images_out=paths["images"], annotations_out=root / "annotations.parquet", skipped_out=root / "skipped.csv", masks_dir=paths["masks"],
+    make_demo(
+        data,
+        CLASSES,
+        seed=0,
+        train_images=24,
+        test_images=5,
+        size=64,
+        batches=3,
+        noise_rate=0.0,
     )
-    make_folds(images, len(CLASSES), "kfold", 2, seed=0).to_csv(paths["folds"], index=False)
+    paths = {
+        "root": data,
+        "images": root / "images.parquet",
+        "masks": root / "masks",
+        "folds": root / "folds.csv",
+    }
+    images = build_index(
+        data / "train_all.json",
+        data / "test.json",
+        data,
+        CLASSES,
+        images_out=paths["images"],
+        annotations_out=root / "annotations.parquet",
+        skipped_out=root / "skipped.csv",
+        masks_dir=paths["masks"],
+    )
+    make_folds(images, len(CLASSES), "kfold", 2, seed=0).to_csv(
+        paths["folds"], index=False
+    )
     return paths
 
 
 def model_params(**changes) -> dict:
     """Resolved model settings as the workflow passes them: schema defaults + changes."""
     params = {
-        "arch": "FPN", "encoder": "mobilenet_v2", "encoder_weights": None, "input_size": None, "epochs": 2, "batch_size": 4,
-        "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0001, "momentum": 0.9, "scheduler": "cosine", "warmup_epochs": 0.5,
-        "min_lr_ratio": 0.01, "accumulate": 1, "grad_clip": None, "amp": "bf16", "loss": {"ce": 1.0, "dice": 1.0},
-        "label_smoothing": 0.0, "focal_gamma": 2.0, "augment": [{"HorizontalFlip": {"p": 0.5}}], "workers": None, "device": "cpu",
+        "arch": "FPN",
+        "encoder": "mobilenet_v2",
+        "encoder_weights": None,
+        "input_size": None,
+        "epochs": 2,
+        "batch_size": 4,
+        "optimizer": "adamw",
+        "lr": 0.003,
+        "weight_decay": 0.0001,
+        "momentum": 0.9,
+        "scheduler": "cosine",
+        "warmup_epochs": 0.5,
+        "min_lr_ratio": 0.01,
+        "accumulate": 1,
+        "grad_clip": None,
+        "amp": "bf16",
+        "loss": {"ce": 1.0, "dice": 1.0},
+        "label_smoothing": 0.0,
+        "focal_gamma": 2.0,
+        "augment": [{"HorizontalFlip": {"p": 0.5}}],
+        "workers": None,
+        "device": "cpu",
     }
     params.update(changes)
     return params

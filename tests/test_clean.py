@@ -7,7 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segflow.clean import CleanSettings, clean, cleaned_mask, flag_images, score_image, self_confidence_sums
+from segflow.clean import (
+    CleanSettings,
+    clean,
+    cleaned_mask,
+    flag_images,
+    score_image,
+    self_confidence_sums,
+)
 from segflow.index import instance_file, mask_file
 from segflow.metrics import IGNORE_INDEX
 from segflow.noise_detection import annotation_detection, image_detection
@@ -15,13 +22,19 @@ from segflow.train import fold_split
 
 SIZE = 32
 N_CLASSES = 3  # background, A, B
-SETTINGS = CleanSettings(issue_share=0.3, min_class_confidence=0.2, min_region=0.02, missed_region=0.02)
-THRESHOLDS = np.array([0.85, 0.85, 0.85])  # every class learnt: mean self-confidence 0.85
+SETTINGS = CleanSettings(
+    issue_share=0.3, min_class_confidence=0.2, min_region=0.02, missed_region=0.02
+)
+THRESHOLDS = np.array(
+    [0.85, 0.85, 0.85]
+)  # every class learnt: mean self-confidence 0.85
 
 
 def confident_probabilities(prediction: np.ndarray, sure: float = 0.9) -> np.ndarray:
     """(C, H, W) probabilities whose argmax is ``prediction`` with probability ``sure``."""
-    probabilities = np.full((N_CLASSES, *prediction.shape), (1 - sure) / (N_CLASSES - 1), np.float32)
+    probabilities = np.full(
+        (N_CLASSES, *prediction.shape), (1 - sure) / (N_CLASSES - 1), np.float32
+    )
     for k in range(N_CLASSES):
         probabilities[k][prediction == k] = sure
     return probabilities
@@ -34,13 +47,29 @@ def box(y0, y1, x0, x1, value, base=None, dtype=np.uint8):
 
 
 def annotations(*classes):
-    return pd.DataFrame({"annotation_id": [100 + k for k in range(len(classes))], "class_index": list(classes)})
+    return pd.DataFrame(
+        {
+            "annotation_id": [100 + k for k in range(len(classes))],
+            "class_index": list(classes),
+        }
+    )
 
 
 def judged(label, truth, classes, probabilities=None, thresholds=THRESHOLDS):
     """score_image of one image whose OOF prediction is ``truth`` (confident)."""
-    probabilities = confident_probabilities(truth) if probabilities is None else probabilities
-    scores = score_image("x", label, (label > 0).astype(np.int32), probabilities, annotations(*classes), thresholds, SETTINGS, scale=(2.0, 2.0))
+    probabilities = (
+        confident_probabilities(truth) if probabilities is None else probabilities
+    )
+    scores = score_image(
+        "x",
+        label,
+        (label > 0).astype(np.int32),
+        probabilities,
+        annotations(*classes),
+        thresholds,
+        SETTINGS,
+        scale=(2.0, 2.0),
+    )
     return scores, scores.annotations
 
 
@@ -55,7 +84,13 @@ def test_swapped_class_is_flagged_as_class():
     truth = box(4, 16, 4, 16, 1)
     label = box(4, 16, 4, 16, 2)  # the annotator picked B for an A object
     scores, (row,) = judged(label, truth, [2])
-    assert row["flagged"] and row["suspected"] == "class" and row["issue_share"] == 1.0 and row["agreement"] == 0.0 and row["other_class"] == 1
+    assert (
+        row["flagged"]
+        and row["suspected"] == "class"
+        and row["issue_share"] == 1.0
+        and row["agreement"] == 0.0
+        and row["other_class"] == 1
+    )
     assert not scores.regions  # the object is labelled, only with the wrong class
 
 
@@ -65,7 +100,11 @@ def test_missing_object_is_flagged_as_missed_region_with_its_box():
     scores, (row,) = judged(label, truth, [2])
     assert not row["flagged"]
     (region,) = scores.regions
-    assert region["flagged"] and region["suspected"] == "missing" and region["class_index"] == 1
+    assert (
+        region["flagged"]
+        and region["suspected"] == "missing"
+        and region["class_index"] == 1
+    )
     assert region["bbox"] == "8 8 24 24"  # in image pixels (scale 2)
     assert scores.missed[4:16, 4:16].all() and scores.missed.sum() == 144
 
@@ -74,22 +113,33 @@ def test_bloated_polygon_is_flagged_as_region():
     truth = box(10, 18, 10, 18, 1)  # 64 pixels
     label = box(7, 21, 7, 21, 1)  # 196 pixels: the polygon was drawn far too large
     _, (row,) = judged(label, truth, [1])
-    assert row["flagged"] and row["suspected"] == "region" and row["issue_share"] == pytest.approx(132 / 196) and row["other_class"] == 0
+    assert (
+        row["flagged"]
+        and row["suspected"] == "region"
+        and row["issue_share"] == pytest.approx(132 / 196)
+        and row["other_class"] == 0
+    )
 
 
 def test_a_class_the_model_has_not_learnt_is_not_judged_nor_ever_confident():
     truth = box(4, 16, 4, 16, 1)
     label = box(4, 16, 4, 16, 2)
-    scores, (row,) = judged(label, truth, [2], thresholds=np.array([0.85, 0.85, 0.1]))  # B not learnt
+    scores, (row,) = judged(
+        label, truth, [2], thresholds=np.array([0.85, 0.85, 0.1])
+    )  # B not learnt
     assert not row["flagged"] and np.isnan(row.get("issue_share", np.nan))
-    scores, (row,) = judged(label, truth, [2], thresholds=np.array([0.85, 0.1, 0.85]))  # A never confident
+    scores, (row,) = judged(
+        label, truth, [2], thresholds=np.array([0.85, 0.1, 0.85])
+    )  # A never confident
     assert not row["flagged"] and row["issue_share"] == 0.0 and not scores.issue.any()
 
 
 def test_class_thresholds_are_the_mean_self_confidence():
     label = box(0, 16, 0, 32, 1)  # top half A, bottom half background
     probabilities = confident_probabilities(label, sure=0.9)
-    probabilities[:, 0:8] = confident_probabilities(label, sure=0.5)[:, 0:8]  # half of A less sure
+    probabilities[:, 0:8] = confident_probabilities(label, sure=0.5)[
+        :, 0:8
+    ]  # half of A less sure
     probabilities[:, 31, 31] = [0.2, 0.3, 0.5]
     label[31, 31] = IGNORE_INDEX  # not counted
     sums, counts = self_confidence_sums(label, probabilities)
@@ -104,10 +154,14 @@ def test_small_objects_are_not_judged():
 
 
 def test_image_flags_by_iou_threshold_worst_fraction_and_annotations():
-    images = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "iou": [0.9, 0.2, 0.5, 0.8]})
+    images = pd.DataFrame(
+        {"image_id": ["a", "b", "c", "d"], "iou": [0.9, 0.2, 0.5, 0.8]}
+    )
     flagged_annotation = pd.DataFrame({"image_id": ["d"], "flagged": [True]})
     none = pd.DataFrame({"image_id": [], "flagged": []})
-    reasons = flag_images(images, flagged_annotation, none, CleanSettings(iou_below=0.3))
+    reasons = flag_images(
+        images, flagged_annotation, none, CleanSettings(iou_below=0.3)
+    )
     assert reasons.to_dict() == {"a": "", "b": "low_iou", "c": "", "d": "annotation"}
     reasons = flag_images(images, none, none, CleanSettings(worst_fraction=0.5))
     assert reasons.to_dict() == {"a": "", "b": "low_iou", "c": "low_iou", "d": ""}
@@ -118,7 +172,9 @@ def swapped_and_missing():
     truth = box(2, 12, 2, 12, 1, base=box(18, 30, 18, 30, 1))
     label = box(2, 12, 2, 12, 2)
     probabilities = confident_probabilities(truth)
-    probabilities[:, 2:4, 2:12] = 1 / N_CLASSES  # an unconfident strip inside the swapped object
+    probabilities[:, 2:4, 2:12] = (
+        1 / N_CLASSES
+    )  # an unconfident strip inside the swapped object
     scores, (row,) = judged(label, truth, [2], probabilities)
     assert row["flagged"] and row["issue_share"] == pytest.approx(0.8)
     return truth, label, (label > 0).astype(np.int32), scores
@@ -128,7 +184,9 @@ def test_relabel_gives_flagged_regions_the_confident_prediction_and_255_elsewher
     truth, label, instances, scores = swapped_and_missing()
     out = cleaned_mask(label, instances, scores, [0], low_iou=False, action="relabel")
     assert (out[4:12, 2:12] == 1).all()  # swapped class fixed
-    assert (out[2:4, 2:12] == IGNORE_INDEX).all()  # nothing confident: ignored, not guessed
+    assert (
+        out[2:4, 2:12] == IGNORE_INDEX
+    ).all()  # nothing confident: ignored, not guessed
     assert (out[18:30, 18:30] == 1).all()  # missed object added
     assert (out[(truth == 0) & (out != IGNORE_INDEX)] == 0).all()
 
@@ -136,18 +194,31 @@ def test_relabel_gives_flagged_regions_the_confident_prediction_and_255_elsewher
 def test_ignore_blanks_flagged_regions_and_drop_or_none_keep_the_label():
     truth, label, instances, scores = swapped_and_missing()
     out = cleaned_mask(label, instances, scores, [0], low_iou=False, action="ignore")
-    assert (out[2:12, 2:12] == IGNORE_INDEX).all() and (out[20:30, 18:30] == IGNORE_INDEX).all()
+    assert (out[2:12, 2:12] == IGNORE_INDEX).all() and (
+        out[20:30, 18:30] == IGNORE_INDEX
+    ).all()
     assert (out[(out != IGNORE_INDEX)] == 0).all()
     for action in ("drop", "none"):
-        assert np.array_equal(cleaned_mask(label, instances, scores, [0], low_iou=False, action=action), label)
+        assert np.array_equal(
+            cleaned_mask(label, instances, scores, [0], low_iou=False, action=action),
+            label,
+        )
 
 
 def test_relabel_at_a_larger_label_size_upsamples_the_prediction():
     truth, label, instances, scores = swapped_and_missing()
     big_label = cv2.resize(label, (64, 64), interpolation=cv2.INTER_NEAREST)
-    big_instances = cv2.resize(instances.astype(np.uint16), (64, 64), interpolation=cv2.INTER_NEAREST)
-    out = cleaned_mask(big_label, big_instances, scores, [0], low_iou=False, action="relabel")
-    assert out.shape == (64, 64) and (out[8:24, 4:24] == 1).all() and (out[36:60, 36:60] == 1).all()
+    big_instances = cv2.resize(
+        instances.astype(np.uint16), (64, 64), interpolation=cv2.INTER_NEAREST
+    )
+    out = cleaned_mask(
+        big_label, big_instances, scores, [0], low_iou=False, action="relabel"
+    )
+    assert (
+        out.shape == (64, 64)
+        and (out[8:24, 4:24] == 1).all()
+        and (out[36:60, 36:60] == 1).all()
+    )
 
 
 # --- clean() on files laid out as the index writes them ---------------------------------
@@ -157,12 +228,17 @@ def test_relabel_at_a_larger_label_size_upsamples_the_prediction():
 def indexed(tmp_path):
     """Labelled images clean, swapped, missing, bloated, clean, clean; one test image; OOF from the truth."""
     truths, labels = [], []
-    truths.append(box(4, 16, 4, 16, 1)); labels.append(box(4, 16, 4, 16, 1))  # noqa: E702
-    truths.append(box(4, 16, 4, 16, 1)); labels.append(box(4, 16, 4, 16, 2))  # noqa: E702
-    truths.append(box(4, 16, 4, 16, 1, base=box(20, 28, 20, 28, 2))); labels.append(box(20, 28, 20, 28, 2))  # noqa: E702
-    truths.append(box(10, 18, 10, 18, 1)); labels.append(box(7, 21, 7, 21, 1))  # noqa: E702
+    truths.append(box(4, 16, 4, 16, 1))
+    labels.append(box(4, 16, 4, 16, 1))  # noqa: E702
+    truths.append(box(4, 16, 4, 16, 1))
+    labels.append(box(4, 16, 4, 16, 2))  # noqa: E702
+    truths.append(box(4, 16, 4, 16, 1, base=box(20, 28, 20, 28, 2)))
+    labels.append(box(20, 28, 20, 28, 2))  # noqa: E702
+    truths.append(box(10, 18, 10, 18, 1))
+    labels.append(box(7, 21, 7, 21, 1))  # noqa: E702
     for _ in range(2):  # more clean A objects: what class A's agreement normally is
-        truths.append(box(4, 16, 4, 16, 1)); labels.append(box(4, 16, 4, 16, 1))  # noqa: E702
+        truths.append(box(4, 16, 4, 16, 1))
+        labels.append(box(4, 16, 4, 16, 1))  # noqa: E702
     masks = tmp_path / "masks"
     masks.mkdir()
     ids = [f"b/{k}.png" for k in range(len(labels))]
@@ -172,23 +248,63 @@ def indexed(tmp_path):
         cv2.imwrite(str(tmp_path / image_id), np.full((SIZE, SIZE, 3), 90, np.uint8))
         cv2.imwrite(str(mask_file(masks, k)), label)
         cv2.imwrite(str(instance_file(masks, k)), (label > 0).astype(np.uint16))
-        rows.append({"image_id": image_id, "coco_id": k, "file_name": image_id, "width": SIZE, "height": SIZE, "split": "train"})
-        annotation_rows.append({"image_id": image_id, "annotation_id": 10 + k, "class_index": int(label.max())})
-    rows.append({"image_id": "t.png", "coco_id": 9, "file_name": "t.png", "width": SIZE, "height": SIZE, "split": "test"})
+        rows.append(
+            {
+                "image_id": image_id,
+                "coco_id": k,
+                "file_name": image_id,
+                "width": SIZE,
+                "height": SIZE,
+                "split": "train",
+            }
+        )
+        annotation_rows.append(
+            {
+                "image_id": image_id,
+                "annotation_id": 10 + k,
+                "class_index": int(label.max()),
+            }
+        )
+    rows.append(
+        {
+            "image_id": "t.png",
+            "coco_id": 9,
+            "file_name": "t.png",
+            "width": SIZE,
+            "height": SIZE,
+            "split": "test",
+        }
+    )
     pd.DataFrame(rows).to_parquet(tmp_path / "images.parquet")
     pd.DataFrame(annotation_rows).to_parquet(tmp_path / "annotations.parquet")
     oof = tmp_path / "oof"
     oof.mkdir()
-    np.save(oof / "oof.npy", np.stack([(confident_probabilities(t) * 255).round().astype(np.uint8) for t in truths]))
+    np.save(
+        oof / "oof.npy",
+        np.stack(
+            [
+                (confident_probabilities(t) * 255).round().astype(np.uint8)
+                for t in truths
+            ]
+        ),
+    )
     (oof / "oof_ids.txt").write_text("".join(f"{i}\n" for i in ids))
     return tmp_path, ids
 
 
 def run_clean(root, action, **settings):
     return clean(
-        sources={"oof": [root / "oof"]}, images_path=root / "images.parquet", annotations_path=root / "annotations.parquet",
-        masks_dir=root / "masks", image_root=root, classes=["bg", "A", "B"], out_dir=root / f"clean_{action}",
-        settings=CleanSettings(action=action, min_region=0.02, missed_region=0.02, **settings), gallery=4,
+        sources={"oof": [root / "oof"]},
+        images_path=root / "images.parquet",
+        annotations_path=root / "annotations.parquet",
+        masks_dir=root / "masks",
+        image_root=root,
+        classes=["bg", "A", "B"],
+        out_dir=root / f"clean_{action}",
+        settings=CleanSettings(
+            action=action, min_region=0.02, missed_region=0.02, **settings
+        ),
+        gallery=4,
     )
 
 
@@ -197,17 +313,42 @@ def test_clean_flags_the_three_noisy_images_and_drops_them(indexed):
     summary = run_clean(root, "drop")
     out = root / "clean_drop"
     images = pd.read_csv(out / "images.csv")
-    assert images.set_index("image_id")["reasons"].fillna("").to_dict() == {ids[0]: "", ids[1]: "annotation", ids[2]: "missed", ids[3]: "annotation", ids[4]: "", ids[5]: ""}
+    assert images.set_index("image_id")["reasons"].fillna("").to_dict() == {
+        ids[0]: "",
+        ids[1]: "annotation",
+        ids[2]: "missed",
+        ids[3]: "annotation",
+        ids[4]: "",
+        ids[5]: "",
+    }
     assert (out / "dropped.txt").read_text().split() == ids[1:4]
-    assert images.set_index("image_id")["train"].tolist() == [True, False, False, False, True, True]
+    assert images.set_index("image_id")["train"].tolist() == [
+        True,
+        False,
+        False,
+        False,
+        True,
+        True,
+    ]
     assert summary["flagged_images"] == 3 and summary["dropped_images"] == 3
     for k in range(6):  # drop keeps every label as it is
-        assert np.array_equal(cv2.imread(str(mask_file(out / "masks", k)), cv2.IMREAD_UNCHANGED), cv2.imread(str(mask_file(root / "masks", k)), cv2.IMREAD_UNCHANGED))
+        assert np.array_equal(
+            cv2.imread(str(mask_file(out / "masks", k)), cv2.IMREAD_UNCHANGED),
+            cv2.imread(str(mask_file(root / "masks", k)), cv2.IMREAD_UNCHANGED),
+        )
     scores = pd.read_csv(out / "scores.csv")
-    assert set(scores["level"]) == {"image", "annotation", "region"} and len(scores[scores["level"] == "annotation"]) == 6
+    assert (
+        set(scores["level"]) == {"image", "annotation", "region"}
+        and len(scores[scores["level"] == "annotation"]) == 6
+    )
     flags = pd.read_csv(out / "flags.csv")
-    assert sorted(flags.loc[flags["level"] == "annotation", "suspected"]) == ["class", "region"]
-    assert sorted(p.name for p in (out / "gallery").iterdir()) == [f"0{r}_b_{k}.png" for r, k in ((1, 1), (2, 3), (3, 2))]  # by OOF IoU, worst first
+    assert sorted(flags.loc[flags["level"] == "annotation", "suspected"]) == [
+        "class",
+        "region",
+    ]
+    assert sorted(p.name for p in (out / "gallery").iterdir()) == [
+        f"0{r}_b_{k}.png" for r, k in ((1, 1), (2, 3), (3, 2))
+    ]  # by OOF IoU, worst first
     assert "<img src='data:image/png;base64," in (out / "gallery.html").read_text()
 
 
@@ -221,7 +362,9 @@ def test_clean_relabel_writes_corrected_masks_and_drops_nothing(indexed):
     missing = cv2.imread(str(mask_file(out / "masks", 2)), cv2.IMREAD_UNCHANGED)
     assert (missing[4:16, 4:16] == 1).all() and (missing[20:28, 20:28] == 2).all()
     bloated = cv2.imread(str(mask_file(out / "masks", 3)), cv2.IMREAD_UNCHANGED)
-    assert bloated.sum() == 64 and (bloated[10:18, 10:18] == 1).all()  # back to the true object
+    assert (
+        bloated.sum() == 64 and (bloated[10:18, 10:18] == 1).all()
+    )  # back to the true object
     assert pd.read_csv(out / "images.csv")["changed_pixels"].tolist()[0] == 0
 
 
@@ -229,22 +372,41 @@ def test_no_flag_is_fine_and_reported(indexed):
     root, _ = indexed
     summary = run_clean(root, "none", iou_below=None)
     summary_none = json.loads((root / "clean_none" / "summary.json").read_text())
-    assert summary == summary_none and summary["flagged_images"] == 3 and summary["dropped_images"] == 0
-    clean(
-        sources={"oof": [root / "oof"]}, images_path=root / "images.parquet", annotations_path=root / "annotations.parquet",
-        masks_dir=root / "masks", image_root=root, classes=["bg", "A", "B"], out_dir=root / "quiet",
-        settings=CleanSettings(issue_share=1.01, missed_region=1.0), gallery=4,
+    assert (
+        summary == summary_none
+        and summary["flagged_images"] == 3
+        and summary["dropped_images"] == 0
     )
-    assert json.loads((root / "quiet" / "summary.json").read_text())["flagged_images"] == 0
-    assert (root / "quiet" / "dropped.txt").read_text() == "" and not list((root / "quiet" / "gallery").iterdir())
+    clean(
+        sources={"oof": [root / "oof"]},
+        images_path=root / "images.parquet",
+        annotations_path=root / "annotations.parquet",
+        masks_dir=root / "masks",
+        image_root=root,
+        classes=["bg", "A", "B"],
+        out_dir=root / "quiet",
+        settings=CleanSettings(issue_share=1.01, missed_region=1.0),
+        gallery=4,
+    )
+    assert (
+        json.loads((root / "quiet" / "summary.json").read_text())["flagged_images"] == 0
+    )
+    assert (root / "quiet" / "dropped.txt").read_text() == "" and not list(
+        (root / "quiet" / "gallery").iterdir()
+    )
 
 
 def test_oof_ids_that_do_not_match_the_index_are_an_error(indexed):
     from segflow.oof_score import OofError
 
     root, ids = indexed
-    (root / "oof" / "oof_ids.txt").write_text("".join(f"{i}\n" for i in [*ids[:-1], "b/unknown.png"]))
-    with pytest.raises(OofError, match=r"OOF source oof: .*1 unknown.*b/unknown.png.*1 labelled images without OOF"):
+    (root / "oof" / "oof_ids.txt").write_text(
+        "".join(f"{i}\n" for i in [*ids[:-1], "b/unknown.png"])
+    )
+    with pytest.raises(
+        OofError,
+        match=r"OOF source oof: .*1 unknown.*b/unknown.png.*1 labelled images without OOF",
+    ):
         run_clean(root, "drop")
     assert not (root / "clean_drop").exists()
 
@@ -253,26 +415,62 @@ def test_oof_ids_that_do_not_match_the_index_are_an_error(indexed):
 
 
 def test_dropped_images_never_train_and_validation_keeps_every_labelled_image():
-    images = pd.DataFrame({"image_id": [f"i{k}" for k in range(8)] + ["t0", "t1"], "split": ["train"] * 8 + ["test"] * 2})
+    images = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(8)] + ["t0", "t1"],
+            "split": ["train"] * 8 + ["test"] * 2,
+        }
+    )
     folds = pd.DataFrame({"image_id": [f"i{k}" for k in range(8)], "fold": [0, 1] * 4})
     dropped = frozenset({"i0", "i1", "i2"})
     for fold in (0, 1):
         train, val = fold_split(images, folds, fold, drop=dropped)
         assert not set(train["image_id"]) & dropped
         assert not set(train["image_id"]) & set(val["image_id"])
-        assert set(val["image_id"]) == {f"i{k}" for k in range(fold, 8, 2)}  # scored on every image of the fold
+        assert set(val["image_id"]) == {
+            f"i{k}" for k in range(fold, 8, 2)
+        }  # scored on every image of the fold
         assert not {"t0", "t1"} & (set(train["image_id"]) | set(val["image_id"]))
 
 
 def test_detection_scores_against_the_manifest():
-    manifest = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "annotation_id": [1, 2, 3, 4], "kind": ["class_swap", "missing", "shifted", "bloated"]})
+    manifest = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c", "d"],
+            "annotation_id": [1, 2, 3, 4],
+            "kind": ["class_swap", "missing", "shifted", "bloated"],
+        }
+    )
     labelled = {"a", "b", "c", "d", "e", "f", "g", "h"}
     result = image_detection({"a", "b", "e"}, manifest, labelled)
-    assert result["all"]["precision"] == pytest.approx(2 / 3) and result["all"]["recall"] == 0.5
-    assert result["class_swap"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "true_positives": 1, "flagged": 2, "positives": 1}
+    assert (
+        result["all"]["precision"] == pytest.approx(2 / 3)
+        and result["all"]["recall"] == 0.5
+    )
+    assert result["class_swap"] == {
+        "precision": 0.5,
+        "recall": 1.0,
+        "f1": pytest.approx(2 / 3),
+        "true_positives": 1,
+        "flagged": 2,
+        "positives": 1,
+    }
     assert result["shifted"]["recall"] == 0.0 and result["shifted"]["precision"] == 0.0
     flags = pd.DataFrame(
-        {"level": ["annotation", "annotation", "region", "region"], "image_id": ["a", "e", "b", "f"], "annotation_id": [1, 99, None, None], "bbox": [None, None, "10 10 5 5", "0 0 3 3"]}
+        {
+            "level": ["annotation", "annotation", "region", "region"],
+            "image_id": ["a", "e", "b", "f"],
+            "annotation_id": [1, 99, None, None],
+            "bbox": [None, None, "10 10 5 5", "0 0 3 3"],
+        }
     )
-    result = annotation_detection(flags, manifest, {1: [0, 0, 4, 4], 2: [11, 11, 4, 4], 3: [0, 0, 1, 1], 4: [0, 0, 1, 1]})
-    assert result["all"]["true_positives"] == 2 and result["all"]["flagged"] == 4 and result["missing"]["recall"] == 1.0
+    result = annotation_detection(
+        flags,
+        manifest,
+        {1: [0, 0, 4, 4], 2: [11, 11, 4, 4], 3: [0, 0, 1, 1], 4: [0, 0, 1, 1]},
+    )
+    assert (
+        result["all"]["true_positives"] == 2
+        and result["all"]["flagged"] == 4
+        and result["missing"]["recall"] == 1.0
+    )

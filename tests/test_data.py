@@ -13,12 +13,33 @@ from segflow.models import IMAGENET_MEAN, IMAGENET_STD
 @pytest.mark.parametrize(
     "spec,words",
     [
-        ([{"CoarseDropout": {"max_holes": 8}}], ["augment[0]", "max_holes"]),  # 1.x name
-        ([{"RandomResizedCrop": {"height": 64, "width": 64}}], ["augment[0]", "RandomResizedCrop", "size"]),  # 2.x wants size
+        (
+            [{"CoarseDropout": {"max_holes": 8}}],
+            ["augment[0]", "max_holes"],
+        ),  # 1.x name
+        (
+            [{"RandomResizedCrop": {"height": 64, "width": 64}}],
+            ["augment[0]", "RandomResizedCrop", "size"],
+        ),  # 2.x wants size
         ([{"GaussNoise": {"var_limit": [10, 50]}}], ["augment[0]", "var_limit"]),
         ([{"HorizontalFlip": {"always_apply": True}}], ["augment[0]", "always_apply"]),
-        ([{"HorizontalFlip": {}}, {"NoSuchTransform": {}}], ["augment[1]", "'NoSuchTransform' is not an albumentations transform"]),
-        ([{"OneOf": {"transforms": [{"Blur": {"blur_limit": 3}}, {"GaussNoise": {"var_limit": 1}}]}}], ["augment[0].OneOf[1]", "var_limit"]),
+        (
+            [{"HorizontalFlip": {}}, {"NoSuchTransform": {}}],
+            ["augment[1]", "'NoSuchTransform' is not an albumentations transform"],
+        ),
+        (
+            [
+                {
+                    "OneOf": {
+                        "transforms": [
+                            {"Blur": {"blur_limit": 3}},
+                            {"GaussNoise": {"var_limit": 1}},
+                        ]
+                    }
+                }
+            ],
+            ["augment[0].OneOf[1]", "var_limit"],
+        ),
         (["HorizontalFlip"], ["augment[0]", "expected one mapping"]),
     ],
 )
@@ -30,9 +51,24 @@ def test_bad_augment_is_an_error_not_a_warning(spec, words):
 
 
 def test_valid_augment_builds_and_normalize_always_runs():
-    transform = build_transform([{"HorizontalFlip": {"p": 0.5}}, {"OneOf": {"p": 0.3, "transforms": [{"Blur": {"blur_limit": 3}}, {"GaussNoise": {}}]}}])
-    assert [type(t).__name__ for t in transform.transforms][-2:] == ["Normalize", "ToTensorV2"]
-    assert all(t.p == 1.0 for t in transform.transforms[-2:])  # never the from_dict p=0.5
+    transform = build_transform(
+        [
+            {"HorizontalFlip": {"p": 0.5}},
+            {
+                "OneOf": {
+                    "p": 0.3,
+                    "transforms": [{"Blur": {"blur_limit": 3}}, {"GaussNoise": {}}],
+                }
+            },
+        ]
+    )
+    assert [type(t).__name__ for t in transform.transforms][-2:] == [
+        "Normalize",
+        "ToTensorV2",
+    ]
+    assert all(
+        t.p == 1.0 for t in transform.transforms[-2:]
+    )  # never the from_dict p=0.5
     image = np.full((8, 8, 3), 200, np.uint8)
     flip_only = build_transform([{"HorizontalFlip": {"p": 0.5}}])
     for _ in range(10):
@@ -48,7 +84,11 @@ def test_mask_stays_a_label_map_and_becomes_long(tmp_path):
     mask[0, 0] = 255
     cv2.imwrite(str(tmp_path / "i.png"), image)
     cv2.imwrite(str(tmp_path / "m.png"), mask)
-    dataset = SegmentationDataset([str(tmp_path / "i.png")], [str(tmp_path / "m.png")], build_transform([{"Rotate": {"limit": 30, "p": 1.0}}]))
+    dataset = SegmentationDataset(
+        [str(tmp_path / "i.png")],
+        [str(tmp_path / "m.png")],
+        build_transform([{"Rotate": {"limit": 30, "p": 1.0}}]),
+    )
     _, out = dataset[0]
     assert out.dtype == torch.int64
     assert set(out.unique().tolist()) <= {0, 7, 255}

@@ -11,7 +11,13 @@ from conftest import CLASSES
 from segflow.coco import load_coco, rasterize
 from segflow.demo import NOISE_KINDS, make_demo
 
-SMALL = {"train_images": 40, "test_images": 8, "size": 64, "batches": 4, "noise_rate": 0.2}
+SMALL = {
+    "train_images": 40,
+    "test_images": 8,
+    "size": 64,
+    "batches": 4,
+    "noise_rate": 0.2,
+}
 
 
 def digest(root):
@@ -30,20 +36,36 @@ def demo(tmp_path_factory):
 
 def test_layout_matches_the_competition(demo):
     root, _ = demo
-    for name in ["train_all.json", "train.json", "val.json", "test.json", "sample_submission.csv"]:
+    for name in [
+        "train_all.json",
+        "train.json",
+        "val.json",
+        "test.json",
+        "sample_submission.csv",
+    ]:
         assert (root / name).is_file()
     train_all = json.loads((root / "train_all.json").read_text())
     assert [c["name"] for c in train_all["categories"]] == CLASSES[1:]
     assert [c["id"] for c in train_all["categories"]] == list(range(1, len(CLASSES)))
-    assert all(isinstance(a["segmentation"], list) and len(a["segmentation"][0]) >= 6 for a in train_all["annotations"])
+    assert all(
+        isinstance(a["segmentation"], list) and len(a["segmentation"][0]) >= 6
+        for a in train_all["annotations"]
+    )
     folders = {im["file_name"].split("/")[0] for im in train_all["images"]}
     assert len(folders) == SMALL["batches"]
     test = json.loads((root / "test.json").read_text())
     assert len(test["images"]) == SMALL["test_images"] and test["annotations"] == []
-    train, val = (json.loads((root / f).read_text()) for f in ("train.json", "val.json"))
-    assert {i["id"] for i in train["images"]} | {i["id"] for i in val["images"]} == {i["id"] for i in train_all["images"]}
+    train, val = (
+        json.loads((root / f).read_text()) for f in ("train.json", "val.json")
+    )
+    assert {i["id"] for i in train["images"]} | {i["id"] for i in val["images"]} == {
+        i["id"] for i in train_all["images"]
+    }
     assert not {i["id"] for i in train["images"]} & {i["id"] for i in val["images"]}
-    assert pd.read_csv(root / "sample_submission.csv").columns.tolist() == ["image_id", "PredictionString"]
+    assert pd.read_csv(root / "sample_submission.csv").columns.tolist() == [
+        "image_id",
+        "PredictionString",
+    ]
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(demo, tmp_path):
@@ -57,11 +79,23 @@ def test_same_seed_same_bytes_other_seed_other_bytes(demo, tmp_path):
 def test_noise_manifest_is_the_truth(demo):
     root, summary = demo
     manifest = pd.read_csv(root / "truth" / "noise.csv")
-    assert len(manifest) == round(SMALL["noise_rate"] * SMALL["train_images"]) == summary["noisy_images"]
+    assert (
+        len(manifest)
+        == round(SMALL["noise_rate"] * SMALL["train_images"])
+        == summary["noisy_images"]
+    )
     assert manifest["coco_image_id"].is_unique  # one error per noisy image
     assert set(manifest["kind"]) == set(NOISE_KINDS)
-    noisy = {a["id"]: a for a in json.loads((root / "train_all.json").read_text())["annotations"]}
-    clean = {a["id"]: a for a in json.loads((root / "truth" / "train_all_clean.json").read_text())["annotations"]}
+    noisy = {
+        a["id"]: a
+        for a in json.loads((root / "train_all.json").read_text())["annotations"]
+    }
+    clean = {
+        a["id"]: a
+        for a in json.loads((root / "truth" / "train_all_clean.json").read_text())[
+            "annotations"
+        ]
+    }
     listed = set(manifest["annotation_id"])
     for row in manifest.itertuples():
         original = clean[row.annotation_id]
@@ -69,10 +103,17 @@ def test_noise_manifest_is_the_truth(demo):
         if row.kind == "missing":
             assert row.annotation_id not in noisy
         elif row.kind == "class_swap":
-            assert noisy[row.annotation_id]["category_id"] == row.category_after != row.category_before
+            assert (
+                noisy[row.annotation_id]["category_id"]
+                == row.category_after
+                != row.category_before
+            )
             assert noisy[row.annotation_id]["segmentation"] == original["segmentation"]
         elif row.kind == "shifted":
-            a, b = (np.array(x["segmentation"][0]).reshape(-1, 2) for x in (noisy[row.annotation_id], original))
+            a, b = (
+                np.array(x["segmentation"][0]).reshape(-1, 2)
+                for x in (noisy[row.annotation_id], original)
+            )
             assert np.abs(a.mean(0) - b.mean(0)).max() > 2
         else:  # bloated
             assert noisy[row.annotation_id]["area"] > 1.2 * original["area"]
@@ -81,7 +122,9 @@ def test_noise_manifest_is_the_truth(demo):
 
 
 def test_rare_and_common_classes_like_the_real_set(tmp_path):
-    summary = make_demo(tmp_path, CLASSES, seed=0, train_images=200, test_images=4, size=48)
+    summary = make_demo(
+        tmp_path, CLASSES, seed=0, train_images=200, test_images=4, size=48
+    )
     objects = summary["train_objects_per_class"]
     for rare in ("Battery", "Clothing"):
         for common in ("Paper", "Plastic bag"):
@@ -98,16 +141,36 @@ def test_picture_agrees_with_the_labels(demo):
     inside, outside = [], []
     for image in coco.images[:10]:
         picture = cv2.imread(str(root / image["file_name"])).astype(float)
-        mask = rasterize(coco.annotations[image["id"]], image["height"], image["width"], coco.class_of_category).mask
-        edges = np.abs(cv2.Laplacian(cv2.cvtColor(picture.astype(np.uint8), cv2.COLOR_BGR2GRAY), cv2.CV_64F))
-        boundary = cv2.morphologyEx((mask > 0).astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+        mask = rasterize(
+            coco.annotations[image["id"]],
+            image["height"],
+            image["width"],
+            coco.class_of_category,
+        ).mask
+        edges = np.abs(
+            cv2.Laplacian(
+                cv2.cvtColor(picture.astype(np.uint8), cv2.COLOR_BGR2GRAY), cv2.CV_64F
+            )
+        )
+        boundary = (
+            cv2.morphologyEx(
+                (mask > 0).astype(np.uint8),
+                cv2.MORPH_GRADIENT,
+                np.ones((3, 3), np.uint8),
+            )
+            > 0
+        )
         inside.append(edges[boundary].mean())
         outside.append(edges[~boundary].mean())
-    assert np.mean(inside) > 1.5 * np.mean(outside)  # object outlines are where the polygons are
+    assert np.mean(inside) > 1.5 * np.mean(
+        outside
+    )  # object outlines are where the polygons are
 
 
 def test_other_class_lists_get_a_demo_too(tmp_path):
     classes = ["bg"] + [f"c{k}" for k in range(13)]  # more classes than looks
-    summary = make_demo(tmp_path, classes, seed=0, train_images=30, test_images=2, size=48, noise_rate=0)
+    summary = make_demo(
+        tmp_path, classes, seed=0, train_images=30, test_images=2, size=48, noise_rate=0
+    )
     assert set(summary["train_objects_per_class"]) == set(classes[1:])
     assert summary["noisy_images"] == 0

@@ -6,7 +6,9 @@ from conftest import REPO
 
 
 def readme_commands() -> list[str]:
-    return re.findall(r"```bash\n(.*?)\n```", (REPO / "README.md").read_text(), flags=re.S)
+    return re.findall(
+        r"```bash\n(.*?)\n```", (REPO / "README.md").read_text(), flags=re.S
+    )
 
 
 def test_ci_runs_the_readme_test_command():
@@ -22,14 +24,19 @@ def test_readme_main_job_builds_the_default_target():
 def test_every_yaml_block_of_the_readme_is_a_valid_config_section():
     """The README's config examples use keys and values the schema accepts."""
     import yaml
-    from conftest import DEFAULT_CONFIG, deep_update
     from snakemake.utils import validate
 
-    blocks = re.findall(r"```yaml\n(.*?)\n```", (REPO / "README.md").read_text(), flags=re.S)
+    from conftest import DEFAULT_CONFIG, deep_update
+
+    blocks = re.findall(
+        r"```yaml\n(.*?)\n```", (REPO / "README.md").read_text(), flags=re.S
+    )
     assert len(blocks) >= 4
     for block in blocks:
         section = yaml.safe_load(block)
-        config = deep_update(DEFAULT_CONFIG, {k: v for k, v in section.items() if k != "models"})
+        config = deep_update(
+            DEFAULT_CONFIG, {k: v for k, v in section.items() if k != "models"}
+        )
         if "models" in section:
             config["models"] = section["models"]
         validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))

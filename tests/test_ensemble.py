@@ -83,31 +83,55 @@ def three_members(tmp_path):
     masks.mkdir()
     for i in range(n):
         cv2.imwrite(str(masks / f"{i}.png"), labels[i])
-    pd.DataFrame({"image_id": ids, "coco_id": range(n), "split": "train"}).to_parquet(tmp_path / "images.parquet")
+    pd.DataFrame({"image_id": ids, "coco_id": range(n), "split": "train"}).to_parquet(
+        tmp_path / "images.parquet"
+    )
 
     def member(noise, class2_shift):
-        logits = np.moveaxis(np.eye(C)[labels], -1, 1) * 3.0 + rng.normal(0, noise, (n, C, H, W))
+        logits = np.moveaxis(np.eye(C)[labels], -1, 1) * 3.0 + rng.normal(
+            0, noise, (n, C, H, W)
+        )
         logits[:, 2] -= class2_shift
         p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
         return p.astype(np.float32)
 
     test_ids = ["t/0.png", "t/1.png", "t/2.png"]
     members = {}
-    for name, noise, shift in (("good", 1.5, 0.0), ("noisy", 4.0, 0.0), ("shy", 1.5, 2.5)):
+    for name, noise, shift in (
+        ("good", 1.5, 0.0),
+        ("noisy", 4.0, 0.0),
+        ("shy", 1.5, 2.5),
+    ):
         p = member(noise, shift)
         test = [p[:3], p[3:6]]
-        members[name] = write_member(tmp_path / "predict", name, [p[:10], p[10:]], test, [ids[:10], ids[10:]], test_ids)
+        members[name] = write_member(
+            tmp_path / "predict",
+            name,
+            [p[:10], p[10:]],
+            test,
+            [ids[:10], ids[10:]],
+            test_ids,
+        )
     return tmp_path, members, labels, ids
 
 
 def run_ensemble(root, members, **kwargs):
-    return ensemble(members=members, images_path=root / "images.parquet", masks_dir=root / "masks", classes=["bg", "a", "b"], out_dir=root / "out", **kwargs)
+    return ensemble(
+        members=members,
+        images_path=root / "images.parquet",
+        masks_dir=root / "masks",
+        classes=["bg", "a", "b"],
+        out_dir=root / "out",
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("method", ["soft", "hard"])
 def test_oof_weighted_ensemble_never_below_the_best_member(three_members, method):
     root, members, _, _ = three_members
-    summary = run_ensemble(root, members, method=method, weights="oof", class_bias=False)
+    summary = run_ensemble(
+        root, members, method=method, weights="oof", class_bias=False
+    )
     assert summary["oof_miou"] >= summary["best_member_oof_miou"] - 1e-12
     assert summary["oof_miou"] >= summary["oof_miou_equal_weights"] - 1e-12
     assert sum(m["weight"] for m in summary["members"].values()) == pytest.approx(1.0)
@@ -115,10 +139,14 @@ def test_oof_weighted_ensemble_never_below_the_best_member(three_members, method
 
 def test_class_bias_is_kept_only_when_it_helps_and_reported(three_members):
     root, members, _, _ = three_members
-    summary = run_ensemble(root, {"shy": members["shy"]}, method="soft", weights="oof", class_bias=True)
+    summary = run_ensemble(
+        root, {"shy": members["shy"]}, method="soft", weights="oof", class_bias=True
+    )
     assert summary["class_bias_oof_gain"] is not None
     if summary["class_bias_oof_gain"] > 0:
-        assert summary["class_bias"]["b"] > summary["class_bias"]["bg"]  # the shy class is pushed up
+        assert (
+            summary["class_bias"]["b"] > summary["class_bias"]["bg"]
+        )  # the shy class is pushed up
         assert summary["oof_miou"] > summary["best_member_oof_miou"]
     else:
         assert summary["class_bias"] is None
@@ -126,7 +154,9 @@ def test_class_bias_is_kept_only_when_it_helps_and_reported(three_members):
 
 def test_streamed_outputs_equal_the_in_memory_computation(three_members):
     root, members, labels, ids = three_members
-    summary = run_ensemble(root, members, method="soft", weights="equal", class_bias=False, chunk=3)
+    summary = run_ensemble(
+        root, members, method="soft", weights="equal", class_bias=False, chunk=3
+    )
     out = root / "out"
     names = sorted(members)
     oof_ids = (out / "oof_ids.txt").read_text().splitlines()
@@ -135,13 +165,22 @@ def test_streamed_outputs_equal_the_in_memory_computation(three_members):
     full = {}
     for name in names:
         arrays = [np.load(f"{d}/oof.npy") for d in members[name]]
-        member_ids = sum(((open(f"{d}/oof_ids.txt").read().splitlines()) for d in members[name]), [])
+        member_ids = sum(
+            ((open(f"{d}/oof_ids.txt").read().splitlines()) for d in members[name]), []
+        )
         stacked = np.concatenate(arrays).astype(np.float32) / 255
         full[name] = stacked[[member_ids.index(i) for i in oof_ids]]
     mean = sum(full.values()) / len(names)
-    np.testing.assert_array_equal(np.load(out / "oof.npy"), np.clip(np.round(mean * 255), 0, 255).astype(np.uint8))
-    test_mean = sum(sum(np.load(f"{d}/test.npy").astype(np.float32) / 255 for d in members[n]) / 2 for n in names) / len(names)
-    np.testing.assert_array_equal(np.load(out / "test_labels.npy"), np.log(test_mean + 1e-4).argmax(axis=1))
+    np.testing.assert_array_equal(
+        np.load(out / "oof.npy"), np.clip(np.round(mean * 255), 0, 255).astype(np.uint8)
+    )
+    test_mean = sum(
+        sum(np.load(f"{d}/test.npy").astype(np.float32) / 255 for d in members[n]) / 2
+        for n in names
+    ) / len(names)
+    np.testing.assert_array_equal(
+        np.load(out / "test_labels.npy"), np.log(test_mean + 1e-4).argmax(axis=1)
+    )
     saved = json.loads((out / "summary.json").read_text())
     assert saved["weights_chosen_from"] == "equal" and saved == summary
 

@@ -17,16 +17,27 @@ FOLDS = 5
 def synthetic_index(n_images=300, n_groups=15, seed=0) -> pd.DataFrame:
     """An images.parquet-like table: imbalanced multi-label classes, batch-like groups."""
     rng = np.random.default_rng(seed)
-    frequency = np.array([0.4, 0.6, 0.15, 0.12, 0.12, 0.3, 0.15, 0.5, 0.05, 0.06])  # foreground presence rate
+    frequency = np.array(
+        [0.4, 0.6, 0.15, 0.12, 0.12, 0.3, 0.15, 0.5, 0.05, 0.06]
+    )  # foreground presence rate
     presence = rng.random((n_images, N_CLASSES - 1)) < frequency
     pixels = np.where(presence, rng.integers(50, 5000, presence.shape), 0)
-    table = pd.DataFrame(np.column_stack([rng.integers(10_000, 60_000, n_images), pixels]), columns=pixel_columns(N_CLASSES))
+    table = pd.DataFrame(
+        np.column_stack([rng.integers(10_000, 60_000, n_images), pixels]),
+        columns=pixel_columns(N_CLASSES),
+    )
     groups = rng.integers(n_groups, size=n_images)
-    table.insert(0, "image_id", [f"batch_{g:02d}/{i:04d}.jpg" for i, g in enumerate(groups)])
+    table.insert(
+        0, "image_id", [f"batch_{g:02d}/{i:04d}.jpg" for i, g in enumerate(groups)]
+    )
     table.insert(1, "file_name", table["image_id"])
     table.insert(2, "group", [f"batch_{g:02d}" for g in groups])
     table.insert(3, "split", "train")
-    test = table.head(20).assign(split="test", image_id=lambda t: "test/" + t["image_id"], file_name=lambda t: "test/" + t["file_name"])
+    test = table.head(20).assign(
+        split="test",
+        image_id=lambda t: "test/" + t["image_id"],
+        file_name=lambda t: "test/" + t["file_name"],
+    )
     return pd.concat([table, test], ignore_index=True)
 
 
@@ -34,21 +45,33 @@ def class_spread(images, folds):
     """Per fold, count of images holding each class, and the per-class expected count."""
     train = images[images["split"] == "train"].merge(folds, on="image_id")
     presence = class_presence(train, N_CLASSES)
-    counts = np.stack([presence[train["fold"].to_numpy() == k].sum(axis=0) for k in range(FOLDS)])
+    counts = np.stack(
+        [presence[train["fold"].to_numpy() == k].sum(axis=0) for k in range(FOLDS)]
+    )
     return counts, presence.sum(axis=0) / FOLDS
 
 
-@pytest.mark.parametrize("method", ["kfold", "stratified", "multilabel_stratified", "group"])
+@pytest.mark.parametrize(
+    "method", ["kfold", "stratified", "multilabel_stratified", "group"]
+)
 @pytest.mark.parametrize("group_by", [None, "folder"])
 def test_folds_are_disjoint_cover_train_and_keep_groups(method, group_by):
     images = synthetic_index()
     folds = make_folds(images, N_CLASSES, method, FOLDS, seed=3, group_by=group_by)
     train = images[images["split"] == "train"]
-    assert folds["image_id"].tolist() == train["image_id"].tolist()  # every train image once, no test image
+    assert (
+        folds["image_id"].tolist() == train["image_id"].tolist()
+    )  # every train image once, no test image
     assert folds["image_id"].is_unique
-    assert sorted(folds["fold"].unique()) == list(range(FOLDS))  # disjoint by construction: one fold each
+    assert sorted(folds["fold"].unique()) == list(
+        range(FOLDS)
+    )  # disjoint by construction: one fold each
     if group_by or method == "group":
-        per_group = folds.assign(group=train["group"].to_numpy()).groupby("group")["fold"].nunique()
+        per_group = (
+            folds.assign(group=train["group"].to_numpy())
+            .groupby("group")["fold"]
+            .nunique()
+        )
         assert (per_group == 1).all()
 
 
@@ -65,13 +88,22 @@ def test_same_seed_same_folds_other_seed_other_folds(method):
 def test_multilabel_stratified_balances_every_class():
     # Stated tolerance: each fold holds each class's images within 10% (+1 image) of 1/FOLDS.
     images = synthetic_index()
-    counts, expected = class_spread(images, make_folds(images, N_CLASSES, "multilabel_stratified", FOLDS, seed=0))
+    counts, expected = class_spread(
+        images, make_folds(images, N_CLASSES, "multilabel_stratified", FOLDS, seed=0)
+    )
     assert np.all(np.abs(counts - expected) <= 0.1 * expected + 1), (counts, expected)
 
 
 def test_multilabel_stratified_beats_plain_kfold_on_class_balance():
     images = synthetic_index()
-    spread = {m: np.abs(np.subtract(*class_spread(images, make_folds(images, N_CLASSES, m, FOLDS, seed=0)))).max() for m in ("kfold", "multilabel_stratified")}
+    spread = {
+        m: np.abs(
+            np.subtract(
+                *class_spread(images, make_folds(images, N_CLASSES, m, FOLDS, seed=0))
+            )
+        ).max()
+        for m in ("kfold", "multilabel_stratified")
+    }
     assert spread["multilabel_stratified"] < spread["kfold"]
 
 
@@ -86,30 +118,46 @@ def test_stratified_balances_the_dominant_class():
 
 
 def test_kfold_sizes_differ_by_at_most_one():
-    sizes = make_folds(synthetic_index(), N_CLASSES, "kfold", FOLDS, seed=0)["fold"].value_counts()
+    sizes = make_folds(synthetic_index(), N_CLASSES, "kfold", FOLDS, seed=0)[
+        "fold"
+    ].value_counts()
     assert sizes.max() - sizes.min() <= 1
 
 
 def test_group_with_multilabel_keeps_classes_balanced():
     # Whole groups of ~10 images cannot balance as finely: stated tolerance 25% (+2 images).
     images = synthetic_index(n_images=600, n_groups=60)
-    counts, expected = class_spread(images, make_folds(images, N_CLASSES, "multilabel_stratified", FOLDS, seed=0, group_by="folder"))
+    counts, expected = class_spread(
+        images,
+        make_folds(
+            images, N_CLASSES, "multilabel_stratified", FOLDS, seed=0, group_by="folder"
+        ),
+    )
     assert np.all(np.abs(counts - expected) <= 0.25 * expected + 2), (counts, expected)
-    plain_counts, _ = class_spread(images, make_folds(images, N_CLASSES, "group", FOLDS, seed=0))
+    plain_counts, _ = class_spread(
+        images, make_folds(images, N_CLASSES, "group", FOLDS, seed=0)
+    )
     assert np.abs(counts - expected).max() < np.abs(plain_counts - expected).max()
 
 
 def test_group_by_regex_capture_keeps_its_groups_whole():
     images = synthetic_index()
-    folds = make_folds(images, N_CLASSES, "stratified", FOLDS, seed=0, group_by=r"(\d)\.jpg$")  # last digit: 10 groups
+    folds = make_folds(
+        images, N_CLASSES, "stratified", FOLDS, seed=0, group_by=r"(\d)\.jpg$"
+    )  # last digit: 10 groups
     last_digit = folds["image_id"].str.slice(-5, -4)
     assert last_digit.nunique() == 10
     assert (folds.assign(g=last_digit).groupby("g")["fold"].nunique() == 1).all()
 
 
 def test_group_by_regex_that_does_not_match_names_the_image():
-    with pytest.raises(DataError, match=re.escape("pattern 'nomatch_(\\d)' does not match image 'batch_")):
-        make_folds(synthetic_index(), N_CLASSES, "kfold", FOLDS, group_by=r"nomatch_(\d)")
+    with pytest.raises(
+        DataError,
+        match=re.escape("pattern 'nomatch_(\\d)' does not match image 'batch_"),
+    ):
+        make_folds(
+            synthetic_index(), N_CLASSES, "kfold", FOLDS, group_by=r"nomatch_(\d)"
+        )
 
 
 def test_too_few_groups_is_a_clear_error():

@@ -22,7 +22,9 @@ def test_every_term_ignores_label_255(name):
     loss = create_loss({name: 1.0})
     base = loss(logits, target)
     changed = logits.clone()
-    changed[0, :, :3] = torch.randn_like(changed[0, :, :3]) * 10  # only ignored pixels change
+    changed[0, :, :3] = (
+        torch.randn_like(changed[0, :, :3]) * 10
+    )  # only ignored pixels change
     assert torch.allclose(loss(changed, target), base, atol=1e-6)
     logits.requires_grad_(True)
     loss(logits, target).backward()
@@ -34,19 +36,27 @@ def test_weighted_sum_and_parts():
     logits, target = batch()
     loss = create_loss({"ce": 2.0, "dice": 0.5})
     value = loss(logits, target)
-    assert value == pytest.approx(2.0 * loss.parts["ce"] + 0.5 * loss.parts["dice"], rel=1e-5)
+    assert value == pytest.approx(
+        2.0 * loss.parts["ce"] + 0.5 * loss.parts["dice"], rel=1e-5
+    )
 
 
 def test_ce_with_label_smoothing_is_torch_cross_entropy():
     logits, target = batch()
-    expected = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, label_smoothing=0.1)
-    assert create_loss({"ce": 1.0}, label_smoothing=0.1)(logits, target) == pytest.approx(float(expected), rel=1e-6)
+    expected = F.cross_entropy(
+        logits, target, ignore_index=IGNORE_INDEX, label_smoothing=0.1
+    )
+    assert create_loss({"ce": 1.0}, label_smoothing=0.1)(
+        logits, target
+    ) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_softmax_focal_with_gamma_zero_is_cross_entropy_and_down_weights_easy_pixels():
     logits, target = batch()
     ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
-    assert SoftmaxFocalLoss(gamma=0.0)(logits, target) == pytest.approx(float(ce), rel=1e-5)
+    assert SoftmaxFocalLoss(gamma=0.0)(logits, target) == pytest.approx(
+        float(ce), rel=1e-5
+    )
     assert SoftmaxFocalLoss(gamma=2.0)(logits, target) < ce
 
 

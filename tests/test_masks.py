@@ -26,7 +26,9 @@ def uncompressed_rle(mask: np.ndarray) -> dict:
 
 
 def compressed_rle(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))  # needs Fortran order
+    rle = mask_utils.encode(
+        np.asfortranarray(mask.astype(np.uint8))
+    )  # needs Fortran order
     return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
 
 
@@ -34,13 +36,20 @@ def reference_mask(annotations, categories, classes):
     """Independent reference: pycocotools' annToMask per annotation, largest painted first.
 
     Returns the mask and each annotation's own area, by annotation id."""
-    dataset = {"images": [{"id": 1, "width": W, "height": H, "file_name": "x.png"}], "annotations": annotations, "categories": categories}
+    dataset = {
+        "images": [{"id": 1, "width": W, "height": H, "file_name": "x.png"}],
+        "annotations": annotations,
+        "categories": categories,
+    }
     with contextlib.redirect_stdout(io.StringIO()):  # COCO() prints to stdout
         coco = COCO()
         coco.dataset = dataset
         coco.createIndex()
     names = {c["id"]: c["name"] for c in categories}
-    masks = [(coco.annToMask(a), a) for a in coco.loadAnns(coco.getAnnIds(imgIds=[1], iscrowd=None))]
+    masks = [
+        (coco.annToMask(a), a)
+        for a in coco.loadAnns(coco.getAnnIds(imgIds=[1], iscrowd=None))
+    ]
     out = np.zeros((H, W), np.uint8)
     for m, a in sorted(masks, key=lambda item: (-int(item[0].sum()), item[1]["id"])):
         out[m == 1] = classes.index(names[a["category_id"]])
@@ -51,13 +60,45 @@ def annotations_with_every_encoding():
     rng = np.random.default_rng(0)
     blob = np.zeros((H, W), bool)
     blob[5:40, 30:60] = rng.random((35, 30)) > 0.3  # ragged crowd region
-    disk = (np.add.outer((np.arange(H) - 24) ** 2, (np.arange(W) - 20) ** 2) < 120).astype(np.uint8)
+    disk = (
+        np.add.outer((np.arange(H) - 24) ** 2, (np.arange(W) - 20) ** 2) < 120
+    ).astype(np.uint8)
     return [
-        {"id": 1, "image_id": 1, "category_id": 2, "segmentation": [square(0, 0, 50, 40)], "iscrowd": 0},  # big
-        {"id": 2, "image_id": 1, "category_id": 9, "segmentation": [[10.5, 10.2, 25.7, 12.1, 18.3, 30.9]], "iscrowd": 0},  # triangle
-        {"id": 3, "image_id": 1, "category_id": 8, "segmentation": [square(40, 30, 63, 47), square(2, 42, 8, 47)], "iscrowd": 0},  # two parts
-        {"id": 4, "image_id": 1, "category_id": 1, "segmentation": uncompressed_rle(blob), "iscrowd": 1},
-        {"id": 5, "image_id": 1, "category_id": 4, "segmentation": compressed_rle(disk), "iscrowd": 1},
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 2,
+            "segmentation": [square(0, 0, 50, 40)],
+            "iscrowd": 0,
+        },  # big
+        {
+            "id": 2,
+            "image_id": 1,
+            "category_id": 9,
+            "segmentation": [[10.5, 10.2, 25.7, 12.1, 18.3, 30.9]],
+            "iscrowd": 0,
+        },  # triangle
+        {
+            "id": 3,
+            "image_id": 1,
+            "category_id": 8,
+            "segmentation": [square(40, 30, 63, 47), square(2, 42, 8, 47)],
+            "iscrowd": 0,
+        },  # two parts
+        {
+            "id": 4,
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": uncompressed_rle(blob),
+            "iscrowd": 1,
+        },
+        {
+            "id": 5,
+            "image_id": 1,
+            "category_id": 4,
+            "segmentation": compressed_rle(disk),
+            "iscrowd": 1,
+        },
     ]
 
 
@@ -65,13 +106,18 @@ def annotations_with_every_encoding():
 def test_rasterize_matches_pycocotools_on_polygons_and_rle_with_overlaps(shuffle_seed):
     categories = [{"id": k, "name": n} for k, n in enumerate(CLASSES[1:], 1)]
     annotations = annotations_with_every_encoding()
-    annotations = [annotations[i] for i in np.random.default_rng(shuffle_seed).permutation(len(annotations))]
+    annotations = [
+        annotations[i]
+        for i in np.random.default_rng(shuffle_seed).permutation(len(annotations))
+    ]
     mapping = class_index_by_category(categories, CLASSES, "test")
     raster = rasterize(annotations, H, W, mapping)
     expected, areas = reference_mask(annotations, categories, CLASSES)
     assert raster.mask.dtype == np.uint8
     np.testing.assert_array_equal(raster.mask, expected)
-    assert len(np.unique(expected)) >= 5  # the overlaps really leave several classes visible
+    assert (
+        len(np.unique(expected)) >= 5
+    )  # the overlaps really leave several classes visible
     assert raster.areas.tolist() == [areas[a["id"]] for a in annotations]
     assert raster.visible.sum() == (raster.owner >= 0).sum() == (expected > 0).sum()
 
@@ -80,11 +126,25 @@ def test_rasterize_matches_pycocotools_on_polygons_and_rle_with_overlaps(shuffle
 def test_smaller_object_is_on_top_whatever_the_annotation_order(big_id, small_id):
     categories = [{"id": k, "name": n} for k, n in enumerate(CLASSES[1:], 1)]
     annotations = [
-        {"id": big_id, "image_id": 1, "category_id": 8, "segmentation": [square(0, 0, 40, 40)]},
-        {"id": small_id, "image_id": 1, "category_id": 9, "segmentation": [square(15, 15, 25, 25)]},
+        {
+            "id": big_id,
+            "image_id": 1,
+            "category_id": 8,
+            "segmentation": [square(0, 0, 40, 40)],
+        },
+        {
+            "id": small_id,
+            "image_id": 1,
+            "category_id": 9,
+            "segmentation": [square(15, 15, 25, 25)],
+        },
     ]
-    mask = rasterize(annotations, H, W, class_index_by_category(categories, CLASSES, "t")).mask
-    np.testing.assert_array_equal(mask, reference_mask(annotations, categories, CLASSES)[0])
+    mask = rasterize(
+        annotations, H, W, class_index_by_category(categories, CLASSES, "t")
+    ).mask
+    np.testing.assert_array_equal(
+        mask, reference_mask(annotations, categories, CLASSES)[0]
+    )
     assert mask[20, 20] == CLASSES.index("Battery")
     assert mask[5, 5] == CLASSES.index("Plastic bag")
 
@@ -92,10 +152,22 @@ def test_smaller_object_is_on_top_whatever_the_annotation_order(big_id, small_id
 def test_equal_areas_higher_annotation_id_on_top():
     categories = [{"id": k, "name": n} for k, n in enumerate(CLASSES[1:], 1)]
     annotations = [
-        {"id": 7, "image_id": 1, "category_id": 2, "segmentation": [square(10, 10, 20, 20)]},
-        {"id": 3, "image_id": 1, "category_id": 5, "segmentation": [square(10, 10, 20, 20)]},
+        {
+            "id": 7,
+            "image_id": 1,
+            "category_id": 2,
+            "segmentation": [square(10, 10, 20, 20)],
+        },
+        {
+            "id": 3,
+            "image_id": 1,
+            "category_id": 5,
+            "segmentation": [square(10, 10, 20, 20)],
+        },
     ]
-    mask = rasterize(annotations, H, W, class_index_by_category(categories, CLASSES, "t")).mask
+    mask = rasterize(
+        annotations, H, W, class_index_by_category(categories, CLASSES, "t")
+    ).mask
     assert mask[15, 15] == CLASSES.index("Paper")  # id 7 painted after id 3
 
 
@@ -107,7 +179,14 @@ def test_category_ids_map_by_name_not_by_id():
     mapping = class_index_by_category(categories, CLASSES, "t")
     assert mapping[42] == CLASSES.index("Paper") == 2
     assert mapping[7] == CLASSES.index("General trash") == 1
-    annotations = [{"id": 1, "image_id": 1, "category_id": 42, "segmentation": [square(0, 0, 10, 10)]}]
+    annotations = [
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 42,
+            "segmentation": [square(0, 0, 10, 10)],
+        }
+    ]
     assert rasterize(annotations, H, W, mapping).mask[5, 5] == 2
 
 

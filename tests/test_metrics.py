@@ -5,12 +5,20 @@ import pytest
 import torch
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from segflow.metrics import IGNORE_INDEX, confusion_matrix, image_iou, iou_per_class, mean_iou
+from segflow.metrics import (
+    IGNORE_INDEX,
+    confusion_matrix,
+    image_iou,
+    iou_per_class,
+    mean_iou,
+)
 
 
 def reference_miou(target, prediction, n_classes):
     keep = target.ravel() != IGNORE_INDEX
-    cm = sk_confusion_matrix(target.ravel()[keep], prediction.ravel()[keep], labels=list(range(n_classes)))
+    cm = sk_confusion_matrix(
+        target.ravel()[keep], prediction.ravel()[keep], labels=list(range(n_classes))
+    )
     ious = []
     for k in range(n_classes):
         tp, fp, fn = cm[k, k], cm[:, k].sum() - cm[k, k], cm[k, :].sum() - cm[k, k]
@@ -23,8 +31,12 @@ def reference_miou(target, prediction, n_classes):
 def test_random_masks_match_the_reference(seed):
     rng = np.random.default_rng(seed)
     target = rng.integers(0, 6, (4, 32, 32))
-    prediction = np.where(rng.random(target.shape) < 0.7, target, rng.integers(0, 6, target.shape))
-    assert mean_iou(confusion_matrix(target, prediction, 6)) == pytest.approx(reference_miou(target, prediction, 6))
+    prediction = np.where(
+        rng.random(target.shape) < 0.7, target, rng.integers(0, 6, target.shape)
+    )
+    assert mean_iou(confusion_matrix(target, prediction, 6)) == pytest.approx(
+        reference_miou(target, prediction, 6)
+    )
 
 
 def test_class_never_present_is_left_out_not_scored_one():
@@ -32,7 +44,11 @@ def test_class_never_present_is_left_out_not_scored_one():
     prediction = np.array([[0, 0, 1, 0]])
     iou = iou_per_class(confusion_matrix(target, prediction, 4))
     assert np.isnan(iou[2]) and np.isnan(iou[3])
-    assert mean_iou(confusion_matrix(target, prediction, 4)) == pytest.approx((2 / 3 + 1 / 2) / 2) == pytest.approx(reference_miou(target, prediction, 4))
+    assert (
+        mean_iou(confusion_matrix(target, prediction, 4))
+        == pytest.approx((2 / 3 + 1 / 2) / 2)
+        == pytest.approx(reference_miou(target, prediction, 4))
+    )
 
 
 def test_class_predicted_but_absent_scores_zero():

@@ -19,7 +19,11 @@ def test_named_pretrained_weights_offline_fail_fast_and_clearly():
         create_model("Unet", "resnet18", 3, "imagenet")
     assert time.perf_counter() - started < 10  # not ~23 s of retries
     message = str(error.value)
-    assert "imagenet" in message and "HF_HUB_OFFLINE" in message and "local weights file" in message
+    assert (
+        "imagenet" in message
+        and "HF_HUB_OFFLINE" in message
+        and "local weights file" in message
+    )
 
 
 def test_local_encoder_weights_file_loads(tmp_path):
@@ -35,11 +39,16 @@ def test_full_model_checkpoint_gives_its_encoder(tmp_path):
     torch.save({"state_dict": source.state_dict()}, tmp_path / "whole.pt")
     model = create_model("FPN", "resnet18", 5, str(tmp_path / "whole.pt"))
     key = next(iter(source.encoder.state_dict()))
-    assert torch.equal(model.encoder.state_dict()[key], source.encoder.state_dict()[key])
+    assert torch.equal(
+        model.encoder.state_dict()[key], source.encoder.state_dict()[key]
+    )
 
 
 def test_weights_for_another_encoder_are_an_error(tmp_path):
-    torch.save(create_model("Unet", "mobilenet_v2", 3).encoder.state_dict(), tmp_path / "mnv2.pth")
+    torch.save(
+        create_model("Unet", "mobilenet_v2", 3).encoder.state_dict(),
+        tmp_path / "mnv2.pth",
+    )
     with pytest.raises(ModelError, match="does not fit the encoder"):
         create_model("Unet", "resnet18", 3, str(tmp_path / "mnv2.pth"))
     with pytest.raises(ModelError, match="does not exist"):
@@ -52,4 +61,8 @@ def test_unknown_arch_is_an_error():
 
 
 def test_size_multiples():
-    assert size_multiple("Unet") == 1 and size_multiple("DeepLabV3Plus") == 16 and size_multiple("FPN") == 32
+    assert (
+        size_multiple("Unet") == 1
+        and size_multiple("DeepLabV3Plus") == 16
+        and size_multiple("FPN") == 32
+    )

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import CLASSES, model_params
-from segflow.oof_score import OofError, oof_score
 from segflow.io import read_ids
+from segflow.oof_score import OofError, oof_score
 from segflow.predict import Softmax, predict, tta_model
 from segflow.train import load_checkpoint, train
 
@@ -20,9 +20,31 @@ def predicted(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     dirs = []
     for fold in (0, 1):
-        common = dict(images_path=tiny_dataset["images"], folds_path=tiny_dataset["folds"])
-        train(**common, masks_dir=tiny_dataset["masks"], image_root=tiny_dataset["root"], params=model_params(epochs=1), classes=CLASSES, fold=fold, seed=0, out_dir=root / f"train/f{fold}-s0", threads=2)
-        predict(**common, model_path=root / f"train/f{fold}-s0/model.pt", image_root=tiny_dataset["root"], fold=fold, size=48, tta_mode="hflip", batch_size=4, out_dir=root / f"predict/f{fold}-s0", threads=2)
+        common = dict(
+            images_path=tiny_dataset["images"], folds_path=tiny_dataset["folds"]
+        )
+        train(
+            **common,
+            masks_dir=tiny_dataset["masks"],
+            image_root=tiny_dataset["root"],
+            params=model_params(epochs=1),
+            classes=CLASSES,
+            fold=fold,
+            seed=0,
+            out_dir=root / f"train/f{fold}-s0",
+            threads=2,
+        )
+        predict(
+            **common,
+            model_path=root / f"train/f{fold}-s0/model.pt",
+            image_root=tiny_dataset["root"],
+            fold=fold,
+            size=48,
+            tta_mode="hflip",
+            batch_size=4,
+            out_dir=root / f"predict/f{fold}-s0",
+            threads=2,
+        )
         dirs.append(root / f"predict/f{fold}-s0")
     return root, dirs
 
@@ -34,12 +56,19 @@ def test_probabilities_are_uint8_memmaps_with_ids(predicted, tiny_dataset):
     for fold, directory in enumerate(dirs):
         oof = np.load(directory / "oof.npy", mmap_mode="r")
         ids = read_ids(directory / "oof_ids.txt")
-        assert isinstance(oof, np.memmap) and oof.dtype == np.uint8 and oof.shape == (len(ids), len(CLASSES), 48, 48)
+        assert (
+            isinstance(oof, np.memmap)
+            and oof.dtype == np.uint8
+            and oof.shape == (len(ids), len(CLASSES), 48, 48)
+        )
         assert ids == folds.loc[folds["fold"] == fold, "image_id"].tolist()
         sums = oof.astype(int).sum(axis=1)
         assert np.all(np.abs(sums - 255) <= len(CLASSES))  # probabilities, quantized
         test = np.load(directory / "test.npy", mmap_mode="r")
-        assert read_ids(directory / "test_ids.txt") == images.loc[images["split"] == "test", "image_id"].tolist()
+        assert (
+            read_ids(directory / "test_ids.txt")
+            == images.loc[images["split"] == "test", "image_id"].tolist()
+        )
         assert test.shape[0] == 5
 
 
@@ -52,33 +81,79 @@ def test_hflip_tta_averages_probabilities_of_both_views(predicted):
         got = tta_model(model, "hflip", (64, 64), 32)(x)
         d4 = tta_model(model, "d4", (64, 64), 32)(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(d4.sum(dim=1), torch.ones(2, 64, 64), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        d4.sum(dim=1), torch.ones(2, 64, 64), rtol=1e-4, atol=1e-4
+    )
     with pytest.raises(ValueError, match="multiscale"):
         tta_model(model, "multiscale", (72, 72), 32)
 
 
-def test_oof_score_merges_folds_and_writes_per_image_table(predicted, tiny_dataset, tmp_path):
+def test_oof_score_merges_folds_and_writes_per_image_table(
+    predicted, tiny_dataset, tmp_path
+):
     _, dirs = predicted
-    summary = oof_score(model_name="fpn", predict_dirs=dirs, images_path=tiny_dataset["images"], folds_path=tiny_dataset["folds"], masks_dir=tiny_dataset["masks"], classes=CLASSES, out_json=tmp_path / "fpn.json", out_csv=tmp_path / "fpn.csv")
+    summary = oof_score(
+        model_name="fpn",
+        predict_dirs=dirs,
+        images_path=tiny_dataset["images"],
+        folds_path=tiny_dataset["folds"],
+        masks_dir=tiny_dataset["masks"],
+        classes=CLASSES,
+        out_json=tmp_path / "fpn.json",
+        out_csv=tmp_path / "fpn.csv",
+    )
     assert json.loads((tmp_path / "fpn.json").read_text()) == summary
     assert 0 <= summary["miou"] <= 1 and summary["seeds"]["0"]["images"] == 24
     table = pd.read_csv(tmp_path / "fpn.csv")
-    assert len(table) == 24 and table["image_id"].is_unique and table["iou"].between(0, 1).all()
+    assert (
+        len(table) == 24
+        and table["image_id"].is_unique
+        and table["iou"].between(0, 1).all()
+    )
     assert set(table["fold"]) == {0, 1}
 
 
-def test_a_missing_fold_is_an_error_naming_model_and_seed(predicted, tiny_dataset, tmp_path):
+def test_a_missing_fold_is_an_error_naming_model_and_seed(
+    predicted, tiny_dataset, tmp_path
+):
     _, dirs = predicted
-    with pytest.raises(OofError, match=r"model fpn, seed 0: 12 validation images have no OOF prediction"):
-        oof_score(model_name="fpn", predict_dirs=dirs[:1], images_path=tiny_dataset["images"], folds_path=tiny_dataset["folds"], masks_dir=tiny_dataset["masks"], classes=CLASSES, out_json=tmp_path / "x.json", out_csv=tmp_path / "x.csv")
+    with pytest.raises(
+        OofError,
+        match=r"model fpn, seed 0: 12 validation images have no OOF prediction",
+    ):
+        oof_score(
+            model_name="fpn",
+            predict_dirs=dirs[:1],
+            images_path=tiny_dataset["images"],
+            folds_path=tiny_dataset["folds"],
+            masks_dir=tiny_dataset["masks"],
+            classes=CLASSES,
+            out_json=tmp_path / "x.json",
+            out_csv=tmp_path / "x.csv",
+        )
     assert not (tmp_path / "x.json").exists()
 
 
-def test_ids_of_another_fold_are_an_error_naming_the_fold(predicted, tiny_dataset, tmp_path):
+def test_ids_of_another_fold_are_an_error_naming_the_fold(
+    predicted, tiny_dataset, tmp_path
+):
     _, dirs = predicted
     swapped = tmp_path / "f1-s0"
     swapped.mkdir()
     (swapped / "oof.npy").symlink_to(dirs[0] / "oof.npy")
-    (swapped / "oof_ids.txt").write_text((dirs[0] / "oof_ids.txt").read_text())  # fold 0's images, named fold 1
-    with pytest.raises(OofError, match=r"model fpn, seed 0, fold 1 .*not validation images of fold 1"):
-        oof_score(model_name="fpn", predict_dirs=[dirs[0], swapped], images_path=tiny_dataset["images"], folds_path=tiny_dataset["folds"], masks_dir=tiny_dataset["masks"], classes=CLASSES, out_json=tmp_path / "x.json", out_csv=tmp_path / "x.csv")
+    (swapped / "oof_ids.txt").write_text(
+        (dirs[0] / "oof_ids.txt").read_text()
+    )  # fold 0's images, named fold 1
+    with pytest.raises(
+        OofError, match=r"model fpn, seed 0, fold 1 .*not validation images of fold 1"
+    ):
+        oof_score(
+            model_name="fpn",
+            predict_dirs=[dirs[0], swapped],
+            images_path=tiny_dataset["images"],
+            folds_path=tiny_dataset["folds"],
+            masks_dir=tiny_dataset["masks"],
+            classes=CLASSES,
+            out_json=tmp_path / "x.json",
+            out_csv=tmp_path / "x.csv",
+        )

@@ -35,8 +35,12 @@ def test_per_class_thresholds_with_a_default():
     thresholds = class_thresholds({"B": 0.6, "default": 0.95}, CLASSES)
     assert thresholds.tolist() == [0.95, 0.95, 0.6]
     label = np.array([[0, 1, 2]])
-    mask = pseudo_mask(probabilities_of(label, np.array([[0.96, 0.9, 0.7]])), thresholds)
-    assert mask.tolist() == [[0, IGNORE_INDEX, 2]]  # B, a rare class, is kept at a lower confidence
+    mask = pseudo_mask(
+        probabilities_of(label, np.array([[0.96, 0.9, 0.7]])), thresholds
+    )
+    assert mask.tolist() == [
+        [0, IGNORE_INDEX, 2]
+    ]  # B, a rare class, is kept at a lower confidence
     assert class_thresholds(0.8, CLASSES).tolist() == [0.8, 0.8, 0.8]
     with pytest.raises(PseudoError, match=r"\['C'\] are not class names"):
         class_thresholds({"C": 0.5}, CLASSES)
@@ -47,32 +51,71 @@ def test_set(tmp_path):
     """Three 16x16 test images predicted at 8x8: confident, half confident, unsure."""
     images = pd.DataFrame(
         {
-            "image_id": ["l0.png", "t0.png", "t1.png", "t2.png"], "coco_id": [5, 10, 11, 12], "split": ["train", "test", "test", "test"],
-            "width": [16] * 4, "height": [16] * 4, "file_name": ["l0.png", "t0.png", "t1.png", "t2.png"],
+            "image_id": ["l0.png", "t0.png", "t1.png", "t2.png"],
+            "coco_id": [5, 10, 11, 12],
+            "split": ["train", "test", "test", "test"],
+            "width": [16] * 4,
+            "height": [16] * 4,
+            "file_name": ["l0.png", "t0.png", "t1.png", "t2.png"],
         }
     )
     images.to_parquet(tmp_path / "images.parquet")
     label = np.zeros((8, 8), int)
     label[2:6, 2:6] = 1
-    sure = [np.full((8, 8), 0.97), np.where(np.arange(8)[:, None] < 4, 0.97, 0.5) * np.ones((8, 8)), np.full((8, 8), 0.5)]
-    maps = np.stack([(probabilities_of(label, s) * 255).round().astype(np.uint8) for s in sure])
+    sure = [
+        np.full((8, 8), 0.97),
+        np.where(np.arange(8)[:, None] < 4, 0.97, 0.5) * np.ones((8, 8)),
+        np.full((8, 8), 0.5),
+    ]
+    maps = np.stack(
+        [(probabilities_of(label, s) * 255).round().astype(np.uint8) for s in sure]
+    )
     np.save(tmp_path / "test.npy", maps)
     (tmp_path / "test_ids.txt").write_text("t0.png\nt1.png\nt2.png\n")
     return tmp_path
 
 
 def test_pseudo_labels_keep_covered_images_at_their_own_size(test_set):
-    summary = pseudo_labels(test_npy=test_set / "test.npy", test_ids=test_set / "test_ids.txt", images_path=test_set / "images.parquet", classes=CLASSES, out_dir=test_set / "pseudo", confidence=0.9, min_coverage=0.3)
+    summary = pseudo_labels(
+        test_npy=test_set / "test.npy",
+        test_ids=test_set / "test_ids.txt",
+        images_path=test_set / "images.parquet",
+        classes=CLASSES,
+        out_dir=test_set / "pseudo",
+        confidence=0.9,
+        min_coverage=0.3,
+    )
     table = pd.read_csv(test_set / "pseudo" / "images.csv")
-    assert table["kept"].tolist() == [True, True, False] and table["coverage"].tolist() == pytest.approx([196 / 256, 86 / 256, 0.0])
-    assert sorted(p.name for p in (test_set / "pseudo" / "masks").iterdir()) == ["10.png", "11.png"]
-    mask = cv2.imread(str(mask_file(test_set / "pseudo" / "masks", 10)), cv2.IMREAD_UNCHANGED)
+    assert table["kept"].tolist() == [True, True, False] and table[
+        "coverage"
+    ].tolist() == pytest.approx([196 / 256, 86 / 256, 0.0])
+    assert sorted(p.name for p in (test_set / "pseudo" / "masks").iterdir()) == [
+        "10.png",
+        "11.png",
+    ]
+    mask = cv2.imread(
+        str(mask_file(test_set / "pseudo" / "masks", 10)), cv2.IMREAD_UNCHANGED
+    )
     # Bilinear upsampling: the object's rim, where the classes blend, is not confident.
-    assert mask.shape == (16, 16) and (mask[5:11, 5:11] == 1).all() and (mask[:3] == 0).all() and (mask[4, 3:13] == IGNORE_INDEX).all()
-    half = cv2.imread(str(mask_file(test_set / "pseudo" / "masks", 11)), cv2.IMREAD_UNCHANGED)
-    assert (half[:3] == 0).all() and (half[5:7, 5:11] == 1).all() and (half[7:] == IGNORE_INDEX).all()
+    assert (
+        mask.shape == (16, 16)
+        and (mask[5:11, 5:11] == 1).all()
+        and (mask[:3] == 0).all()
+        and (mask[4, 3:13] == IGNORE_INDEX).all()
+    )
+    half = cv2.imread(
+        str(mask_file(test_set / "pseudo" / "masks", 11)), cv2.IMREAD_UNCHANGED
+    )
+    assert (
+        (half[:3] == 0).all()
+        and (half[5:7, 5:11] == 1).all()
+        and (half[7:] == IGNORE_INDEX).all()
+    )
     assert summary["kept_images"] == 2 and summary["test_images"] == 3
-    assert summary["per_class"]["A"]["kept_share"] == pytest.approx(summary["per_class"]["A"]["kept_pixels"] / summary["per_class"]["A"]["predicted_pixels"])
+    assert summary["per_class"]["A"]["kept_share"] == pytest.approx(
+        summary["per_class"]["A"]["kept_pixels"]
+        / summary["per_class"]["A"]["predicted_pixels"]
+    )
     assert (test_set / "pseudo" / "summary.png").stat().st_size > 0
     assert json.loads((test_set / "pseudo" / "summary.json").read_text()) == summary
 
@@ -80,20 +123,35 @@ def test_pseudo_labels_keep_covered_images_at_their_own_size(test_set):
 def test_pseudo_labels_refuse_ids_that_are_not_the_test_images(test_set):
     (test_set / "test_ids.txt").write_text("t0.png\nt1.png\nl0.png\n")
     with pytest.raises(PseudoError, match="1 unknown.*l0.png"):
-        pseudo_labels(test_npy=test_set / "test.npy", test_ids=test_set / "test_ids.txt", images_path=test_set / "images.parquet", classes=CLASSES, out_dir=test_set / "pseudo")
+        pseudo_labels(
+            test_npy=test_set / "test.npy",
+            test_ids=test_set / "test_ids.txt",
+            images_path=test_set / "images.parquet",
+            classes=CLASSES,
+            out_dir=test_set / "pseudo",
+        )
     assert not (test_set / "pseudo").exists()
 
 
 def test_folds_stay_safe_with_pseudo_labels_and_dropped_images():
-    images = pd.DataFrame({"image_id": [f"i{k}" for k in range(9)] + ["t0", "t1", "t2"], "split": ["train"] * 9 + ["test"] * 3})
-    folds = pd.DataFrame({"image_id": [f"i{k}" for k in range(9)], "fold": [0, 1, 2] * 3})
+    images = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(9)] + ["t0", "t1", "t2"],
+            "split": ["train"] * 9 + ["test"] * 3,
+        }
+    )
+    folds = pd.DataFrame(
+        {"image_id": [f"i{k}" for k in range(9)], "fold": [0, 1, 2] * 3}
+    )
     pseudo = pseudo_rows(images, {"t0", "t2"})
     assert pseudo["image_id"].tolist() == ["t0", "t2"]
     for fold in range(3):
         train, val = fold_split(images, folds, fold, drop={"i0"})
         trained = set(train["image_id"]) | set(pseudo["image_id"])
         assert not trained & set(val["image_id"])  # train and val disjoint
-        assert set(val["image_id"]) <= {f"i{k}" for k in range(9)}  # no test image is ever validated on
+        assert set(val["image_id"]) <= {
+            f"i{k}" for k in range(9)
+        }  # no test image is ever validated on
         assert {"t0", "t2"} <= trained and "i0" not in trained
     with pytest.raises(ValueError, match="not test images.*i1"):
         pseudo_rows(images, {"t0", "i1"})  # a validation image is never pseudo-labelled

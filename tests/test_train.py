@@ -12,8 +12,17 @@ from segflow.train import fold_split, load_checkpoint, lr_factor, train
 
 def run(tiny_dataset, out_dir, seed=0, **changes):
     return train(
-        images_path=tiny_dataset["images"], folds_path=tiny_dataset["folds"], masks_dir=tiny_dataset["masks"], image_root=tiny_dataset["root"],
-        params=model_params(**changes), classes=CLASSES, fold=0, seed=seed, out_dir=out_dir, threads=2, run_name="fpn/f0-s0",
+        images_path=tiny_dataset["images"],
+        folds_path=tiny_dataset["folds"],
+        masks_dir=tiny_dataset["masks"],
+        image_root=tiny_dataset["root"],
+        params=model_params(**changes),
+        classes=CLASSES,
+        fold=0,
+        seed=seed,
+        out_dir=out_dir,
+        threads=2,
+        run_name="fpn/f0-s0",
     )
 
 
@@ -28,19 +37,43 @@ def test_training_lowers_the_loss_and_writes_history_and_metrics(trained):
     history = pd.read_csv(out / "history.csv")
     assert history["epoch"].tolist() == [1, 2, 3]
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
-    assert {"lr", "val_loss", "val_miou", "seconds", "images_per_s", "iou_Paper"} <= set(history.columns)
+    assert {
+        "lr",
+        "val_loss",
+        "val_miou",
+        "seconds",
+        "images_per_s",
+        "iou_Paper",
+    } <= set(history.columns)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == metrics
     assert metrics["val_miou"] == pytest.approx(history["val_miou"].max())
     assert metrics["best_epoch"] == int(history["val_miou"].idxmax()) + 1
-    assert metrics["train_images"] == 12 and metrics["val_images"] == 12 and metrics["device"] == "cpu"
+    assert (
+        metrics["train_images"] == 12
+        and metrics["val_images"] == 12
+        and metrics["device"] == "cpu"
+    )
 
 
 def test_checkpoint_holds_plain_types_and_loads_with_weights_only(trained):
     out, metrics = trained
-    checkpoint = torch.load(out / "model.pt", weights_only=True)  # raises on numpy scalars, Paths...
-    assert set(checkpoint) == {"state_dict", "config", "classes", "fold", "seed", "epoch", "val_miou"}
-    assert checkpoint["epoch"] == metrics["best_epoch"] and checkpoint["classes"] == CLASSES
+    checkpoint = torch.load(
+        out / "model.pt", weights_only=True
+    )  # raises on numpy scalars, Paths...
+    assert set(checkpoint) == {
+        "state_dict",
+        "config",
+        "classes",
+        "fold",
+        "seed",
+        "epoch",
+        "val_miou",
+    }
+    assert (
+        checkpoint["epoch"] == metrics["best_epoch"]
+        and checkpoint["classes"] == CLASSES
+    )
     model, _ = load_checkpoint(out / "model.pt")
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, len(CLASSES), 64, 64)
 
@@ -49,12 +82,25 @@ def test_same_seed_gives_identical_weights_on_cpu(tiny_dataset, tmp_path):
     run(tiny_dataset, tmp_path / "a", seed=5, epochs=1)
     run(tiny_dataset, tmp_path / "b", seed=5, epochs=1)
     run(tiny_dataset, tmp_path / "c", seed=6, epochs=1)
-    a, b, c = (torch.load(tmp_path / x / "model.pt", weights_only=True)["state_dict"] for x in "abc")
+    a, b, c = (
+        torch.load(tmp_path / x / "model.pt", weights_only=True)["state_dict"]
+        for x in "abc"
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("changes", [{"optimizer": "sgd", "scheduler": "plateau", "accumulate": 2, "grad_clip": 1.0}, {"loss": {"focal": 1.0, "lovasz": 0.5}, "label_smoothing": 0.1, "scheduler": "none"}])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"optimizer": "sgd", "scheduler": "plateau", "accumulate": 2, "grad_clip": 1.0},
+        {
+            "loss": {"focal": 1.0, "lovasz": 0.5},
+            "label_smoothing": 0.1,
+            "scheduler": "none",
+        },
+    ],
+)
 def test_other_optimizers_schedulers_and_losses_run(tiny_dataset, tmp_path, changes):
     metrics = run(tiny_dataset, tmp_path, epochs=1, **changes)
     assert 0.0 <= metrics["val_miou"] <= 1.0
@@ -81,20 +127,45 @@ def test_image_size_that_does_not_fit_the_arch_is_a_clear_error():
     from segflow.train import check_input_size
 
     sizes = pd.DataFrame({"height": [72, 72], "width": [72, 72]})
-    with pytest.raises(ValueError, match=r"DeepLabV3Plus needs sides that are multiples of 16, images are 72x72; set input_size \(e\.g\. 80\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"DeepLabV3Plus needs sides that are multiples of 16, images are 72x72; set input_size \(e\.g\. 80\)",
+    ):
         check_input_size(sizes, {"arch": "DeepLabV3Plus", "input_size": None})
-    check_input_size(sizes, {"arch": "DeepLabV3Plus", "input_size": 64})  # resized: fine
+    check_input_size(
+        sizes, {"arch": "DeepLabV3Plus", "input_size": 64}
+    )  # resized: fine
     check_input_size(sizes, {"arch": "Unet", "input_size": None})  # Unet takes any size
     with pytest.raises(ValueError, match="2 different sizes"):
-        check_input_size(pd.DataFrame({"height": [64, 72], "width": [64, 72]}), {"arch": "Unet", "input_size": None})
+        check_input_size(
+            pd.DataFrame({"height": [64, 72], "width": [64, 72]}),
+            {"arch": "Unet", "input_size": None},
+        )
 
 
-def test_wandb_offline_writes_a_local_run_and_nothing_else(tiny_dataset, tmp_path, monkeypatch):
+def test_wandb_offline_writes_a_local_run_and_nothing_else(
+    tiny_dataset, tmp_path, monkeypatch
+):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     train(
-        images_path=tiny_dataset["images"], folds_path=tiny_dataset["folds"], masks_dir=tiny_dataset["masks"], image_root=tiny_dataset["root"],
-        params=model_params(epochs=1), classes=CLASSES, fold=0, seed=0, out_dir=tmp_path / "run", threads=2,
-        wandb_settings={"mode": "offline", "project": "segflow-test", "dir": str(tmp_path / "wandb")}, run_name="r0/fpn/f0-s0",
+        images_path=tiny_dataset["images"],
+        folds_path=tiny_dataset["folds"],
+        masks_dir=tiny_dataset["masks"],
+        image_root=tiny_dataset["root"],
+        params=model_params(epochs=1),
+        classes=CLASSES,
+        fold=0,
+        seed=0,
+        out_dir=tmp_path / "run",
+        threads=2,
+        wandb_settings={
+            "mode": "offline",
+            "project": "segflow-test",
+            "dir": str(tmp_path / "wandb"),
+        },
+        run_name="r0/fpn/f0-s0",
     )
     runs = list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))  # synced later with `wandb sync`
+    assert len(runs) == 1 and list(
+        runs[0].glob("*.wandb")
+    )  # synced later with `wandb sync`

@@ -3,7 +3,6 @@
 import json
 import re
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,16 +15,26 @@ pytestmark = pytest.mark.workflow
 
 # --- config validation: stops before any job, naming the key or file -----------------------
 
+
 @pytest.mark.parametrize(
     "changes,words",
     [
-        ({"cv": {"method": "kfold", "foldz": 3}}, ["Additional properties are not allowed", "foldz"]),
+        (
+            {"cv": {"method": "kfold", "foldz": 3}},
+            ["Additional properties are not allowed", "foldz"],
+        ),
         ({"colour": "red"}, ["Additional properties are not allowed", "colour"]),
         ({"cv": {"folds": "five"}}, ["'five' is not of type 'integer'", "folds"]),
         ({"cv": {"method": "random"}}, ["'random' is not one of", "method"]),
-        ({"demo": {"noise_rate": 1.5}}, ["1.5 is greater than the maximum of 1", "noise_rate"]),
+        (
+            {"demo": {"noise_rate": 1.5}},
+            ["1.5 is greater than the maximum of 1", "noise_rate"],
+        ),
         ({"data": {"on_error": "ignore"}}, ["'ignore' is not one of", "on_error"]),
-        ({"cv": {"group_by": "batch_(\\d"}}, ["cv.group_by", "neither 'folder' nor a valid regex"]),
+        (
+            {"cv": {"group_by": "batch_(\\d"}},
+            ["cv.group_by", "neither 'folder' nor a valid regex"],
+        ),
     ],
 )
 def test_bad_config_value_stops_before_any_job(tmp_path, changes, words):
@@ -42,13 +51,26 @@ def test_missing_class_list_is_reported(tmp_path):
     del config["classes"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "-n", check=False)
-    assert result.returncode != 0 and "'classes' is a required property" in result.stdout + result.stderr
+    assert (
+        result.returncode != 0
+        and "'classes' is a required property" in result.stdout + result.stderr
+    )
 
 
 def own_data(tmp_path, **data):
     root = tmp_path / "mydata"
-    write_coco(root, "train_all.json", [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}], [])
-    write_coco(root, "test.json", [{"id": 1, "file_name": "t.png", "width": 8, "height": 8}], [])
+    write_coco(
+        root,
+        "train_all.json",
+        [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}],
+        [],
+    )
+    write_coco(
+        root,
+        "test.json",
+        [{"id": 1, "file_name": "t.png", "width": 8, "height": 8}],
+        [],
+    )
     return {"data": {"demo": False, "root": str(root), **data}}
 
 
@@ -57,7 +79,10 @@ def own_data(tmp_path, **data):
     [
         ({"train": "nope.json"}, ["data.train: file", "nope.json does not exist"]),
         ({"test": "nope.json"}, ["data.test: file", "nope.json does not exist"]),
-        ({"root": "/no/such/folder"}, ["data.root: folder /no/such/folder does not exist"]),
+        (
+            {"root": "/no/such/folder"},
+            ["data.root: folder /no/such/folder does not exist"],
+        ),
     ],
 )
 def test_missing_data_path_stops_before_any_job(tmp_path, data, words):
@@ -89,35 +114,76 @@ def test_own_dataset_by_config_only(tmp_path):
 
 # --- the DAG -----------------------------------------------------------------------------
 
+
 def test_dry_run_of_the_default_config(tmp_path):
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
     runs = len(config["models"]) * config["cv"]["folds"] * len(config["cv"]["seeds"])
     assert counts == {
-        "all": 1, "demo": 1, "eda": 1, "folds": 1, "index": 1, "train": runs, "predict": runs,
-        "oof_score": len(config["models"]), "ensemble": 1, "submission": 1, "demo_score": 1,
+        "all": 1,
+        "demo": 1,
+        "eda": 1,
+        "folds": 1,
+        "index": 1,
+        "train": runs,
+        "predict": runs,
+        "oof_score": len(config["models"]),
+        "ensemble": 1,
+        "submission": 1,
+        "demo_score": 1,
     }
-    assert len(config["models"]) >= 2 and len({m.get("arch") for m in config["models"].values()}) >= 2  # a real ensemble
+    assert (
+        len(config["models"]) >= 2
+        and len({m.get("arch") for m in config["models"].values()}) >= 2
+    )  # a real ensemble
 
 
 def test_the_submission_target_by_name(tmp_path):
     write_config(tmp_path)
-    counts = job_counts(snakemake(tmp_path, "-n", "-j4", "--resources", "gpu=1", "--", "submission").stdout)
-    assert counts["submission"] == 1 and counts["ensemble"] == 1 and "demo_score" not in counts
+    counts = job_counts(
+        snakemake(
+            tmp_path, "-n", "-j4", "--resources", "gpu=1", "--", "submission"
+        ).stdout
+    )
+    assert (
+        counts["submission"] == 1
+        and counts["ensemble"] == 1
+        and "demo_score" not in counts
+    )
 
 
 def test_ensemble_members_from_config(tmp_path):
-    write_config(tmp_path, models={"a": {}, "b": {"arch": "FPN"}}, cv={"seeds": [0, 1]}, ensemble={"members": ["a/s1", "b"]})
+    write_config(
+        tmp_path,
+        models={"a": {}, "b": {"arch": "FPN"}},
+        cv={"seeds": [0, 1]},
+        ensemble={"members": ["a/s1", "b"]},
+    )
     output = snakemake(tmp_path, "-n", "results/ensemble/summary.json").stdout
-    assert "results/r0/predict/a/f0-s1/oof.npy" in output and "results/r0/predict/a/f0-s0/oof.npy" not in output
-    assert "results/r0/predict/b/f0-s0/oof.npy" in output and "results/r0/predict/b/f0-s1/oof.npy" in output
+    assert (
+        "results/r0/predict/a/f0-s1/oof.npy" in output
+        and "results/r0/predict/a/f0-s0/oof.npy" not in output
+    )
+    assert (
+        "results/r0/predict/b/f0-s0/oof.npy" in output
+        and "results/r0/predict/b/f0-s1/oof.npy" in output
+    )
     write_config(tmp_path, ensemble={"members": ["nosuchmodel"]})
     result = snakemake(tmp_path, "-n", check=False)
-    assert result.returncode != 0 and "ensemble.members: 'nosuchmodel' names no trained round, model" in result.stdout + result.stderr
-    write_config(tmp_path, ensemble={"members": ["r1/a"]})  # no round r1 while cleaning is off
+    assert (
+        result.returncode != 0
+        and "ensemble.members: 'nosuchmodel' names no trained round, model"
+        in result.stdout + result.stderr
+    )
+    write_config(
+        tmp_path, ensemble={"members": ["r1/a"]}
+    )  # no round r1 while cleaning is off
     result = snakemake(tmp_path, "-n", check=False)
-    assert result.returncode != 0 and "'r1/a' names no trained round" in result.stdout + result.stderr
+    assert (
+        result.returncode != 0
+        and "'r1/a' names no trained round" in result.stdout + result.stderr
+    )
 
 
 def test_cleaning_adds_round_r1_and_the_submission_comes_from_it(tmp_path):
@@ -126,16 +192,43 @@ def test_cleaning_adds_round_r1_and_the_submission_comes_from_it(tmp_path):
     counts = job_counts(output)
     runs = 2 * 3  # 2 models x 3 folds x 1 seed per round
     assert counts == {
-        "all": 1, "demo": 1, "eda": 1, "folds": 1, "index": 1, "train": 2 * runs, "predict": 2 * runs, "oof_score": 4,
-        "round_ensemble": 2, "clean": 1, "demo_noise": 1, "ensemble": 1, "submission": 1, "demo_score": 1, "demo_rounds": 1,
+        "all": 1,
+        "demo": 1,
+        "eda": 1,
+        "folds": 1,
+        "index": 1,
+        "train": 2 * runs,
+        "predict": 2 * runs,
+        "oof_score": 4,
+        "round_ensemble": 2,
+        "clean": 1,
+        "demo_noise": 1,
+        "ensemble": 1,
+        "submission": 1,
+        "demo_score": 1,
+        "demo_rounds": 1,
     }  # round_ensemble: r0's judges the labels, r1's is scored in demo/rounds.json
-    assert "results/r1/predict/fpn_r18/f0-s0/oof.npy" in output and "--train-masks-dir results/clean/masks --drop results/clean/dropped.txt" in output
+    assert (
+        "results/r1/predict/fpn_r18/f0-s0/oof.npy" in output
+        and "--train-masks-dir results/clean/masks --drop results/clean/dropped.txt"
+        in output
+    )
     write_config(tmp_path, clean={"enabled": True, "source": "fpn_r18"})
     counts = job_counts(snakemake(tmp_path, "-n", "results/clean/summary.json").stdout)
-    assert counts == {"demo": 1, "index": 1, "folds": 1, "train": 3, "predict": 3, "clean": 1}  # one model's r0 runs judge
+    assert counts == {
+        "demo": 1,
+        "index": 1,
+        "folds": 1,
+        "train": 3,
+        "predict": 3,
+        "clean": 1,
+    }  # one model's r0 runs judge
     write_config(tmp_path, clean={"enabled": True, "source": "nosuchmodel"})
     result = snakemake(tmp_path, "-n", check=False)
-    assert result.returncode != 0 and "clean.source: 'nosuchmodel'" in result.stdout + result.stderr
+    assert (
+        result.returncode != 0
+        and "clean.source: 'nosuchmodel'" in result.stdout + result.stderr
+    )
 
 
 def test_dry_run_holds_models_x_folds_x_seeds_jobs(tmp_path):
@@ -156,7 +249,10 @@ def test_holdout_trains_one_fold(tmp_path):
     "changes,words",
     [
         ({"defaults": {"optimizer": "adam"}}, ["'adam' is not one of", "optimizer"]),
-        ({"models": {"m": {"loss": {"bce": 1.0}}}}, ["Additional properties are not allowed", "bce"]),
+        (
+            {"models": {"m": {"loss": {"bce": 1.0}}}},
+            ["Additional properties are not allowed", "bce"],
+        ),
         ({"models": {"bad-name": {}}}, ["bad-name", "does not match"]),
     ],
 )
@@ -179,14 +275,29 @@ def test_dag_view(tmp_path):
     dag = snakemake(tmp_path, "--dag").stdout
     assert dag.lstrip().startswith("digraph")
     for rule in ("demo", "index", "eda", "folds"):
-        assert f"label = \"{rule}\"" in dag
+        assert f'label = "{rule}"' in dag
 
 
 def test_resources_flag_needs_the_double_dash_and_the_profile_sets_it(tmp_path):
     """TRAPS: argparse reads a target after --resources as another resource."""
     write_config(tmp_path)
-    assert job_counts(snakemake(tmp_path, "-n", "-j4", "--resources", "gpu=1", "--", "results/folds/folds.csv").stdout)["folds"] == 1
-    profile = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    assert (
+        job_counts(
+            snakemake(
+                tmp_path,
+                "-n",
+                "-j4",
+                "--resources",
+                "gpu=1",
+                "--",
+                "results/folds/folds.csv",
+            ).stdout
+        )["folds"]
+        == 1
+    )
+    profile = yaml.safe_load(
+        (REPO / "profiles" / "default" / "config.yaml").read_text()
+    )
     assert profile["resources"] == {"gpu": 1}
     plain = snakemake(tmp_path, "-n", "results/folds/folds.csv")
     assert "Using workflow specific profile" in plain.stdout + plain.stderr
@@ -202,14 +313,24 @@ def test_snakefmt_is_clean():
     import subprocess
     import sys
 
-    files = [str(REPO / "Snakefile"), *map(str, sorted((REPO / "workflow" / "rules").glob("*.smk")))]
-    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", *files], capture_output=True, text=True)
+    files = [
+        str(REPO / "Snakefile"),
+        *map(str, sorted((REPO / "workflow" / "rules").glob("*.smk"))),
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", *files],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- a tiny real run ------------------------------------------------------------------------
 
-TINY_MODELS = {"fpn": {"arch": "FPN", "encoder": "mobilenet_v2"}, "unet": {"arch": "Unet", "encoder": "mobilenet_v2"}}
+TINY_MODELS = {
+    "fpn": {"arch": "FPN", "encoder": "mobilenet_v2"},
+    "unet": {"arch": "Unet", "encoder": "mobilenet_v2"},
+}
 TARGETS = ("all",)
 
 
@@ -248,10 +369,16 @@ def test_tiny_run_writes_index_masks_eda_and_folds(tiny_run):
     results = workdir / "results"
     images = pd.read_parquet(results / "data" / "images.parquet")
     train = images[images["split"] == "train"]
-    assert len(train) == 16 and (images["split"] == "test").sum() == 6  # debug sample; 6 test images exist
-    assert sorted(p.name for p in (results / "data" / "masks").glob("*.png")) == sorted(f"{i}{kind}.png" for i in train["coco_id"] for kind in ("", "_instances"))
+    assert (
+        len(train) == 16 and (images["split"] == "test").sum() == 6
+    )  # debug sample; 6 test images exist
+    assert sorted(p.name for p in (results / "data" / "masks").glob("*.png")) == sorted(
+        f"{i}{kind}.png" for i in train["coco_id"] for kind in ("", "_instances")
+    )
     folds = pd.read_csv(results / "folds" / "folds.csv")
-    assert sorted(folds["image_id"]) == sorted(train["image_id"]) and sorted(folds["fold"].unique()) == [0, 1]
+    assert sorted(folds["image_id"]) == sorted(train["image_id"]) and sorted(
+        folds["fold"].unique()
+    ) == [0, 1]
     for log in ("demo", "index", "eda", "folds"):
         assert (results / "logs" / f"{log}.log").is_file()
     assert (results / "benchmarks" / "index.tsv").is_file()
@@ -267,13 +394,28 @@ def test_tiny_run_eda_report_and_stats_agree_with_the_index(tiny_run):
     train = images[images["split"] == "train"]
     assert stats["images"] == {"train": 16, "test": 6}
     assert stats["annotations"] == len(annotations) == int(train["n_objects"].sum())
-    assert sum(c["pixels"] for c in stats["classes"]) == int((train["width"] * train["height"]).sum())
+    assert sum(c["pixels"] for c in stats["classes"]) == int(
+        (train["width"] * train["height"]).sum()
+    )
     assert [c["name"] for c in stats["classes"]] == config["classes"]
     html = (results / "eda" / "report.html").read_text()
     figures = sorted(p.stem for p in (results / "eda" / "figures").glob("*.png"))
-    assert figures == sorted(["splits", "class_share", "images_per_class", "object_size", "objects_per_image", "image_stats", "cooccurrence", "gallery"])
-    assert len(re.findall(r'src="data:image/png;base64,', html)) == len(figures)  # standalone: all embedded
-    assert "src=\"http" not in html and "<link" not in html
+    assert figures == sorted(
+        [
+            "splits",
+            "class_share",
+            "images_per_class",
+            "object_size",
+            "objects_per_image",
+            "image_stats",
+            "cooccurrence",
+            "gallery",
+        ]
+    )
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == len(
+        figures
+    )  # standalone: all embedded
+    assert 'src="http' not in html and "<link" not in html
 
 
 def test_tiny_run_trains_predicts_and_scores_every_model(tiny_run):
@@ -281,53 +423,100 @@ def test_tiny_run_trains_predicts_and_scores_every_model(tiny_run):
     results = workdir / "results" / "r0"
     for model in TINY_MODELS:
         summary = json.loads((results / "oof" / f"{model}.json").read_text())
-        assert summary["model"] == model and 0 <= summary["miou"] <= 1 and summary["seeds"]["0"]["images"] == 16
+        assert (
+            summary["model"] == model
+            and 0 <= summary["miou"] <= 1
+            and summary["seeds"]["0"]["images"] == 16
+        )
         assert len(pd.read_csv(results / "oof" / f"{model}.csv")) == 16
         for fold in (0, 1):
             run = f"{model}/f{fold}-s0"
-            assert {p.name for p in (results / "train" / run).iterdir()} == {"model.pt", "history.csv", "metrics.json"}
+            assert {p.name for p in (results / "train" / run).iterdir()} == {
+                "model.pt",
+                "history.csv",
+                "metrics.json",
+            }
             assert (results / "predict" / run / "test.npy").is_file()
-            assert "epoch 1/1 train_loss" in (workdir / "results" / "logs" / "r0" / "train" / f"{run}.log").read_text()
-            assert (workdir / "results" / "benchmarks" / "r0" / "train" / f"{run}.tsv").is_file()
+            assert (
+                "epoch 1/1 train_loss"
+                in (
+                    workdir / "results" / "logs" / "r0" / "train" / f"{run}.log"
+                ).read_text()
+            )
+            assert (
+                workdir / "results" / "benchmarks" / "r0" / "train" / f"{run}.tsv"
+            ).is_file()
     assert not (workdir / "results" / "wandb").exists()  # disabled: nothing written
 
 
 def test_snakemake_report_holds_the_eda_figures(tiny_run, tmp_path):
     workdir, _ = tiny_run
-    snakemake(workdir, "--report", str(tmp_path / "report.zip"))  # needs pygments (snakemake[reports])
+    snakemake(
+        workdir, "--report", str(tmp_path / "report.zip")
+    )  # needs pygments (snakemake[reports])
     import zipfile
 
     names = zipfile.ZipFile(tmp_path / "report.zip").namelist()
-    assert sum(name.endswith((".png", "report.html")) for name in names) >= 9  # the 8 figures and the EDA report
+    assert (
+        sum(name.endswith((".png", "report.html")) for name in names) >= 9
+    )  # the 8 figures and the EDA report
 
 
 def test_tiny_run_rerun_has_nothing_to_do(tiny_run, tmp_path):
     workdir, config = tiny_run
     counts, output = dry_run_with(workdir, config, tmp_path)
     assert counts == {} and "Nothing to be done" in output
-    reordered = {key: config[key] for key in reversed(list(config))}  # same config, keys reordered
+    reordered = {
+        key: config[key] for key in reversed(list(config))
+    }  # same config, keys reordered
     counts, _ = dry_run_with(workdir, reordered, tmp_path)
     assert counts == {}
 
 
 def test_changing_one_models_lr_reruns_that_model_only(tiny_run, tmp_path):
     workdir, config = tiny_run
-    counts, output = dry_run_with(workdir, config, tmp_path, models={"unet": {"lr": 0.01}})
-    assert counts == {"train": 2, "predict": 2, "oof_score": 1, "ensemble": 1, "submission": 1, "demo_score": 1}
+    counts, output = dry_run_with(
+        workdir, config, tmp_path, models={"unet": {"lr": 0.01}}
+    )
+    assert counts == {
+        "train": 2,
+        "predict": 2,
+        "oof_score": 1,
+        "ensemble": 1,
+        "submission": 1,
+        "demo_score": 1,
+    }
     assert "output: results/r0/train/unet/" in output
-    assert "output: results/r0/train/fpn/" not in output and "output: results/r0/oof/fpn.json" not in output
+    assert (
+        "output: results/r0/train/fpn/" not in output
+        and "output: results/r0/oof/fpn.json" not in output
+    )
 
 
 def test_changing_tta_repredicts_without_retraining(tiny_run, tmp_path):
     workdir, config = tiny_run
     counts, _ = dry_run_with(workdir, config, tmp_path, models={"fpn": {"tta": "d4"}})
-    assert counts == {"predict": 2, "oof_score": 1, "ensemble": 1, "submission": 1, "demo_score": 1}
+    assert counts == {
+        "predict": 2,
+        "oof_score": 1,
+        "ensemble": 1,
+        "submission": 1,
+        "demo_score": 1,
+    }
 
 
 def test_changing_the_fold_count_reruns_folds_and_what_follows_only(tiny_run, tmp_path):
     workdir, config = tiny_run
     counts, _ = dry_run_with(workdir, config, tmp_path, cv={"folds": 3})
-    assert counts == {"folds": 1, "train": 6, "predict": 6, "oof_score": 2, "ensemble": 1, "submission": 1, "demo_score": 1}
+    assert counts == {
+        "folds": 1,
+        "train": 6,
+        "predict": 6,
+        "oof_score": 2,
+        "ensemble": 1,
+        "submission": 1,
+        "demo_score": 1,
+    }
 
 
 def test_changing_the_submission_size_rewrites_the_submission_only(tiny_run, tmp_path):
@@ -342,12 +531,21 @@ def test_tiny_run_writes_a_valid_submission_and_a_demo_score(tiny_run):
 
     workdir, config = tiny_run
     results = workdir / "results"
-    test_ids = [image["file_name"] for image in read_json(results / "demo_data" / "test.json")["images"]]
+    test_ids = [
+        image["file_name"]
+        for image in read_json(results / "demo_data" / "test.json")["images"]
+    ]
     lines = (results / "submission" / "submission.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == test_ids  # test.json order
-    assert check_submission(results / "submission" / "submission.csv", 256, len(config["classes"]), test_ids) == len(test_ids)
+    assert check_submission(
+        results / "submission" / "submission.csv", 256, len(config["classes"]), test_ids
+    ) == len(test_ids)
     score = json.loads((results / "demo" / "score.json").read_text())
-    assert 0 <= score["test_miou"] <= 1 and score["images"] == len(test_ids) and score["size"] == 256
+    assert (
+        0 <= score["test_miou"] <= 1
+        and score["images"] == len(test_ids)
+        and score["size"] == 256
+    )
     summary = json.loads((results / "ensemble" / "summary.json").read_text())
     assert set(summary["members"]) == {"r0/fpn/s0", "r0/unet/s0"}
     assert summary["oof_miou"] >= summary["best_member_oof_miou"] - 1e-12
@@ -355,20 +553,50 @@ def test_tiny_run_writes_a_valid_submission_and_a_demo_score(tiny_run):
 
 def test_skipped_input_is_counted_in_the_report(tmp_path):
     root = tmp_path / "mydata"
-    images = [{"id": k, "file_name": f"b{k % 2}/{k}.png", "width": 16, "height": 16} for k in range(8)]
-    annotations = [{"id": k, "image_id": k, "category_id": 1 + k % 10, "segmentation": [[1, 1, 12, 1, 12, 12]]} for k in range(8)]
-    annotations.append({"id": 99, "image_id": 3, "category_id": 2, "segmentation": [[1, 1, 5, 5]]})  # 2 points
+    images = [
+        {"id": k, "file_name": f"b{k % 2}/{k}.png", "width": 16, "height": 16}
+        for k in range(8)
+    ]
+    annotations = [
+        {
+            "id": k,
+            "image_id": k,
+            "category_id": 1 + k % 10,
+            "segmentation": [[1, 1, 12, 1, 12, 12]],
+        }
+        for k in range(8)
+    ]
+    annotations.append(
+        {"id": 99, "image_id": 3, "category_id": 2, "segmentation": [[1, 1, 5, 5]]}
+    )  # 2 points
     write_coco(root, "train_all.json", images, annotations)
-    write_coco(root, "test.json", [{"id": 0, "file_name": "t.png", "width": 16, "height": 16}], [])
+    write_coco(
+        root,
+        "test.json",
+        [{"id": 0, "file_name": "t.png", "width": 16, "height": 16}],
+        [],
+    )
     (root / "b1" / "5.png").unlink()  # listed but missing
-    write_config(tmp_path, data={"demo": False, "root": str(root), "on_error": "skip"}, cv={"folds": 2})
+    write_config(
+        tmp_path,
+        data={"demo": False, "root": str(root), "on_error": "skip"},
+        cv={"folds": 2},
+    )
     snakemake(tmp_path, "--cores", "1", "results/eda/report.html")
     stats = json.loads((tmp_path / "results" / "eda" / "stats.json").read_text())
-    assert stats["skipped"]["total"] == 2  # the bad polygon; the missing image (with its annotation)
+    assert (
+        stats["skipped"]["total"] == 2
+    )  # the bad polygon; the missing image (with its annotation)
     html = (tmp_path / "results" / "eda" / "report.html").read_text()
-    assert "skipped items: <b>2</b>" in html and ">99<" in html and "5.png is missing or unreadable (skipped with its 1 annotation)" in html
+    assert (
+        "skipped items: <b>2</b>" in html
+        and ">99<" in html
+        and "5.png is missing or unreadable (skipped with its 1 annotation)" in html
+    )
     images = pd.read_parquet(tmp_path / "results" / "data" / "images.parquet")
-    assert "b1/5.png" not in set(images["image_id"]) and len(images) == 8  # 7 train + 1 test
+    assert (
+        "b1/5.png" not in set(images["image_id"]) and len(images) == 8
+    )  # 7 train + 1 test
 
 
 # --- label-noise cleaning and round r1 on top of the tiny run -------------------------------
@@ -380,14 +608,45 @@ def tiny_clean_run(tiny_run, tmp_path_factory):
     flags the worst quarter and drops it; r1 also trains on pseudo-labelled test images."""
     source, config = tiny_run
     workdir = tmp_path_factory.mktemp("clean") / "run"
-    shutil.copytree(source, workdir, symlinks=True)  # copy2 keeps mtimes: r0 stays up to date
-    clean = {"enabled": True, "action": "drop", "worst_fraction": 0.25, "min_region": 1.0, "gallery": 3}
-    pseudo = {"enabled": True, "confidence": 0.2, "min_coverage": 0.3}  # a 1-epoch model is not confident
-    config = write_config(workdir, **{k: v for k, v in config.items() if k not in ("demo", "threads", "clean", "pseudo")}, clean=clean, pseudo=pseudo)
+    shutil.copytree(
+        source, workdir, symlinks=True
+    )  # copy2 keeps mtimes: r0 stays up to date
+    clean = {
+        "enabled": True,
+        "action": "drop",
+        "worst_fraction": 0.25,
+        "min_region": 1.0,
+        "gallery": 3,
+    }
+    pseudo = {
+        "enabled": True,
+        "confidence": 0.2,
+        "min_coverage": 0.3,
+    }  # a 1-epoch model is not confident
+    config = write_config(
+        workdir,
+        **{
+            k: v
+            for k, v in config.items()
+            if k not in ("demo", "threads", "clean", "pseudo")
+        },
+        clean=clean,
+        pseudo=pseudo,
+    )
     counts = job_counts(snakemake(workdir, "-n").stdout)
     assert counts == {
-        "round_ensemble": 2, "clean": 1, "demo_noise": 1, "pseudo_labels": 1, "train": 4, "predict": 4, "oof_score": 2,
-        "ensemble": 1, "submission": 1, "demo_score": 1, "demo_rounds": 1, "all": 1,
+        "round_ensemble": 2,
+        "clean": 1,
+        "demo_noise": 1,
+        "pseudo_labels": 1,
+        "train": 4,
+        "predict": 4,
+        "oof_score": 2,
+        "ensemble": 1,
+        "submission": 1,
+        "demo_score": 1,
+        "demo_rounds": 1,
+        "all": 1,
     }
     snakemake(workdir, "--cores", "2")
     return workdir, config
@@ -399,64 +658,161 @@ def test_tiny_clean_run_drops_the_flagged_images_from_r1_training_only(tiny_clea
     dropped = set((results / "clean" / "dropped.txt").read_text().split())
     assert len(dropped) == 4  # a quarter of 16
     images = pd.read_csv(results / "clean" / "images.csv")
-    assert set(images.loc[~images["train"], "image_id"]) == dropped and images["flagged"].sum() == 4
+    assert (
+        set(images.loc[~images["train"], "image_id"]) == dropped
+        and images["flagged"].sum() == 4
+    )
     folds = pd.read_csv(results / "folds" / "folds.csv").set_index("image_id")["fold"]
     pseudo = pd.read_csv(results / "pseudo" / "r1" / "images.csv")
     n_pseudo = int(pseudo["kept"].sum())
-    assert len(pseudo) == 6 and not set(pseudo["image_id"]) & set(folds.index)  # test images only
+    assert len(pseudo) == 6 and not set(pseudo["image_id"]) & set(
+        folds.index
+    )  # test images only
     assert len(list((results / "pseudo" / "r1" / "masks").glob("*.png"))) == n_pseudo
     for model in TINY_MODELS:
         for fold in (0, 1):
-            metrics = json.loads((results / "r1" / "train" / model / f"f{fold}-s0" / "metrics.json").read_text())
+            metrics = json.loads(
+                (
+                    results / "r1" / "train" / model / f"f{fold}-s0" / "metrics.json"
+                ).read_text()
+            )
             in_train_folds = sum(folds[i] != fold for i in dropped)
-            assert metrics["dropped_images"] == in_train_folds and metrics["train_images"] == 8 - in_train_folds
-            assert metrics["val_images"] == 8  # validation keeps every labelled image of the fold
-            assert metrics["pseudo_images"] == n_pseudo > 0  # and training adds the pseudo-labelled test images
+            assert (
+                metrics["dropped_images"] == in_train_folds
+                and metrics["train_images"] == 8 - in_train_folds
+            )
+            assert (
+                metrics["val_images"] == 8
+            )  # validation keeps every labelled image of the fold
+            assert (
+                metrics["pseudo_images"] == n_pseudo > 0
+            )  # and training adds the pseudo-labelled test images
             assert 0 <= metrics["val_miou_cleaned"] <= 1
         oof = json.loads((results / "r1" / "oof" / f"{model}.json").read_text())
-        assert oof["miou_cleaned"] == pytest.approx(oof["miou"])  # drop leaves the labels as they are
+        assert oof["miou_cleaned"] == pytest.approx(
+            oof["miou"]
+        )  # drop leaves the labels as they are
 
 
-def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r1(tiny_clean_run):
+def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r1(
+    tiny_clean_run,
+):
     workdir, config = tiny_clean_run
     results = workdir / "results"
     scores = pd.read_csv(results / "clean" / "scores.csv")
-    assert (scores["level"] == "image").sum() == 16 and len(list((results / "clean" / "masks").glob("*.png"))) == 16
-    assert len(list((results / "clean" / "gallery").glob("*.png"))) == 3 and "data:image/png;base64" in (results / "clean" / "gallery.html").read_text()
+    assert (scores["level"] == "image").sum() == 16 and len(
+        list((results / "clean" / "masks").glob("*.png"))
+    ) == 16
+    assert (
+        len(list((results / "clean" / "gallery").glob("*.png"))) == 3
+        and "data:image/png;base64" in (results / "clean" / "gallery.html").read_text()
+    )
     detection = json.loads((results / "demo" / "noise_detection.json").read_text())
     noise = pd.read_csv(results / "demo_data" / "truth" / "noise.csv")
     assert detection["labelled_images"] == 16 and detection["flagged_images"] == 4
     assert detection["noisy_images"] == noise["image_id"].isin(scores["image_id"]).sum()
-    assert set(detection["images"]) == {"all", "class_swap", "missing", "shifted", "bloated"}
+    assert set(detection["images"]) == {
+        "all",
+        "class_swap",
+        "missing",
+        "shifted",
+        "bloated",
+    }
     summary = json.loads((results / "ensemble" / "summary.json").read_text())
     assert set(summary["members"]) == {"r1/fpn/s0", "r1/unet/s0"}
-    assert json.loads((results / "r0" / "ensemble" / "summary.json").read_text())["oof_images"] == 16
+    assert (
+        json.loads((results / "r0" / "ensemble" / "summary.json").read_text())[
+            "oof_images"
+        ]
+        == 16
+    )
     lines = (results / "submission" / "submission.csv").read_text().splitlines()
     assert len(lines) == 1 + 6
     rounds = json.loads((results / "demo" / "rounds.json").read_text())
-    assert set(rounds) == {"r0", "r1"} and all(0 <= r["test_miou"] <= 1 for r in rounds.values())
+    assert set(rounds) == {"r0", "r1"} and all(
+        0 <= r["test_miou"] <= 1 for r in rounds.values()
+    )
     assert (results / "pseudo" / "r1" / "summary.png").is_file()
 
 
 @pytest.mark.parametrize(
     "clean,pseudo,expected",
     [
-        (False, False, {"train": 6, "round_ensemble": 0, "clean": 0, "pseudo_labels": 0, "oof_score": 2}),
-        (True, False, {"train": 12, "round_ensemble": 2, "clean": 1, "pseudo_labels": 0, "oof_score": 4}),
-        (False, True, {"train": 12, "round_ensemble": 2, "clean": 0, "pseudo_labels": 1, "oof_score": 4}),
-        (True, True, {"train": 12, "round_ensemble": 2, "clean": 1, "pseudo_labels": 1, "oof_score": 4}),
-        (False, {"rounds": 2}, {"train": 18, "round_ensemble": 3, "clean": 0, "pseudo_labels": 2, "oof_score": 6}),
+        (
+            False,
+            False,
+            {
+                "train": 6,
+                "round_ensemble": 0,
+                "clean": 0,
+                "pseudo_labels": 0,
+                "oof_score": 2,
+            },
+        ),
+        (
+            True,
+            False,
+            {
+                "train": 12,
+                "round_ensemble": 2,
+                "clean": 1,
+                "pseudo_labels": 0,
+                "oof_score": 4,
+            },
+        ),
+        (
+            False,
+            True,
+            {
+                "train": 12,
+                "round_ensemble": 2,
+                "clean": 0,
+                "pseudo_labels": 1,
+                "oof_score": 4,
+            },
+        ),
+        (
+            True,
+            True,
+            {
+                "train": 12,
+                "round_ensemble": 2,
+                "clean": 1,
+                "pseudo_labels": 1,
+                "oof_score": 4,
+            },
+        ),
+        (
+            False,
+            {"rounds": 2},
+            {
+                "train": 18,
+                "round_ensemble": 3,
+                "clean": 0,
+                "pseudo_labels": 2,
+                "oof_score": 6,
+            },
+        ),
     ],
 )
-def test_each_stage_switch_shows_exactly_its_jobs_in_the_dry_run(tmp_path, clean, pseudo, expected):
-    pseudo_config = {"enabled": True, **pseudo} if isinstance(pseudo, dict) else {"enabled": pseudo}
+def test_each_stage_switch_shows_exactly_its_jobs_in_the_dry_run(
+    tmp_path, clean, pseudo, expected
+):
+    pseudo_config = (
+        {"enabled": True, **pseudo} if isinstance(pseudo, dict) else {"enabled": pseudo}
+    )
     write_config(tmp_path, clean={"enabled": clean}, pseudo=pseudo_config)
     output = snakemake(tmp_path, "-n").stdout
     counts = job_counts(output)
     assert {rule: counts.get(rule, 0) for rule in expected} == expected
-    assert counts["predict"] == counts["train"] and counts.get("demo_noise", 0) == int(clean)
+    assert counts["predict"] == counts["train"] and counts.get("demo_noise", 0) == int(
+        clean
+    )
     assert counts.get("demo_rounds", 0) == int(clean or bool(pseudo))
     if not clean and not pseudo:
         assert "results/r1/" not in output  # r0 only
     if pseudo:
-        assert "--pseudo results/pseudo/r1/images.csv --pseudo-masks-dir results/pseudo/r1/masks" in output
+        assert (
+            "--pseudo results/pseudo/r1/images.csv --pseudo-masks-dir results/pseudo/r1/masks"
+            in output
+        )

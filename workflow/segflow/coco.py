@@ -57,7 +57,9 @@ class ProblemLog:
 
     def report(self, problem: Problem) -> None:
         if self.on_error == "stop":
-            raise DataError(problem.message() + "  (set data.on_error: skip to skip such items)")
+            raise DataError(
+                problem.message() + "  (set data.on_error: skip to skip such items)"
+            )
         self.problems.append(problem)
 
 
@@ -70,17 +72,23 @@ def read_json(path: str | Path) -> dict:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        raise DataError(
+            f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"{path}: not a COCO file (no 'images' list at the top level)")
     if not isinstance(data.get("categories"), list):
-        raise DataError(f"{path}: not a COCO file (no 'categories' list at the top level)")
+        raise DataError(
+            f"{path}: not a COCO file (no 'categories' list at the top level)"
+        )
     if not isinstance(data.get("annotations", []), list):
         raise DataError(f"{path}: 'annotations' must be a list")
     return data
 
 
-def class_index_by_category(categories: list[dict], classes: list[str], source: str) -> dict[int, int]:
+def class_index_by_category(
+    categories: list[dict], classes: list[str], source: str
+) -> dict[int, int]:
     """Map COCO category id -> class index, by name, through the config's class list.
 
     ``classes[0]`` is the background and has no COCO category. Every other class must be
@@ -89,8 +97,14 @@ def class_index_by_category(categories: list[dict], classes: list[str], source: 
     """
     names = {}
     for cat in categories:
-        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
-            raise DataError(f"{source}: category {cat!r} needs an integer 'id' and a string 'name'")
+        if (
+            not isinstance(cat, dict)
+            or not _is_int(cat.get("id"))
+            or not isinstance(cat.get("name"), str)
+        ):
+            raise DataError(
+                f"{source}: category {cat!r} needs an integer 'id' and a string 'name'"
+            )
         if cat["id"] in names:
             raise DataError(f"{source}: duplicate category id {cat['id']}")
         names[cat["id"]] = cat["name"]
@@ -114,7 +128,12 @@ def check_file_name(file_name: str) -> str | None:
     if not file_name or file_name != file_name.strip():
         return f"file_name {file_name!r} is empty or has surrounding whitespace"
     normalized = posixpath.normpath(file_name.replace("\\", "/"))
-    if normalized.startswith("/") or normalized == ".." or normalized.startswith("../") or ":" in normalized.split("/")[0]:
+    if (
+        normalized.startswith("/")
+        or normalized == ".."
+        or normalized.startswith("../")
+        or ":" in normalized.split("/")[0]
+    ):
         return f"file_name {file_name!r} escapes the image root"
     return None
 
@@ -130,7 +149,9 @@ class CocoSplit:
     problems: list[Problem] = field(default_factory=list)
 
 
-def load_coco(path: str | Path, classes: list[str], on_error: str = "stop") -> CocoSplit:
+def load_coco(
+    path: str | Path, classes: list[str], on_error: str = "stop"
+) -> CocoSplit:
     """Read and validate a COCO segmentation file.
 
     Checks every image (id, file_name inside the root, positive size, no duplicates) and
@@ -150,14 +171,22 @@ def load_coco(path: str | Path, classes: list[str], on_error: str = "stop") -> C
     for image in data["images"]:
         image_id = image.get("id") if isinstance(image, dict) else None
         if not _is_int(image_id):
-            log.report(Problem(source, f"image entry {image!r:.80} has no integer 'id'"))
+            log.report(
+                Problem(source, f"image entry {image!r:.80} has no integer 'id'")
+            )
             continue
         if image_id in by_id:
             log.report(Problem(source, "duplicate image id", image_id=image_id))
             continue
         file_name = image.get("file_name")
-        reason = "missing 'file_name'" if not isinstance(file_name, str) else check_file_name(file_name)
-        if reason is None and not (_is_int(image.get("width")) and _is_int(image.get("height"))):
+        reason = (
+            "missing 'file_name'"
+            if not isinstance(file_name, str)
+            else check_file_name(file_name)
+        )
+        if reason is None and not (
+            _is_int(image.get("width")) and _is_int(image.get("height"))
+        ):
             reason = "width and height must be integers"
         if reason is None and (image["width"] <= 0 or image["height"] <= 0):
             reason = f"non-positive size {image['width']}x{image['height']}"
@@ -175,7 +204,9 @@ def load_coco(path: str | Path, classes: list[str], on_error: str = "stop") -> C
     for ann in data.get("annotations", []):
         ann_id = ann.get("id") if isinstance(ann, dict) else None
         if not _is_int(ann_id):
-            log.report(Problem(source, f"annotation entry {ann!r:.80} has no integer 'id'"))
+            log.report(
+                Problem(source, f"annotation entry {ann!r:.80} has no integer 'id'")
+            )
             continue
         image_id = ann.get("image_id")
         reason = None
@@ -187,9 +218,18 @@ def load_coco(path: str | Path, classes: list[str], on_error: str = "stop") -> C
             reason = f"unknown category_id {ann.get('category_id')!r}"
         else:
             image = by_id[image_id]
-            reason = check_segmentation(ann.get("segmentation"), image["height"], image["width"])
+            reason = check_segmentation(
+                ann.get("segmentation"), image["height"], image["width"]
+            )
         if reason is not None:
-            log.report(Problem(source, reason, image_id=image_id if _is_int(image_id) else None, annotation_id=ann_id))
+            log.report(
+                Problem(
+                    source,
+                    reason,
+                    image_id=image_id if _is_int(image_id) else None,
+                    annotation_id=ann_id,
+                )
+            )
             continue
         seen_annotations.add(ann_id)
         annotations[image_id].append(ann)
@@ -203,7 +243,9 @@ def check_segmentation(segmentation, height: int, width: int) -> str | None:
         if not segmentation:
             return "empty segmentation"
         for polygon in segmentation:
-            if not isinstance(polygon, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in polygon):
+            if not isinstance(polygon, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in polygon
+            ):
                 return "polygon must be a flat list of numbers [x1, y1, x2, y2, ...]"
             if len(polygon) % 2:
                 return f"polygon has an odd number of coordinates ({len(polygon)})"
@@ -230,7 +272,10 @@ def annotation_rle(segmentation, height: int, width: int) -> dict:
         return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
     if isinstance(segmentation["counts"], list):
         return mask_utils.frPyObjects(segmentation, height, width)
-    return {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
+    return {
+        "size": segmentation["size"],
+        "counts": segmentation["counts"].encode("ascii"),
+    }
 
 
 @dataclass
@@ -243,16 +288,24 @@ class Rasterized:
     owner: np.ndarray  # (H, W) int32 index of the annotation on top, -1 on background
 
 
-def rasterize(annotations: list[dict], height: int, width: int, class_of_category: dict[int, int]) -> Rasterized:
+def rasterize(
+    annotations: list[dict], height: int, width: int, class_of_category: dict[int, int]
+) -> Rasterized:
     """Compose an image's annotations into one class-index mask (overlap rule: see module doc)."""
     rles = [annotation_rle(a["segmentation"], height, width) for a in annotations]
     areas = mask_utils.area(rles).astype(np.int64) if rles else np.zeros(0, np.int64)
     owner = np.full((height, width), -1, np.int32)
-    for i in sorted(range(len(annotations)), key=lambda i: (-areas[i], annotations[i]["id"])):
+    for i in sorted(
+        range(len(annotations)), key=lambda i: (-areas[i], annotations[i]["id"])
+    ):
         owner[mask_utils.decode(rles[i]).astype(bool)] = i
-    classes = np.array([0] + [class_of_category[a["category_id"]] for a in annotations], np.uint8)
+    classes = np.array(
+        [0] + [class_of_category[a["category_id"]] for a in annotations], np.uint8
+    )
     mask = classes[owner + 1]
-    visible = np.bincount(owner[owner >= 0].ravel(), minlength=len(annotations)).astype(np.int64)
+    visible = np.bincount(owner[owner >= 0].ravel(), minlength=len(annotations)).astype(
+        np.int64
+    )
     return Rasterized(mask, areas, visible, owner)
 
 

@@ -30,13 +30,24 @@ from torch.utils.data import DataLoader, Dataset
 
 from segflow.models import IMAGENET_MEAN, IMAGENET_STD
 
-COMPOSITES = {"OneOf", "SomeOf", "Sequential", "OneOrOther", "SelectiveChannelTransform"}
+COMPOSITES = {
+    "OneOf",
+    "SomeOf",
+    "Sequential",
+    "OneOrOther",
+    "SelectiveChannelTransform",
+}
 
 
-def build_transform(augment: list[dict] | None = None, seed: int | None = None) -> A.Compose:
+def build_transform(
+    augment: list[dict] | None = None, seed: int | None = None
+) -> A.Compose:
     """The albumentations pipeline: ``augment`` (see module doc), then Normalize, ToTensorV2."""
     steps = [_build_step(spec, f"augment[{i}]") for i, spec in enumerate(augment or [])]
-    steps += [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0, p=1.0), ToTensorV2(p=1.0)]
+    steps += [
+        A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0, p=1.0),
+        ToTensorV2(p=1.0),
+    ]
     try:
         return A.Compose(steps, strict=True, seed=seed)
     except ValueError as e:
@@ -45,18 +56,28 @@ def build_transform(augment: list[dict] | None = None, seed: int | None = None) 
 
 def _build_step(spec: dict, where: str):
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise ValueError(f"{where}: expected one mapping {{TransformName: {{arguments}}}}, got {spec!r}")
-    (name, arguments), = spec.items()
+        raise ValueError(
+            f"{where}: expected one mapping {{TransformName: {{arguments}}}}, got {spec!r}"
+        )
+    ((name, arguments),) = spec.items()
     arguments = dict(arguments or {})
     transform_class = getattr(A, name, None)
-    if not (isinstance(transform_class, type) and issubclass(transform_class, A.BasicTransform | A.BaseCompose)):
+    if not (
+        isinstance(transform_class, type)
+        and issubclass(transform_class, A.BasicTransform | A.BaseCompose)
+    ):
         raise ValueError(f"{where}: {name!r} is not an albumentations transform")
     if name in COMPOSITES:
         children = arguments.pop("transforms", [])
-        arguments["transforms"] = [_build_step(child, f"{where}.{name}[{j}]") for j, child in enumerate(children)]
+        arguments["transforms"] = [
+            _build_step(child, f"{where}.{name}[{j}]")
+            for j, child in enumerate(children)
+        ]
     try:
         # strict=True: an unknown argument raises here instead of a warning (albumentations 2).
-        return transform_class(**arguments, **({} if name in COMPOSITES else {"strict": True}))
+        return transform_class(
+            **arguments, **({} if name in COMPOSITES else {"strict": True})
+        )
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: {name}: {e}") from None
 
@@ -75,7 +96,9 @@ class SegmentationDataset(Dataset):
     and become long at the end (ToTensorV2 keeps the dtype).
     """
 
-    def __init__(self, image_paths: list[str], mask_paths: list[str] | None, transform: A.Compose):
+    def __init__(
+        self, image_paths: list[str], mask_paths: list[str] | None, transform: A.Compose
+    ):
         self.image_paths = list(image_paths)
         self.mask_paths = list(mask_paths) if mask_paths is not None else None
         self.transform = transform
@@ -89,7 +112,9 @@ class SegmentationDataset(Dataset):
             return self.transform(image=image)["image"], index
         mask = cv2.imread(str(self.mask_paths[index]), cv2.IMREAD_UNCHANGED)
         if mask is None:
-            raise FileNotFoundError(f"mask file {self.mask_paths[index]} is missing or unreadable")
+            raise FileNotFoundError(
+                f"mask file {self.mask_paths[index]} is missing or unreadable"
+            )
         out = self.transform(image=image, mask=mask)
         return out["image"], out["mask"].long()
 
@@ -104,13 +129,24 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    cv2.setNumThreads(0)  # the workers are the parallelism; cv2's own threads only contend
+    cv2.setNumThreads(
+        0
+    )  # the workers are the parallelism; cv2's own threads only contend
     info = torch.utils.data.get_worker_info()
     if info is not None and hasattr(info.dataset, "transform"):
         info.dataset.transform.set_random_seed(seed)
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, workers: int, drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    workers: int,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
     """A DataLoader whose order and augmentations are fixed by ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(

@@ -24,58 +24,107 @@ from segflow.metrics import confusion_matrix, iou_per_class, mean_iou
 from segflow.submission import SubmissionError, read_submission
 
 
-def truth_labels(truth_json: str, classes: list[str], size: int) -> dict[str, np.ndarray]:
+def truth_labels(
+    truth_json: str, classes: list[str], size: int
+) -> dict[str, np.ndarray]:
     """The hidden test labels by image id (file_name), at ``size`` x ``size``."""
     truth = load_coco(truth_json, classes)
     return {
-        image["file_name"]: resize_label(rasterize(truth.annotations[image["id"]], image["height"], image["width"], truth.class_of_category).mask, size)
+        image["file_name"]: resize_label(
+            rasterize(
+                truth.annotations[image["id"]],
+                image["height"],
+                image["width"],
+                truth.class_of_category,
+            ).mask,
+            size,
+        )
         for image in truth.images
     }
 
 
-def score_predictions(predictions, labels: dict[str, np.ndarray], classes: list[str], size: int, source: str) -> dict:
+def score_predictions(
+    predictions,
+    labels: dict[str, np.ndarray],
+    classes: list[str],
+    size: int,
+    source: str,
+) -> dict:
     """Test mIoU of (image id, label map at ``size``) pairs over the whole set."""
     confusion = np.zeros((len(classes), len(classes)), np.int64)
     scored = 0
     for image_id, prediction in predictions:
         if image_id not in labels:
-            raise SubmissionError(f"{source}: image {image_id!r} is not a test image of the demo truth")
+            raise SubmissionError(
+                f"{source}: image {image_id!r} is not a test image of the demo truth"
+            )
         confusion += confusion_matrix(labels[image_id], prediction, len(classes))
         scored += 1
     return {
         "test_miou": mean_iou(confusion),
-        "per_class_iou": {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, iou_per_class(confusion))},
+        "per_class_iou": {
+            c: (None if np.isnan(v) else float(v))
+            for c, v in zip(classes, iou_per_class(confusion))
+        },
         "images": scored,
         "size": size,
     }
 
 
-def demo_score(*, submission: str, truth_json: str, classes: list[str], size: int, out: str) -> dict:
+def demo_score(
+    *, submission: str, truth_json: str, classes: list[str], size: int, out: str
+) -> dict:
     labels = truth_labels(truth_json, classes, size)
     # The submission step already checked completeness (debug mode writes a sample).
-    score = score_predictions(read_submission(submission, size, len(classes)), labels, classes, size, submission)
+    score = score_predictions(
+        read_submission(submission, size, len(classes)),
+        labels,
+        classes,
+        size,
+        submission,
+    )
     write_json(score, out)
     return score
 
 
-def rounds_score(*, round_dirs: dict[str, str], truth_json: str, classes: list[str], size: int, out: str) -> dict:
+def rounds_score(
+    *,
+    round_dirs: dict[str, str],
+    truth_json: str,
+    classes: list[str],
+    size: int,
+    out: str,
+) -> dict:
     """Test mIoU of each round's ensemble (``round_dirs``: round -> its ensemble folder)."""
     labels = truth_labels(truth_json, classes, size)
     result = {}
     for round_, directory in sorted(round_dirs.items()):
         maps = np.load(Path(directory) / "test_labels.npy", mmap_mode="r")
-        pairs = ((image_id, resize_label(np.asarray(maps[k]), size)) for k, image_id in enumerate(read_ids(Path(directory) / "test_ids.txt")))
+        pairs = (
+            (image_id, resize_label(np.asarray(maps[k]), size))
+            for k, image_id in enumerate(read_ids(Path(directory) / "test_ids.txt"))
+        )
         score = score_predictions(pairs, labels, classes, size, directory)
         summary = json.loads((Path(directory) / "summary.json").read_text())
-        result[round_] = {"test_miou": score["test_miou"], "oof_miou": summary["oof_miou"], "per_class_iou": score["per_class_iou"]}
+        result[round_] = {
+            "test_miou": score["test_miou"],
+            "oof_miou": summary["oof_miou"],
+            "per_class_iou": score["per_class_iou"],
+        }
     write_json(result, out)
     return result
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Score a submission against the demo's hidden test labels.")
+    parser = argparse.ArgumentParser(
+        description="Score a submission against the demo's hidden test labels."
+    )
     parser.add_argument("--submission", default=None, help="score this submission CSV")
-    parser.add_argument("--rounds", default=None, help="or JSON: round -> its ensemble folder (test_labels.npy, test_ids.txt)")
+    parser.add_argument(
+        "--rounds",
+        default=None,
+        help="or JSON: round -> its ensemble folder (test_labels.npy, test_ids.txt)",
+    )
     parser.add_argument("--truth", required=True, help="the demo's truth/test.json")
     parser.add_argument("--classes", required=True)
     parser.add_argument("--size", type=int, required=True)
@@ -85,10 +134,22 @@ def main(argv=None) -> None:
         parser.error("give one of --submission and --rounds")
     try:
         if args.rounds:
-            result = rounds_score(round_dirs=json.loads(args.rounds), truth_json=args.truth, classes=json.loads(args.classes), size=args.size, out=args.out)
+            result = rounds_score(
+                round_dirs=json.loads(args.rounds),
+                truth_json=args.truth,
+                classes=json.loads(args.classes),
+                size=args.size,
+                out=args.out,
+            )
             print(json.dumps({r: v["test_miou"] for r, v in result.items()}))
         else:
-            score = demo_score(submission=args.submission, truth_json=args.truth, classes=json.loads(args.classes), size=args.size, out=args.out)
+            score = demo_score(
+                submission=args.submission,
+                truth_json=args.truth,
+                classes=json.loads(args.classes),
+                size=args.size,
+                out=args.out,
+            )
             print(json.dumps({"test_miou": score["test_miou"]}))
     except SubmissionError as e:
         sys.exit(f"ERROR: {e}")

@@ -22,13 +22,25 @@ from segflow.io import atomic_dir, atomic_path, write_json
 from segflow.viz import class_palette, data_uri, legend_handles, overlay, save_figure
 
 
-def dataset_stats(images: pd.DataFrame, annotations: pd.DataFrame, skipped: pd.DataFrame, classes: list[str]) -> dict:
+def dataset_stats(
+    images: pd.DataFrame,
+    annotations: pd.DataFrame,
+    skipped: pd.DataFrame,
+    classes: list[str],
+) -> dict:
     """The numbers behind the report: counts per split, per class, per group; co-occurrence."""
     train = images[images["split"] == "train"]
     pixels = train[pixel_columns(len(classes))].to_numpy(dtype=np.int64).sum(axis=0)
     presence = train[pixel_columns(len(classes))].to_numpy(dtype=np.int64) > 0
-    instances = np.bincount(annotations["class_index"].to_numpy(dtype=np.int64), minlength=len(classes))
-    relative_size = np.sqrt(annotations["area"] / annotations["image_id"].map(train.set_index("image_id").eval("width * height")))
+    instances = np.bincount(
+        annotations["class_index"].to_numpy(dtype=np.int64), minlength=len(classes)
+    )
+    relative_size = np.sqrt(
+        annotations["area"]
+        / annotations["image_id"].map(
+            train.set_index("image_id").eval("width * height")
+        )
+    )
     per_class = []
     for k, name in enumerate(classes):
         sizes = relative_size[annotations["class_index"] == k]
@@ -47,22 +59,47 @@ def dataset_stats(images: pd.DataFrame, annotations: pd.DataFrame, skipped: pd.D
     foreground = presence[:, 1:].astype(np.int64)
     objects = train["n_objects"].astype(np.int64)
     return {
-        "images": {split: int((images["split"] == split).sum()) for split in ("train", "test")},
+        "images": {
+            split: int((images["split"] == split).sum()) for split in ("train", "test")
+        },
         "annotations": int(len(annotations)),
         "crowd_annotations": int(annotations["iscrowd"].sum()),
         "skipped": {"total": int(len(skipped)), "by_reason": _reason_counts(skipped)},
         "classes": per_class,
-        "objects_per_image": {"mean": float(objects.mean()), "median": float(objects.median()), "max": int(objects.max()), "zero": int((objects == 0).sum())},
-        "image_sizes": {f"{w}x{h}": int(n) for (w, h), n in images.groupby(["width", "height"]).size().items()},
-        "brightness": {split: float(images.loc[images["split"] == split, "brightness"].mean()) for split in ("train", "test") if (images["split"] == split).any()},
-        "groups": {str(g): {s: int(n) for s, n in part.groupby("split").size().items()} for g, part in images.groupby("group")},
-        "cooccurrence": (foreground.T @ foreground).tolist(),  # images holding both classes (foreground order)
+        "objects_per_image": {
+            "mean": float(objects.mean()),
+            "median": float(objects.median()),
+            "max": int(objects.max()),
+            "zero": int((objects == 0).sum()),
+        },
+        "image_sizes": {
+            f"{w}x{h}": int(n)
+            for (w, h), n in images.groupby(["width", "height"]).size().items()
+        },
+        "brightness": {
+            split: float(images.loc[images["split"] == split, "brightness"].mean())
+            for split in ("train", "test")
+            if (images["split"] == split).any()
+        },
+        "groups": {
+            str(g): {s: int(n) for s, n in part.groupby("split").size().items()}
+            for g, part in images.groupby("group")
+        },
+        "cooccurrence": (
+            foreground.T @ foreground
+        ).tolist(),  # images holding both classes (foreground order)
     }
 
 
 def _reason_counts(skipped: pd.DataFrame) -> dict:
     # "image file X is missing" -> "image file is missing": count by kind, not by file.
-    kinds = skipped["reason"].astype(str).str.replace(r"\S*/\S*|\d+", "", regex=True).str.replace(r"\s+", " ", regex=True).str.strip()
+    kinds = (
+        skipped["reason"]
+        .astype(str)
+        .str.replace(r"\S*/\S*|\d+", "", regex=True)
+        .str.replace(r"\s+", " ", regex=True)
+        .str.strip()
+    )
     return {str(k): int(v) for k, v in kinds.value_counts().items()}
 
 
@@ -83,27 +120,62 @@ def make_eda(
     """Write the EDA report, its figures and stats.json; return the stats."""
     images = pd.read_parquet(images_path)
     annotations = pd.read_parquet(annotations_path)
-    skipped = pd.read_csv(skipped_path, dtype={"image_id": "Int64", "annotation_id": "Int64"})
+    skipped = pd.read_csv(
+        skipped_path, dtype={"image_id": "Int64", "annotation_id": "Int64"}
+    )
     stats = dataset_stats(images, annotations, skipped, classes)
     palette = class_palette(len(classes))
     short = [name if len(name) <= 12 else name[:11] + "." for name in classes]
 
     figures = {
         "splits": ("Images per split and group", _fig_splits(images, annotations)),
-        "class_share": ("Class share by pixels and by instances", _fig_class_share(stats, short, palette)),
-        "images_per_class": ("Images containing each class", _fig_images_per_class(stats, short, palette)),
-        "object_size": ("Object size per class (sqrt of area / image area)", _fig_object_size(images, annotations, short, palette)),
-        "objects_per_image": ("Objects per training image", _fig_objects_per_image(images)),
+        "class_share": (
+            "Class share by pixels and by instances",
+            _fig_class_share(stats, short, palette),
+        ),
+        "images_per_class": (
+            "Images containing each class",
+            _fig_images_per_class(stats, short, palette),
+        ),
+        "object_size": (
+            "Object size per class (sqrt of area / image area)",
+            _fig_object_size(images, annotations, short, palette),
+        ),
+        "objects_per_image": (
+            "Objects per training image",
+            _fig_objects_per_image(images),
+        ),
         "image_stats": ("Image size and brightness", _fig_image_stats(images)),
-        "cooccurrence": ("Class co-occurrence: share of images with the row class that also hold the column class", _fig_cooccurrence(stats, short)),
-        "gallery": ("Sample training images with their masks", _fig_gallery(images, masks_dir, image_root, classes, palette, gallery_size, seed)),
+        "cooccurrence": (
+            "Class co-occurrence: share of images with the row class that also hold the column class",
+            _fig_cooccurrence(stats, short),
+        ),
+        "gallery": (
+            "Sample training images with their masks",
+            _fig_gallery(
+                images, masks_dir, image_root, classes, palette, gallery_size, seed
+            ),
+        ),
     }
     embedded = []
     with atomic_dir(figures_dir) as tmp_dir:
         for name, (title, fig) in figures.items():
-            embedded.append({"name": name, "title": title, "src": data_uri(save_figure(fig, Path(tmp_dir) / f"{name}.png"))})
-        template = jinja2.Environment(loader=jinja2.PackageLoader("segflow", "templates"), autoescape=True).get_template("eda.html.j2")
-        html = template.render(stats=stats, figures=embedded, skipped=skipped.head(200).astype(object).fillna("").to_dict("records"), n_classes=len(classes))
+            embedded.append(
+                {
+                    "name": name,
+                    "title": title,
+                    "src": data_uri(save_figure(fig, Path(tmp_dir) / f"{name}.png")),
+                }
+            )
+        template = jinja2.Environment(
+            loader=jinja2.PackageLoader("segflow", "templates"), autoescape=True
+        ).get_template("eda.html.j2")
+        html = template.render(
+            stats=stats,
+            figures=embedded,
+            skipped=skipped.head(200).astype(object).fillna("").to_dict("records"),
+            n_classes=len(classes),
+        )
         with atomic_path(report_out) as tmp:
             tmp.write_text(html, encoding="utf-8")
         write_json(stats, stats_out)
@@ -117,10 +189,20 @@ def _bar_colors(palette: np.ndarray, n: int):
 def _fig_splits(images: pd.DataFrame, annotations: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     counts = images.groupby(["group", "split"]).size().unstack(fill_value=0)
-    counts.plot.bar(stacked=True, ax=axes[0], color=["#4c72b0", "#dd8452"][: counts.shape[1]])
+    counts.plot.bar(
+        stacked=True, ax=axes[0], color=["#4c72b0", "#dd8452"][: counts.shape[1]]
+    )
     axes[0].set(title="images per group (folder) and split", xlabel="", ylabel="images")
-    per_split = pd.Series({"train images": int((images["split"] == "train").sum()), "test images": int((images["split"] == "test").sum()), "train annotations": len(annotations)})
-    axes[1].bar(per_split.index, per_split.to_numpy(), color=["#4c72b0", "#dd8452", "#55a868"])
+    per_split = pd.Series(
+        {
+            "train images": int((images["split"] == "train").sum()),
+            "test images": int((images["split"] == "test").sum()),
+            "train annotations": len(annotations),
+        }
+    )
+    axes[1].bar(
+        per_split.index, per_split.to_numpy(), color=["#4c72b0", "#dd8452", "#55a868"]
+    )
     axes[1].set(title="totals")
     for i, v in enumerate(per_split.to_numpy()):
         axes[1].text(i, v, str(v), ha="center", va="bottom")
@@ -131,9 +213,16 @@ def _fig_class_share(stats: dict, names: list[str], palette: np.ndarray):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     rows = stats["classes"]
     colors = _bar_colors(palette, len(rows))
-    axes[0].bar(names, [100 * r["pixel_share"] for r in rows], color=colors, edgecolor="grey")
+    axes[0].bar(
+        names, [100 * r["pixel_share"] for r in rows], color=colors, edgecolor="grey"
+    )
     axes[0].set(title="share of labelled pixels (%)", yscale="log")
-    axes[1].bar(names[1:], [100 * r["instance_share"] for r in rows[1:]], color=colors[1:], edgecolor="grey")
+    axes[1].bar(
+        names[1:],
+        [100 * r["instance_share"] for r in rows[1:]],
+        color=colors[1:],
+        edgecolor="grey",
+    )
     axes[1].set(title="share of object instances (%)")
     for ax in axes:
         ax.tick_params(axis="x", rotation=60)
@@ -143,7 +232,12 @@ def _fig_class_share(stats: dict, names: list[str], palette: np.ndarray):
 def _fig_images_per_class(stats: dict, names: list[str], palette: np.ndarray):
     fig, ax = plt.subplots(figsize=(8, 3.5))
     rows = stats["classes"][1:]
-    ax.bar(names[1:], [r["images"] for r in rows], color=_bar_colors(palette, len(rows) + 1)[1:], edgecolor="grey")
+    ax.bar(
+        names[1:],
+        [r["images"] for r in rows],
+        color=_bar_colors(palette, len(rows) + 1)[1:],
+        edgecolor="grey",
+    )
     for i, r in enumerate(rows):
         ax.text(i, r["images"], str(r["images"]), ha="center", va="bottom", fontsize=8)
     ax.set(ylabel="training images")
@@ -151,15 +245,29 @@ def _fig_images_per_class(stats: dict, names: list[str], palette: np.ndarray):
     return fig
 
 
-def _fig_object_size(images: pd.DataFrame, annotations: pd.DataFrame, names: list[str], palette: np.ndarray):
+def _fig_object_size(
+    images: pd.DataFrame,
+    annotations: pd.DataFrame,
+    names: list[str],
+    palette: np.ndarray,
+):
     fig, ax = plt.subplots(figsize=(9, 3.8))
-    image_area = annotations["image_id"].map(images.set_index("image_id").eval("width * height"))
+    image_area = annotations["image_id"].map(
+        images.set_index("image_id").eval("width * height")
+    )
     relative = np.sqrt(annotations["area"] / image_area)
-    data = [relative[annotations["class_index"] == k].to_numpy() for k in range(1, len(names))]
+    data = [
+        relative[annotations["class_index"] == k].to_numpy()
+        for k in range(1, len(names))
+    ]
     present = [k for k, d in enumerate(data) if len(d)]
     if present:
-        boxes = ax.boxplot([data[k] for k in present], patch_artist=True, showfliers=True)
-        ax.set_xticks(range(1, len(present) + 1), [names[k + 1] for k in present], rotation=60)
+        boxes = ax.boxplot(
+            [data[k] for k in present], patch_artist=True, showfliers=True
+        )
+        ax.set_xticks(
+            range(1, len(present) + 1), [names[k + 1] for k in present], rotation=60
+        )
         for patch, k in zip(boxes["boxes"], present):
             patch.set_facecolor(palette[k + 1] / 255)
     ax.set(yscale="log", ylabel="sqrt(object area / image area)")
@@ -169,7 +277,12 @@ def _fig_object_size(images: pd.DataFrame, annotations: pd.DataFrame, names: lis
 def _fig_objects_per_image(images: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(6, 3.2))
     counts = images.loc[images["split"] == "train", "n_objects"].astype(int)
-    ax.hist(counts, bins=np.arange(counts.max() + 2) - 0.5, color="#4c72b0", edgecolor="white")
+    ax.hist(
+        counts,
+        bins=np.arange(counts.max() + 2) - 0.5,
+        color="#4c72b0",
+        edgecolor="white",
+    )
     ax.set(xlabel="annotated objects in the image", ylabel="images")
     return fig
 
@@ -178,7 +291,12 @@ def _fig_image_stats(images: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
     sizes = images.groupby(["width", "height", "split"]).size().unstack(fill_value=0)
     sizes.index = [f"{w}x{h}" for w, h in sizes.index]
-    sizes.plot.bar(ax=axes[0], color=["#dd8452", "#4c72b0"][-sizes.shape[1] :] if sizes.shape[1] == 1 else None)
+    sizes.plot.bar(
+        ax=axes[0],
+        color=["#dd8452", "#4c72b0"][-sizes.shape[1] :]
+        if sizes.shape[1] == 1
+        else None,
+    )
     axes[0].set(title="image sizes (width x height)", ylabel="images")
     axes[0].tick_params(axis="x", rotation=0)
     for split, part in images.groupby("split"):
@@ -193,18 +311,30 @@ def _fig_cooccurrence(stats: dict, names: list[str]):
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
     if both.size:
         with np.errstate(invalid="ignore", divide="ignore"):
-            share = np.where(np.diag(both)[:, None] > 0, both / np.diag(both)[:, None], 0.0)
+            share = np.where(
+                np.diag(both)[:, None] > 0, both / np.diag(both)[:, None], 0.0
+            )
         ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
         for i in range(len(share)):
             for j in range(len(share)):
-                ax.text(j, i, f"{int(both[i, j])}", ha="center", va="center", fontsize=7, color="white" if share[i, j] > 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{int(both[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if share[i, j] > 0.6 else "black",
+                )
         ax.set_xticks(range(len(share)), names[1:], rotation=60)
         ax.set_yticks(range(len(share)), names[1:])
     ax.set_title("colour: P(column class | row class); number: images with both")
     return fig
 
 
-def _gallery_images(train: pd.DataFrame, n_classes: int, size: int, seed: int) -> list[int]:
+def _gallery_images(
+    train: pd.DataFrame, n_classes: int, size: int, seed: int
+) -> list[int]:
     """Row positions: one image per class (rarest first) so every class is shown, then random."""
     rng = np.random.default_rng(seed)
     presence = train[pixel_columns(n_classes)].to_numpy(dtype=np.int64) > 0
@@ -222,27 +352,44 @@ def _fig_gallery(images, masks_dir, image_root, classes, palette, size: int, see
     picks = _gallery_images(train, len(classes), size, seed)
     cols = 4
     rows = max(1, int(np.ceil(len(picks) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.1 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.6 * cols, 2.1 * rows), squeeze=False
+    )
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), picks):
         row = train.iloc[i]
-        picture = cv2.cvtColor(cv2.imread(str(Path(image_root) / row["file_name"]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        mask = cv2.imread(str(mask_file(masks_dir, row["coco_id"])), cv2.IMREAD_UNCHANGED)
+        picture = cv2.cvtColor(
+            cv2.imread(str(Path(image_root) / row["file_name"]), cv2.IMREAD_COLOR),
+            cv2.COLOR_BGR2RGB,
+        )
+        mask = cv2.imread(
+            str(mask_file(masks_dir, row["coco_id"])), cv2.IMREAD_UNCHANGED
+        )
         ax.imshow(np.concatenate([picture, overlay(picture, mask, palette)], axis=1))
         ax.set_title(row["file_name"], fontsize=8)
-    fig.legend(handles=legend_handles(classes, palette), loc="lower center", ncol=min(6, len(classes)), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.legend(
+        handles=legend_handles(classes, palette),
+        loc="lower center",
+        ncol=min(6, len(classes)),
+        fontsize=8,
+        bbox_to_anchor=(0.5, -0.02),
+    )
     return fig
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Write the EDA report of an indexed dataset.")
+    parser = argparse.ArgumentParser(
+        description="Write the EDA report of an indexed dataset."
+    )
     parser.add_argument("--images", required=True)
     parser.add_argument("--annotations", required=True)
     parser.add_argument("--skipped", required=True)
     parser.add_argument("--masks-dir", required=True)
     parser.add_argument("--image-root", required=True)
-    parser.add_argument("--classes", required=True, help="JSON list of class names, background first")
+    parser.add_argument(
+        "--classes", required=True, help="JSON list of class names, background first"
+    )
     parser.add_argument("--report", required=True)
     parser.add_argument("--stats", required=True)
     parser.add_argument("--figures-dir", required=True)

@@ -51,17 +51,23 @@ class MemberProbabilities:
             array = np.load(directory / f"{which}.npy", mmap_mode="r")
             ids = read_ids(directory / f"{which}_ids.txt")
             if array.shape[0] != len(ids):
-                raise OofError(f"member {name}: {directory / f'{which}.npy'} holds {array.shape[0]} maps for {len(ids)} ids")
+                raise OofError(
+                    f"member {name}: {directory / f'{which}.npy'} holds {array.shape[0]} maps for {len(ids)} ids"
+                )
             self.arrays.append(array)
             if which == "oof":
                 for row, image_id in enumerate(ids):
                     if image_id in self.rows:
-                        raise OofError(f"member {name}: image {image_id} is in the OOF of two folds")
+                        raise OofError(
+                            f"member {name}: image {image_id} is in the OOF of two folds"
+                        )
                     self.rows[image_id] = (k, row)
             elif k == 0:
                 self.rows = {image_id: (0, row) for row, image_id in enumerate(ids)}
             elif ids != list(self.rows):
-                raise OofError(f"member {name}: the test ids of {directory} differ from those of {run_dirs[0]}")
+                raise OofError(
+                    f"member {name}: the test ids of {directory} differ from those of {run_dirs[0]}"
+                )
         self.which = which
         self.shape = self.arrays[0].shape[1:]
 
@@ -69,11 +75,17 @@ class MemberProbabilities:
         """float32 (n, C, H, W) probabilities of ``image_ids``."""
         missing = [i for i in image_ids if i not in self.rows]
         if missing:
-            raise OofError(f"member {self.name}: no {self.which} probabilities for {len(missing)} images, e.g. {missing[:3]}")
+            raise OofError(
+                f"member {self.name}: no {self.which} probabilities for {len(missing)} images, e.g. {missing[:3]}"
+            )
         out = np.empty((len(image_ids), *self.shape), np.float32)
-        if self.which == "test":  # every fold model predicted every test image: average them
+        if (
+            self.which == "test"
+        ):  # every fold model predicted every test image: average them
             rows = [self.rows[i][1] for i in image_ids]
-            out[:] = sum(a[rows].astype(np.float32) for a in self.arrays) / (255.0 * len(self.arrays))
+            out[:] = sum(a[rows].astype(np.float32) for a in self.arrays) / (
+                255.0 * len(self.arrays)
+            )
             return out
         for position, image_id in enumerate(image_ids):
             k, row = self.rows[image_id]
@@ -81,7 +93,12 @@ class MemberProbabilities:
         return out / 255.0
 
 
-def combine(probabilities: list[np.ndarray], weights: np.ndarray, method: str, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def combine(
+    probabilities: list[np.ndarray],
+    weights: np.ndarray,
+    method: str,
+    bias: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(labels (n, ...) uint8, weighted mean probability (n, C, ...)) of the members.
 
     Works on maps (n, C, H, W) and on pixel samples (n, C).
@@ -97,12 +114,21 @@ def combine(probabilities: list[np.ndarray], weights: np.ndarray, method: str, b
     votes = np.zeros_like(mean)
     for w, p in zip(weights, probabilities):
         if w:
-            votes += w * (np.arange(n_classes).reshape((1, -1) + (1,) * (mean.ndim - 2)) == p.argmax(axis=1)[:, None])
+            votes += w * (
+                np.arange(n_classes).reshape((1, -1) + (1,) * (mean.ndim - 2))
+                == p.argmax(axis=1)[:, None]
+            )
     tied = votes >= votes.max(axis=1, keepdims=True) - 1e-9
     return np.where(tied, mean, -1.0).argmax(axis=1).astype(np.uint8), mean
 
 
-def tuning_sample(members: list[MemberProbabilities], image_ids: list[str], labels_of, tune_pixels: int, chunk: int):
+def tuning_sample(
+    members: list[MemberProbabilities],
+    image_ids: list[str],
+    labels_of,
+    tune_pixels: int,
+    chunk: int,
+):
     """Per member (P, C) probabilities and (P,) labels at a regular pixel grid of every image."""
     height, width = members[0].shape[1:]
     stride = max(1, math.ceil(math.sqrt(len(image_ids) * height * width / tune_pixels)))
@@ -115,7 +141,11 @@ def tuning_sample(members: list[MemberProbabilities], image_ids: list[str], labe
         for k, member in enumerate(members):
             grid = member.get(ids)[:, :, ::stride, ::stride]
             member_samples[k].append(np.moveaxis(grid, 1, -1)[keep].astype(np.float16))
-    return [np.concatenate(s).astype(np.float32) for s in member_samples], np.concatenate(label_samples), stride
+    return (
+        [np.concatenate(s).astype(np.float32) for s in member_samples],
+        np.concatenate(label_samples),
+        stride,
+    )
 
 
 def sample_miou(samples, labels, weights, method, bias, n_classes) -> float:
@@ -123,7 +153,9 @@ def sample_miou(samples, labels, weights, method, bias, n_classes) -> float:
     return mean_iou(confusion_matrix(labels, predicted, n_classes))
 
 
-def tune_weights(samples, labels, method: str, n_classes: int, sweeps: int = 2) -> np.ndarray:
+def tune_weights(
+    samples, labels, method: str, n_classes: int, sweeps: int = 2
+) -> np.ndarray:
     """Coordinate ascent over member weights on the OOF sample (from equal weights)."""
     weights = np.ones(len(samples))
     best = sample_miou(samples, labels, weights, method, None, n_classes)
@@ -150,7 +182,9 @@ def tune_bias(samples, labels, weights, n_classes: int, sweeps: int = 2) -> np.n
     bias = np.zeros(n_classes)
 
     def miou(b):
-        return mean_iou(confusion_matrix(labels, (scores + b).argmax(axis=1), n_classes))
+        return mean_iou(
+            confusion_matrix(labels, (scores + b).argmax(axis=1), n_classes)
+        )
 
     best = miou(bias)
     for _ in range(sweeps):
@@ -193,7 +227,9 @@ def ensemble(
     oof_ids = sorted(oof[0].rows)
     for member in oof[1:]:
         if sorted(member.rows) != oof_ids:
-            raise OofError(f"members {names[0]} and {member.name} have OOF predictions for different images")
+            raise OofError(
+                f"members {names[0]} and {member.name} have OOF predictions for different images"
+            )
     size = oof[0].shape[-1]
     coco_ids = pd.read_parquet(images_path).set_index("image_id")["coco_id"]
 
@@ -203,26 +239,49 @@ def ensemble(
     # 1. Tune on a pixel sample (one pass).
     equal = np.full(len(names), 1.0 / len(names))
     if weights == "oof" and len(names) > 1 or class_bias and method == "soft":
-        samples, sample_labels, stride = tuning_sample(oof, oof_ids, labels_of, tune_pixels, chunk)
-    tuned = tune_weights(samples, sample_labels, method, n_classes) if weights == "oof" and len(names) > 1 else equal
-    bias = tune_bias(samples, sample_labels, tuned, n_classes) if class_bias and method == "soft" else None
+        samples, sample_labels, stride = tuning_sample(
+            oof, oof_ids, labels_of, tune_pixels, chunk
+        )
+    tuned = (
+        tune_weights(samples, sample_labels, method, n_classes)
+        if weights == "oof" and len(names) > 1
+        else equal
+    )
+    bias = (
+        tune_bias(samples, sample_labels, tuned, n_classes)
+        if class_bias and method == "soft"
+        else None
+    )
 
     # 2. Check on the full OOF set (one pass): every single member, equal, tuned, tuned + bias.
-    candidates = {f"member:{name}": np.eye(len(names))[k] for k, name in enumerate(names)}
+    candidates = {
+        f"member:{name}": np.eye(len(names))[k] for k, name in enumerate(names)
+    }
     candidates["equal"] = equal
     candidates["tuned"] = tuned
-    confusions = {key: np.zeros((n_classes, n_classes), np.int64) for key in [*candidates, "tuned+bias"]}
+    confusions = {
+        key: np.zeros((n_classes, n_classes), np.int64)
+        for key in [*candidates, "tuned+bias"]
+    }
     for start in range(0, len(oof_ids), chunk):
         ids = oof_ids[start : start + chunk]
         probabilities = [member.get(ids) for member in oof]
         labels = np.stack([labels_of(i) for i in ids])
         for key, w in candidates.items():
-            confusions[key] += confusion_matrix(labels, combine(probabilities, w, method)[0], n_classes)
+            confusions[key] += confusion_matrix(
+                labels, combine(probabilities, w, method)[0], n_classes
+            )
         if bias is not None:
-            confusions["tuned+bias"] += confusion_matrix(labels, combine(probabilities, tuned, method, bias)[0], n_classes)
+            confusions["tuned+bias"] += confusion_matrix(
+                labels, combine(probabilities, tuned, method, bias)[0], n_classes
+            )
     scores = {key: mean_iou(c) for key, c in confusions.items() if c.any()}
     # "oof": the best of tuned, equal and each single member on the full OOF (tuned wins ties).
-    weight_choice = "equal" if weights == "equal" else max(candidates, key=lambda k: (scores[k], k == "tuned"))
+    weight_choice = (
+        "equal"
+        if weights == "equal"
+        else max(candidates, key=lambda k: (scores[k], k == "tuned"))
+    )
     final_weights = candidates[weight_choice]
     bias_gain = None
     if bias is not None and weight_choice == "tuned":
@@ -232,25 +291,58 @@ def ensemble(
     final_bias = bias if use_bias else None
 
     # 3. Write the ensemble's OOF and test probabilities (and the test labels) in chunks.
-    _write_maps(oof, oof_ids, final_weights, method, final_bias, out_dir / "oof.npy", out_dir / "oof_ids.txt", None, chunk)
+    _write_maps(
+        oof,
+        oof_ids,
+        final_weights,
+        method,
+        final_bias,
+        out_dir / "oof.npy",
+        out_dir / "oof_ids.txt",
+        None,
+        chunk,
+    )
     test_ids = list(test[0].rows)
     for member in test[1:]:
         if list(member.rows) != test_ids:
-            raise OofError(f"members {names[0]} and {member.name} predicted different test images")
-    _write_maps(test, test_ids, final_weights, method, final_bias, out_dir / "test.npy", out_dir / "test_ids.txt", out_dir / "test_labels.npy", chunk)
+            raise OofError(
+                f"members {names[0]} and {member.name} predicted different test images"
+            )
+    _write_maps(
+        test,
+        test_ids,
+        final_weights,
+        method,
+        final_bias,
+        out_dir / "test.npy",
+        out_dir / "test_ids.txt",
+        out_dir / "test_labels.npy",
+        chunk,
+    )
 
     summary = {
         "method": method,
         "weights_mode": weights,
-        "members": {name: {"oof_miou": scores[f"member:{name}"], "weight": float(final_weights[k])} for k, name in enumerate(names)},
+        "members": {
+            name: {
+                "oof_miou": scores[f"member:{name}"],
+                "weight": float(final_weights[k]),
+            }
+            for k, name in enumerate(names)
+        },
         "weights_chosen_from": weight_choice,
-        "class_bias": {c: float(b) for c, b in zip(classes, final_bias)} if final_bias is not None else None,
+        "class_bias": {c: float(b) for c, b in zip(classes, final_bias)}
+        if final_bias is not None
+        else None,
         "class_bias_oof_gain": bias_gain,
         "oof_miou": scores[final_key],
         "oof_miou_equal_weights": scores["equal"],
         "oof_miou_tuned_weights": scores["tuned"] if weights == "oof" else None,
         "best_member_oof_miou": max(scores[f"member:{n}"] for n in names),
-        "per_class_iou": {c: (None if np.isnan(v) else float(v)) for c, v in zip(classes, iou_per_class(confusions[final_key]))},
+        "per_class_iou": {
+            c: (None if np.isnan(v) else float(v))
+            for c, v in zip(classes, iou_per_class(confusions[final_key]))
+        },
         "oof_images": len(oof_ids),
         "test_images": len(test_ids),
         "size": size,
@@ -259,18 +351,29 @@ def ensemble(
     return summary
 
 
-def _write_maps(members, image_ids, weights, method, bias, npy_path, ids_path, labels_path, chunk):
+def _write_maps(
+    members, image_ids, weights, method, bias, npy_path, ids_path, labels_path, chunk
+):
     first = members[0]
     with atomic_path(npy_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(image_ids), *first.shape))
+        out = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(len(image_ids), *first.shape)
+        )
         labels_out = None
         if labels_path is not None:
             labels_tmp = Path(str(tmp) + ".labels.npy")
-            labels_out = np.lib.format.open_memmap(labels_tmp, mode="w+", dtype=np.uint8, shape=(len(image_ids), *first.shape[1:]))
+            labels_out = np.lib.format.open_memmap(
+                labels_tmp,
+                mode="w+",
+                dtype=np.uint8,
+                shape=(len(image_ids), *first.shape[1:]),
+            )
         for start in range(0, len(image_ids), chunk):
             ids = image_ids[start : start + chunk]
             labels, mean = combine([m.get(ids) for m in members], weights, method, bias)
-            out[start : start + len(ids)] = np.clip(np.round(mean * 255), 0, 255).astype(np.uint8)
+            out[start : start + len(ids)] = np.clip(
+                np.round(mean * 255), 0, 255
+            ).astype(np.uint8)
             if labels_out is not None:
                 labels_out[start : start + len(ids)] = labels
         out.flush()
@@ -283,15 +386,21 @@ def _write_maps(members, image_ids, weights, method, bias, npy_path, ids_path, l
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Ensemble members' OOF/test probabilities with OOF-tuned weights.")
-    parser.add_argument("--members", required=True, help="JSON: member name -> list of predict folders")
+    parser = argparse.ArgumentParser(
+        description="Ensemble members' OOF/test probabilities with OOF-tuned weights."
+    )
+    parser.add_argument(
+        "--members", required=True, help="JSON: member name -> list of predict folders"
+    )
     parser.add_argument("--images", required=True)
     parser.add_argument("--masks-dir", required=True)
     parser.add_argument("--classes", required=True)
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--method", choices=METHODS, default="soft")
     parser.add_argument("--weights", choices=["equal", "oof"], default="oof")
-    parser.add_argument("--class-bias", type=str.lower, choices=["true", "false"], default="true")
+    parser.add_argument(
+        "--class-bias", type=str.lower, choices=["true", "false"], default="true"
+    )
     parser.add_argument("--tune-pixels", type=int, default=500_000)
     parser.add_argument("--chunk", type=int, default=8)
     args = parser.parse_args(argv)
@@ -310,7 +419,20 @@ def main(argv=None) -> None:
         )
     except (OofError, ValueError) as e:
         sys.exit(f"ERROR: {e}")
-    print(json.dumps({k: summary[k] for k in ("oof_miou", "oof_miou_equal_weights", "best_member_oof_miou", "weights_chosen_from", "class_bias_oof_gain")}))
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in (
+                    "oof_miou",
+                    "oof_miou_equal_weights",
+                    "best_member_oof_miou",
+                    "weights_chosen_from",
+                    "class_bias_oof_gain",
+                )
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,12 @@ import sys
 import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import (
+    GroupKFold,
+    KFold,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+)
 
 from segflow.coco import DataError, read_json
 from segflow.index import pixel_columns
@@ -44,14 +49,18 @@ def groups_of(images: pd.DataFrame, group_by: str) -> np.ndarray:
     for file_name in images["file_name"]:
         match = pattern.search(file_name)
         if match is None:
-            raise DataError(f"cv.group_by: pattern '{group_by}' does not match image '{file_name}'")
+            raise DataError(
+                f"cv.group_by: pattern '{group_by}' does not match image '{file_name}'"
+            )
         groups.append(match.group(1) if pattern.groups else match.group(0))
     return np.asarray(groups)
 
 
 def class_presence(images: pd.DataFrame, n_classes: int) -> np.ndarray:
     """(N, n_classes - 1) 0/1 matrix: which foreground classes each image contains."""
-    return (images[pixel_columns(n_classes)[1:]].to_numpy(dtype=np.int64) > 0).astype(np.int64)
+    return (images[pixel_columns(n_classes)[1:]].to_numpy(dtype=np.int64) > 0).astype(
+        np.int64
+    )
 
 
 def dominant_class(images: pd.DataFrame, n_classes: int) -> np.ndarray:
@@ -81,13 +90,17 @@ def make_folds(
         if not (fold == 0).any():
             raise DataError("data.val: none of its images is among the training images")
         if groups is not None and not _groups_intact(groups, fold):
-            raise DataError("data.val splits a cv.group_by group between training and validation")
+            raise DataError(
+                "data.val splits a cv.group_by group between training and validation"
+            )
         return pd.DataFrame({"image_id": train["image_id"], "fold": fold})
 
     n_units = len(np.unique(groups)) if groups is not None else len(train)
     if n_units < n_folds:
         unit = "groups" if groups is not None else "images"
-        raise DataError(f"cv.folds={n_folds} but only {n_units} {unit} to split; lower cv.folds or change cv.group_by")
+        raise DataError(
+            f"cv.folds={n_folds} but only {n_units} {unit} to split; lower cv.folds or change cv.group_by"
+        )
 
     index = np.arange(len(train))
     if method == "kfold" and groups is None:
@@ -95,17 +108,25 @@ def make_folds(
     elif method == "stratified":
         labels = dominant_class(train, n_classes)
         if groups is None:
-            splits = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(index, labels)
+            splits = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(
+                index, labels
+            )
         else:
-            splits = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(index, labels, groups)
+            splits = StratifiedGroupKFold(
+                n_folds, shuffle=True, random_state=seed
+            ).split(index, labels, groups)
     elif method in ("multilabel_stratified", "holdout"):
         presence = class_presence(train, n_classes)
         if groups is None:
-            splits = MultilabelStratifiedKFold(n_folds, shuffle=True, random_state=seed).split(index, presence)
+            splits = MultilabelStratifiedKFold(
+                n_folds, shuffle=True, random_state=seed
+            ).split(index, presence)
         else:
             splits = _multilabel_group_splits(presence, groups, n_folds, seed)
     else:  # group, or kfold with groups
-        splits = GroupKFold(n_folds, shuffle=True, random_state=seed).split(index, groups=groups)
+        splits = GroupKFold(n_folds, shuffle=True, random_state=seed).split(
+            index, groups=groups
+        )
 
     fold = np.full(len(train), -1)
     for k, (_, val_index) in enumerate(splits):
@@ -115,7 +136,9 @@ def make_folds(
     return pd.DataFrame({"image_id": train["image_id"], "fold": fold})
 
 
-def _multilabel_group_splits(presence: np.ndarray, groups: np.ndarray, n_folds: int, seed: int):
+def _multilabel_group_splits(
+    presence: np.ndarray, groups: np.ndarray, n_folds: int, seed: int
+):
     """Greedy multilabel stratification of whole groups.
 
     Groups go, largest first (ties in seeded random order), to the fold where they bring
@@ -147,19 +170,43 @@ def _groups_intact(groups: np.ndarray, fold: np.ndarray) -> bool:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Split the labelled images of the index into CV folds.")
-    parser.add_argument("--images", required=True, help="images.parquet from segflow.index")
+    parser = argparse.ArgumentParser(
+        description="Split the labelled images of the index into CV folds."
+    )
+    parser.add_argument(
+        "--images", required=True, help="images.parquet from segflow.index"
+    )
     parser.add_argument("--out", required=True, help="folds.csv to write")
     parser.add_argument("--n-classes", type=int, required=True)
     parser.add_argument("--method", choices=METHODS, default="multilabel_stratified")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--group-by", default="", help="'folder', a regex on file_name, or empty for no groups")
-    parser.add_argument("--val-json", default=None, help="holdout: COCO JSON whose images form the validation fold (empty: none)")
+    parser.add_argument(
+        "--group-by",
+        default="",
+        help="'folder', a regex on file_name, or empty for no groups",
+    )
+    parser.add_argument(
+        "--val-json",
+        default=None,
+        help="holdout: COCO JSON whose images form the validation fold (empty: none)",
+    )
     args = parser.parse_args(argv)
     try:
-        holdout_ids = {im["file_name"] for im in read_json(args.val_json)["images"]} if args.val_json else None
-        folds = make_folds(pd.read_parquet(args.images), args.n_classes, args.method, args.folds, args.seed, args.group_by or None, holdout_ids)
+        holdout_ids = (
+            {im["file_name"] for im in read_json(args.val_json)["images"]}
+            if args.val_json
+            else None
+        )
+        folds = make_folds(
+            pd.read_parquet(args.images),
+            args.n_classes,
+            args.method,
+            args.folds,
+            args.seed,
+            args.group_by or None,
+            holdout_ids,
+        )
     except DataError as e:
         sys.exit(f"ERROR: {e}")
     write_table(folds, args.out)

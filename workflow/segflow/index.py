@@ -51,7 +51,13 @@ def instance_file(masks_dir: str | Path, coco_id: int) -> Path:
 
 def resize_label(mask: np.ndarray, size: int) -> np.ndarray:
     """A label (class or instance map) at ``size`` x ``size``: nearest neighbour, so labels stay labels."""
-    return mask if mask.shape == (size, size) else cv2.resize(np.ascontiguousarray(mask), (size, size), interpolation=cv2.INTER_NEAREST)
+    return (
+        mask
+        if mask.shape == (size, size)
+        else cv2.resize(
+            np.ascontiguousarray(mask), (size, size), interpolation=cv2.INTER_NEAREST
+        )
+    )
 
 
 def group_of(file_name: str) -> str:
@@ -80,7 +86,10 @@ def build_index(
     Skipped items (``on_error="skip"``) are listed in ``skipped_out`` for the EDA report.
     """
     image_root = Path(image_root)
-    splits = {"train": load_coco(train_json, classes, on_error), "test": load_coco(test_json, classes, on_error)}
+    splits = {
+        "train": load_coco(train_json, classes, on_error),
+        "test": load_coco(test_json, classes, on_error),
+    }
     log = ProblemLog(on_error)
     log.problems = splits["train"].problems + splits["test"].problems
     if sample:
@@ -91,16 +100,34 @@ def build_index(
                 coco.images = [coco.images[i] for i in keep]
 
     image_rows, annotation_rows = [], []
-    with atomic_dir(masks_dir) as masks_tmp, ThreadPoolExecutor(max(1, threads)) as pool:
+    with (
+        atomic_dir(masks_dir) as masks_tmp,
+        ThreadPoolExecutor(max(1, threads)) as pool,
+    ):
         for split, coco in splits.items():
             labeled = split == "train"
-            jobs = [pool.submit(_index_image, image_root, coco, image, len(classes), masks_tmp if labeled else None) for image in coco.images]
+            jobs = [
+                pool.submit(
+                    _index_image,
+                    image_root,
+                    coco,
+                    image,
+                    len(classes),
+                    masks_tmp if labeled else None,
+                )
+                for image in coco.images
+            ]
             for job in jobs:
                 row, annotations, problem = job.result()
                 if problem is not None:
-                    if log.on_error == "skip" and coco.annotations.get(problem.image_id):
+                    if log.on_error == "skip" and coco.annotations.get(
+                        problem.image_id
+                    ):
                         n = len(coco.annotations[problem.image_id])
-                        problem = replace(problem, reason=f"{problem.reason} (skipped with its {n} annotation{'s' * (n > 1)})")
+                        problem = replace(
+                            problem,
+                            reason=f"{problem.reason} (skipped with its {n} annotation{'s' * (n > 1)})",
+                        )
                     log.report(problem)
                     continue
                 image_rows.append({**row, "split": split})
@@ -109,23 +136,53 @@ def build_index(
         if not (images["split"] == "train").any():
             raise DataError(f"{train_json}: no usable training image")
         write_table(images, images_out)
-        write_table(pd.DataFrame(annotation_rows, columns=ANNOTATION_COLUMNS), annotations_out)
-        skipped = pd.DataFrame([p.__dict__ for p in log.problems], columns=["file", "reason", "image_id", "annotation_id"])
-        write_table(skipped.astype({"image_id": "Int64", "annotation_id": "Int64"}), skipped_out)
+        write_table(
+            pd.DataFrame(annotation_rows, columns=ANNOTATION_COLUMNS), annotations_out
+        )
+        skipped = pd.DataFrame(
+            [p.__dict__ for p in log.problems],
+            columns=["file", "reason", "image_id", "annotation_id"],
+        )
+        write_table(
+            skipped.astype({"image_id": "Int64", "annotation_id": "Int64"}), skipped_out
+        )
     for problem in log.problems:
         print(f"WARNING skipped: {problem.message()}", file=sys.stderr)
     return images
 
 
-ANNOTATION_COLUMNS = ["image_id", "annotation_id", "class_index", "area", "visible", "bbox_width", "bbox_height", "iscrowd"]
+ANNOTATION_COLUMNS = [
+    "image_id",
+    "annotation_id",
+    "class_index",
+    "area",
+    "visible",
+    "bbox_width",
+    "bbox_height",
+    "iscrowd",
+]
 
 
-def _index_image(image_root: Path, coco: CocoSplit, image: dict, n_classes: int, masks_dir: Path | None):
+def _index_image(
+    image_root: Path,
+    coco: CocoSplit,
+    image: dict,
+    n_classes: int,
+    masks_dir: Path | None,
+):
     """Open one image, check it, and (for labelled images) write its mask. Returns a row."""
     path = image_root / image["file_name"]
     picture = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if picture is None:
-        return None, [], Problem(str(coco.path), f"image file {path} is missing or unreadable", image_id=image["id"])
+        return (
+            None,
+            [],
+            Problem(
+                str(coco.path),
+                f"image file {path} is missing or unreadable",
+                image_id=image["id"],
+            ),
+        )
     if picture.shape != (image["height"], image["width"]):
         reason = f"image file {path} is {picture.shape[1]}x{picture.shape[0]} but the JSON says {image['width']}x{image['height']}"
         return None, [], Problem(str(coco.path), reason, image_id=image["id"])
@@ -141,12 +198,27 @@ def _index_image(image_root: Path, coco: CocoSplit, image: dict, n_classes: int,
     if masks_dir is None:
         return row, [], None
     annotations = coco.annotations[image["id"]]
-    raster = rasterize(annotations, image["height"], image["width"], coco.class_of_category)
+    raster = rasterize(
+        annotations, image["height"], image["width"], coco.class_of_category
+    )
     if len(annotations) >= 2**16 - 1:
-        return None, [], Problem(str(coco.path), f"{len(annotations)} annotations on one image (at most 65534)", image_id=image["id"])
+        return (
+            None,
+            [],
+            Problem(
+                str(coco.path),
+                f"{len(annotations)} annotations on one image (at most 65534)",
+                image_id=image["id"],
+            ),
+        )
     instances = (raster.owner + 1).astype(np.uint16)
-    if not (cv2.imwrite(str(mask_file(masks_dir, image["id"])), raster.mask) and cv2.imwrite(str(instance_file(masks_dir, image["id"])), instances)):
-        raise OSError(f"could not write the masks of image id {image['id']} under {masks_dir}")
+    if not (
+        cv2.imwrite(str(mask_file(masks_dir, image["id"])), raster.mask)
+        and cv2.imwrite(str(instance_file(masks_dir, image["id"])), instances)
+    ):
+        raise OSError(
+            f"could not write the masks of image id {image['id']} under {masks_dir}"
+        )
     pixels = np.bincount(raster.mask.ravel(), minlength=n_classes)
     row.update({f"pixels_{k}": int(v) for k, v in enumerate(pixels)})
     row["n_objects"] = len(annotations)
@@ -168,26 +240,55 @@ def _index_image(image_root: Path, coco: CocoSplit, image: dict, n_classes: int,
 
 
 def _images_table(rows: list[dict], n_classes: int) -> pd.DataFrame:
-    columns = ["image_id", "coco_id", "file_name", "width", "height", "split", "group", "brightness", "n_objects", "classes_present", *pixel_columns(n_classes)]
+    columns = [
+        "image_id",
+        "coco_id",
+        "file_name",
+        "width",
+        "height",
+        "split",
+        "group",
+        "brightness",
+        "n_objects",
+        "classes_present",
+        *pixel_columns(n_classes),
+    ]
     table = pd.DataFrame(rows).reindex(columns=columns)
     for column in ["n_objects", *pixel_columns(n_classes)]:
-        table[column] = table[column].astype("Int64")  # empty for unlabelled test images
+        table[column] = table[column].astype(
+            "Int64"
+        )  # empty for unlabelled test images
     table["classes_present"] = table["classes_present"].astype("string")
     return table
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Validate a COCO dataset; write the image index and the class masks.")
-    parser.add_argument("--train", required=True, help="COCO JSON of the labelled images")
+    parser = argparse.ArgumentParser(
+        description="Validate a COCO dataset; write the image index and the class masks."
+    )
+    parser.add_argument(
+        "--train", required=True, help="COCO JSON of the labelled images"
+    )
     parser.add_argument("--test", required=True, help="COCO JSON of the test images")
-    parser.add_argument("--image-root", required=True, help="folder the file_name entries are relative to")
-    parser.add_argument("--classes", required=True, help="JSON list of class names, background first")
+    parser.add_argument(
+        "--image-root",
+        required=True,
+        help="folder the file_name entries are relative to",
+    )
+    parser.add_argument(
+        "--classes", required=True, help="JSON list of class names, background first"
+    )
     parser.add_argument("--images-out", required=True)
     parser.add_argument("--annotations-out", required=True)
     parser.add_argument("--skipped-out", required=True)
     parser.add_argument("--masks-dir", required=True)
     parser.add_argument("--on-error", choices=["stop", "skip"], default="stop")
-    parser.add_argument("--sample", type=int, default=0, help="debug: keep this many images per split (0: all)")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        help="debug: keep this many images per split (0: all)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

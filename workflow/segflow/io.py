@@ -11,8 +11,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 @contextlib.contextmanager
@@ -24,10 +24,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".partial{final.suffix}", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final.stem}.", suffix=f".partial{final.suffix}", dir=final.parent
+    )
     os.close(fd)
     tmp = Path(tmp_name)
-    tmp.chmod(0o666 & ~_umask())  # mkstemp makes 0600; a finished output gets the usual mode
+    tmp.chmod(
+        0o666 & ~_umask()
+    )  # mkstemp makes 0600; a finished output gets the usual mode
     try:
         yield tmp
         os.replace(tmp, final)
@@ -41,7 +45,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory; it replaces ``path`` (which may exist) if the block succeeds."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    )
     try:
         yield tmp
         if final.exists():
@@ -60,7 +66,9 @@ def _umask() -> int:
 
 def write_json(obj, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+        tmp.write_text(
+            json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+        )
 
 
 def write_table(df, path: str | os.PathLike) -> None:

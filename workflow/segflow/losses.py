@@ -57,16 +57,24 @@ class CompoundLoss(nn.Module):
         return total
 
 
-def create_loss(weights: dict[str, float], label_smoothing: float = 0.0, focal_gamma: float = 2.0) -> CompoundLoss:
+def create_loss(
+    weights: dict[str, float], label_smoothing: float = 0.0, focal_gamma: float = 2.0
+) -> CompoundLoss:
     """The compound loss of ``weights`` (term name -> weight; zero weights are left out)."""
     unknown = sorted(set(weights) - set(LOSS_NAMES))
     if unknown:
         raise ValueError(f"loss: unknown terms {unknown}; choose from {LOSS_NAMES}")
     factories = {
-        "ce": lambda: nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing),
+        "ce": lambda: nn.CrossEntropyLoss(
+            ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
+        ),
         "dice": lambda: smp.losses.DiceLoss("multiclass", ignore_index=IGNORE_INDEX),
-        "jaccard": lambda: smp.losses.JaccardLoss("multiclass", ignore_index=IGNORE_INDEX),
-        "lovasz": lambda: smp.losses.LovaszLoss("multiclass", ignore_index=IGNORE_INDEX),
+        "jaccard": lambda: smp.losses.JaccardLoss(
+            "multiclass", ignore_index=IGNORE_INDEX
+        ),
+        "lovasz": lambda: smp.losses.LovaszLoss(
+            "multiclass", ignore_index=IGNORE_INDEX
+        ),
         "focal": lambda: SoftmaxFocalLoss(focal_gamma, IGNORE_INDEX),
     }
     active = {name: w for name, w in weights.items() if w}

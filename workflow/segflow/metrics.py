@@ -23,10 +23,14 @@ def confusion_matrix(target, prediction, n_classes: int):
     keep = target != IGNORE_INDEX
     index = target[keep].reshape(-1) * n_classes + prediction[keep].reshape(-1)
     if isinstance(index, np.ndarray):
-        return np.bincount(index.astype(np.int64), minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+        return np.bincount(
+            index.astype(np.int64), minlength=n_classes * n_classes
+        ).reshape(n_classes, n_classes)
     import torch
 
-    return torch.bincount(index.long(), minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    return torch.bincount(index.long(), minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes
+    )
 
 
 def iou_per_class(confusion) -> np.ndarray:

@@ -23,7 +23,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Input sides must be multiples of these (TRAPS: smp 0.6); anything else: 32.
-SIZE_MULTIPLE = {"unet": 1, "unetplusplus": 32, "deeplabv3plus": 16, "pan": 16, "pspnet": 8, "deeplabv3": 8}
+SIZE_MULTIPLE = {
+    "unet": 1,
+    "unetplusplus": 32,
+    "deeplabv3plus": 16,
+    "pan": 16,
+    "pspnet": 8,
+    "deeplabv3": 8,
+}
 
 
 class ModelError(ValueError):
@@ -34,11 +41,26 @@ def size_multiple(arch: str) -> int:
     return SIZE_MULTIPLE.get(arch.lower(), 32)
 
 
-def create_model(arch: str, encoder: str, n_classes: int, encoder_weights: str | None = None, **kwargs) -> torch.nn.Module:
+def create_model(
+    arch: str,
+    encoder: str,
+    n_classes: int,
+    encoder_weights: str | None = None,
+    **kwargs,
+) -> torch.nn.Module:
     """Build ``arch`` with ``encoder`` for ``n_classes`` outputs (logits); see module doc."""
-    local = encoder_weights is not None and (Path(encoder_weights).suffix in {".pt", ".pth", ".bin", ".safetensors"} or Path(encoder_weights).exists())
+    local = encoder_weights is not None and (
+        Path(encoder_weights).suffix in {".pt", ".pth", ".bin", ".safetensors"}
+        or Path(encoder_weights).exists()
+    )
     try:
-        model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None if local else encoder_weights, classes=n_classes, **kwargs)
+        model = smp.create_model(
+            arch,
+            encoder_name=encoder,
+            encoder_weights=None if local else encoder_weights,
+            classes=n_classes,
+            **kwargs,
+        )
     except KeyError as e:
         raise ModelError(f"unknown arch {arch!r} or encoder {encoder!r}: {e}") from None
     except Exception as e:  # hub errors come in many types; say what to do about them
@@ -67,10 +89,20 @@ def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if any(k.startswith("encoder.") for k in state):
-        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        state = {
+            k[len("encoder.") :]: v
+            for k, v in state.items()
+            if k.startswith("encoder.")
+        }
     # nn.Module's own method: smp encoders override load_state_dict (drop fc.*, return None).
-    missing, unexpected = torch.nn.Module.load_state_dict(model.encoder, state, strict=False)
+    missing, unexpected = torch.nn.Module.load_state_dict(
+        model.encoder, state, strict=False
+    )
     # A classifier head (fc.*) in an ImageNet checkpoint is expected to be unused.
-    unexpected = [k for k in unexpected if not k.startswith(("fc.", "classifier.", "head."))]
+    unexpected = [
+        k for k in unexpected if not k.startswith(("fc.", "classifier.", "head."))
+    ]
     if missing or unexpected:
-        raise ModelError(f"encoder_weights {path}: does not fit the encoder (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ModelError(
+            f"encoder_weights {path}: does not fit the encoder (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )

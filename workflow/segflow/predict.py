@@ -17,8 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from segflow.device import select_device  # before torch: it may set CUDA_VISIBLE_DEVICES
-
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -26,9 +24,18 @@ import torch.nn.functional as F  # noqa: E402
 import ttach as tta  # noqa: E402
 
 from segflow.data import SegmentationDataset, build_transform, make_loader  # noqa: E402
+from segflow.device import (
+    select_device,
+)  # before torch: it may set CUDA_VISIBLE_DEVICES
 from segflow.io import atomic_path, write_ids  # noqa: E402
 from segflow.models import size_multiple  # noqa: E402
-from segflow.train import amp_autocast, fold_split, load_checkpoint, resize_steps, to_device  # noqa: E402
+from segflow.train import (
+    amp_autocast,
+    fold_split,
+    load_checkpoint,
+    resize_steps,
+    to_device,
+)  # noqa: E402
 
 TTA_MODES = ("none", "hflip", "d4", "multiscale")
 MULTISCALE = (0.75, 1.0, 1.25)
@@ -45,7 +52,9 @@ class Softmax(torch.nn.Module):
         return torch.softmax(self.model(x).float(), dim=1)
 
 
-def tta_model(model: torch.nn.Module, mode: str, input_size: tuple[int, int], multiple: int) -> torch.nn.Module:
+def tta_model(
+    model: torch.nn.Module, mode: str, input_size: tuple[int, int], multiple: int
+) -> torch.nn.Module:
     """``model`` returning probabilities, averaged over the TTA transforms of ``mode``."""
     probabilities = Softmax(model)
     if mode == "none":
@@ -57,23 +66,61 @@ def tta_model(model: torch.nn.Module, mode: str, input_size: tuple[int, int], mu
     elif mode == "multiscale":
         for scale in MULTISCALE:
             if any(round(side * scale) % multiple for side in input_size):
-                raise ValueError(f"tta multiscale: {input_size} x {scale} is not a multiple of {multiple}, which this arch needs")
-        transforms = tta.Compose([tta.HorizontalFlip(), tta.Scale(scales=list(MULTISCALE), interpolation="bilinear", align_corners=False)])
+                raise ValueError(
+                    f"tta multiscale: {input_size} x {scale} is not a multiple of {multiple}, which this arch needs"
+                )
+        transforms = tta.Compose(
+            [
+                tta.HorizontalFlip(),
+                tta.Scale(
+                    scales=list(MULTISCALE),
+                    interpolation="bilinear",
+                    align_corners=False,
+                ),
+            ]
+        )
     else:
         raise ValueError(f"tta must be one of {TTA_MODES}, got {mode!r}")
     return tta.SegmentationTTAWrapper(probabilities, transforms, merge_mode="mean")
 
 
-def write_probabilities(model, loader, image_ids: list[str], n_classes: int, size: int, device: str, autocast, npy_path: Path, ids_path: Path) -> None:
+def write_probabilities(
+    model,
+    loader,
+    image_ids: list[str],
+    n_classes: int,
+    size: int,
+    device: str,
+    autocast,
+    npy_path: Path,
+    ids_path: Path,
+) -> None:
     """Stream ``model``'s probabilities for ``loader`` into a uint8 memmap (see module doc)."""
     with atomic_path(npy_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(image_ids), n_classes, size, size))
+        out = np.lib.format.open_memmap(
+            tmp,
+            mode="w+",
+            dtype=np.uint8,
+            shape=(len(image_ids), n_classes, size, size),
+        )
         with torch.no_grad():
             for batch, index in loader:
                 with autocast():
                     probabilities = model(to_device(batch, device))
-                probabilities = F.interpolate(probabilities.float(), size=(size, size), mode="bilinear", align_corners=False)
-                out[index.numpy()] = (probabilities * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+                probabilities = F.interpolate(
+                    probabilities.float(),
+                    size=(size, size),
+                    mode="bilinear",
+                    align_corners=False,
+                )
+                out[index.numpy()] = (
+                    (probabilities * 255)
+                    .round()
+                    .clamp(0, 255)
+                    .to(torch.uint8)
+                    .cpu()
+                    .numpy()
+                )
         out.flush()
         del out
     write_ids(image_ids, ids_path)
@@ -108,22 +155,51 @@ def predict(
     test_rows = images[images["split"] == "test"].reset_index(drop=True)
     workers = max(1, threads - 1) if device == "cuda" else 0
     for name, rows in (("oof", val_rows), ("test", test_rows)):
-        dataset = SegmentationDataset([str(Path(image_root) / f) for f in rows["file_name"]], None, transform)
-        loader = make_loader(dataset, batch_size, shuffle=False, seed=0, workers=workers, pin_memory=device == "cuda")
-        side = (params["input_size"],) * 2 if params.get("input_size") else (int(rows["height"].iloc[0]), int(rows["width"].iloc[0])) if len(rows) else (size, size)
+        dataset = SegmentationDataset(
+            [str(Path(image_root) / f) for f in rows["file_name"]], None, transform
+        )
+        loader = make_loader(
+            dataset,
+            batch_size,
+            shuffle=False,
+            seed=0,
+            workers=workers,
+            pin_memory=device == "cuda",
+        )
+        side = (
+            (params["input_size"],) * 2
+            if params.get("input_size")
+            else (int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
+            if len(rows)
+            else (size, size)
+        )
         wrapped = tta_model(model, tta_mode, side, size_multiple(params["arch"]))
-        write_probabilities(wrapped, loader, rows["image_id"].tolist(), n_classes, size, device, autocast, out_dir / f"{name}.npy", out_dir / f"{name}_ids.txt")
+        write_probabilities(
+            wrapped,
+            loader,
+            rows["image_id"].tolist(),
+            n_classes,
+            size,
+            device,
+            autocast,
+            out_dir / f"{name}.npy",
+            out_dir / f"{name}_ids.txt",
+        )
         print(f"{name}: {len(rows)} images -> {out_dir / f'{name}.npy'}", flush=True)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Export OOF and test probabilities of one trained model.")
+    parser = argparse.ArgumentParser(
+        description="Export OOF and test probabilities of one trained model."
+    )
     parser.add_argument("--model", required=True, help="model.pt from segflow.train")
     parser.add_argument("--images", required=True)
     parser.add_argument("--folds", required=True)
     parser.add_argument("--image-root", required=True)
     parser.add_argument("--fold", type=int, required=True)
-    parser.add_argument("--size", type=int, required=True, help="side of the stored probability maps")
+    parser.add_argument(
+        "--size", type=int, required=True, help="side of the stored probability maps"
+    )
     parser.add_argument("--tta", choices=TTA_MODES, default="hflip")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out-dir", required=True)

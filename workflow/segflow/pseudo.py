@@ -38,7 +38,9 @@ def class_thresholds(confidence: float | dict, classes: list[str]) -> np.ndarray
         return np.full(len(classes), float(confidence))
     unknown = sorted(set(confidence) - set(classes) - {"default"})
     if unknown:
-        raise PseudoError(f"pseudo.confidence: {unknown} are not class names (classes: {classes})")
+        raise PseudoError(
+            f"pseudo.confidence: {unknown} are not class names (classes: {classes})"
+        )
     default = float(confidence.get("default", 0.9))
     return np.array([float(confidence.get(name, default)) for name in classes])
 
@@ -50,14 +52,31 @@ def pseudo_mask(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarray
     return np.where(confident, label, IGNORE_INDEX).astype(np.uint8)
 
 
-def resize_probabilities(probabilities: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_probabilities(
+    probabilities: np.ndarray, height: int, width: int
+) -> np.ndarray:
     """(C, h, w) -> (C, height, width), bilinear."""
     if probabilities.shape[1:] == (height, width):
         return probabilities
-    return np.stack([cv2.resize(channel, (width, height), interpolation=cv2.INTER_LINEAR) for channel in probabilities])
+    return np.stack(
+        [
+            cv2.resize(channel, (width, height), interpolation=cv2.INTER_LINEAR)
+            for channel in probabilities
+        ]
+    )
 
 
-def pseudo_labels(*, test_npy: str | Path, test_ids: str | Path, images_path: str | Path, classes: list[str], out_dir: str | Path, confidence: float | dict = 0.9, min_coverage: float = 0.5, chunk: int = 8) -> dict:
+def pseudo_labels(
+    *,
+    test_npy: str | Path,
+    test_ids: str | Path,
+    images_path: str | Path,
+    classes: list[str],
+    out_dir: str | Path,
+    confidence: float | dict = 0.9,
+    min_coverage: float = 0.5,
+    chunk: int = 8,
+) -> dict:
     """Write the pseudo-label masks of the test images; see module doc."""
     out_dir = Path(out_dir)
     thresholds = class_thresholds(confidence, classes)
@@ -66,10 +85,14 @@ def pseudo_labels(*, test_npy: str | Path, test_ids: str | Path, images_path: st
     images = pd.read_parquet(images_path).set_index("image_id")
     test = images[images["split"] == "test"]
     if probabilities.shape[0] != len(ids) or probabilities.shape[1] != len(classes):
-        raise PseudoError(f"{test_npy}: shape {probabilities.shape} does not fit {len(ids)} ids and {len(classes)} classes")
+        raise PseudoError(
+            f"{test_npy}: shape {probabilities.shape} does not fit {len(ids)} ids and {len(classes)} classes"
+        )
     if sorted(ids) != sorted(test.index):
         unknown = sorted(set(ids) - set(test.index))
-        raise PseudoError(f"{test_ids}: ids differ from the index's test images ({len(unknown)} unknown, e.g. {unknown[:3]}; {len(set(test.index) - set(ids))} missing)")
+        raise PseudoError(
+            f"{test_ids}: ids differ from the index's test images ({len(unknown)} unknown, e.g. {unknown[:3]}; {len(set(test.index) - set(ids))} missing)"
+        )
 
     predicted = np.zeros(len(classes), np.int64)
     kept_pixels = np.zeros(len(classes), np.int64)
@@ -79,17 +102,30 @@ def pseudo_labels(*, test_npy: str | Path, test_ids: str | Path, images_path: st
             block = probabilities[start : start + chunk].astype(np.float32) / 255.0
             for image_id, image_probabilities in zip(ids[start : start + chunk], block):
                 row = test.loc[image_id]
-                full = resize_probabilities(image_probabilities, int(row["height"]), int(row["width"]))
+                full = resize_probabilities(
+                    image_probabilities, int(row["height"]), int(row["width"])
+                )
                 mask = pseudo_mask(full, thresholds)
                 coverage = float((mask != IGNORE_INDEX).mean())
                 kept = coverage >= min_coverage
-                rows.append({"image_id": image_id, "coco_id": int(row["coco_id"]), "coverage": coverage, "kept": kept})
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "coco_id": int(row["coco_id"]),
+                        "coverage": coverage,
+                        "kept": kept,
+                    }
+                )
                 argmax = full.argmax(axis=0)
                 predicted += np.bincount(argmax.ravel(), minlength=len(classes))
                 if kept:
-                    kept_pixels += np.bincount(mask[mask != IGNORE_INDEX].ravel(), minlength=len(classes))[: len(classes)]
+                    kept_pixels += np.bincount(
+                        mask[mask != IGNORE_INDEX].ravel(), minlength=len(classes)
+                    )[: len(classes)]
                     if not cv2.imwrite(str(mask_file(masks_tmp, row["coco_id"])), mask):
-                        raise OSError(f"could not write the pseudo mask of test image id {row['coco_id']}")
+                        raise OSError(
+                            f"could not write the pseudo mask of test image id {row['coco_id']}"
+                        )
         table = pd.DataFrame(rows, columns=["image_id", "coco_id", "coverage", "kept"])
         summary = {
             "test_images": len(ids),
@@ -98,7 +134,13 @@ def pseudo_labels(*, test_npy: str | Path, test_ids: str | Path, images_path: st
             "min_coverage": min_coverage,
             "mean_coverage": float(table["coverage"].mean()) if len(table) else None,
             "per_class": {
-                name: {"predicted_pixels": int(predicted[k]), "kept_pixels": int(kept_pixels[k]), "kept_share": float(kept_pixels[k] / predicted[k]) if predicted[k] else None}
+                name: {
+                    "predicted_pixels": int(predicted[k]),
+                    "kept_pixels": int(kept_pixels[k]),
+                    "kept_share": float(kept_pixels[k] / predicted[k])
+                    if predicted[k]
+                    else None,
+                }
                 for k, name in enumerate(classes)
             },
         }
@@ -115,33 +157,56 @@ def write_summary_figure(summary: dict, path: Path) -> None:
     names = list(summary["per_class"])
     shares = [summary["per_class"][n]["kept_share"] or 0.0 for n in names]
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    ax.bar(range(len(names)), shares, color=class_palette(len(names)) / 255, edgecolor="grey")
+    ax.bar(
+        range(len(names)),
+        shares,
+        color=class_palette(len(names)) / 255,
+        edgecolor="grey",
+    )
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("predicted pixels kept")
-    ax.set_title(f"pseudo labels: {summary['kept_images']} of {summary['test_images']} test images kept", fontsize=9)
+    ax.set_title(
+        f"pseudo labels: {summary['kept_images']} of {summary['test_images']} test images kept",
+        fontsize=9,
+    )
     with atomic_path(path) as tmp:
         save_figure(fig, tmp)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Pseudo-label the test images from an ensemble's test probabilities.")
+    parser = argparse.ArgumentParser(
+        description="Pseudo-label the test images from an ensemble's test probabilities."
+    )
     parser.add_argument("--test-npy", required=True)
     parser.add_argument("--test-ids", required=True)
     parser.add_argument("--images", required=True)
     parser.add_argument("--classes", required=True)
     parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--confidence", required=True, help="JSON: a number or {class name: threshold, default: t}")
+    parser.add_argument(
+        "--confidence",
+        required=True,
+        help="JSON: a number or {class name: threshold, default: t}",
+    )
     parser.add_argument("--min-coverage", type=float, default=0.5)
     args = parser.parse_args(argv)
     try:
         summary = pseudo_labels(
-            test_npy=args.test_npy, test_ids=args.test_ids, images_path=args.images, classes=json.loads(args.classes),
-            out_dir=args.out_dir, confidence=json.loads(args.confidence), min_coverage=args.min_coverage,
+            test_npy=args.test_npy,
+            test_ids=args.test_ids,
+            images_path=args.images,
+            classes=json.loads(args.classes),
+            out_dir=args.out_dir,
+            confidence=json.loads(args.confidence),
+            min_coverage=args.min_coverage,
         )
     except (PseudoError, FileNotFoundError) as e:
         sys.exit(f"ERROR: {e}")
-    print(json.dumps({k: summary[k] for k in ("test_images", "kept_images", "mean_coverage")}))
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("test_images", "kept_images", "mean_coverage")}
+        )
+    )
 
 
 if __name__ == "__main__":

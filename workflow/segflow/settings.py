@@ -17,7 +17,12 @@ from segflow.coco import DataError, class_index_by_category, read_json
 
 DEMO_ROOT = "results/demo_data"
 # What the demo generator writes under DEMO_ROOT, in the competition's layout.
-DEMO_FILES = {"train": "train_all.json", "val": "val.json", "test": "test.json", "sample_submission": "sample_submission.csv"}
+DEMO_FILES = {
+    "train": "train_all.json",
+    "val": "val.json",
+    "test": "test.json",
+    "sample_submission": "sample_submission.csv",
+}
 
 
 class ConfigError(ValueError):
@@ -43,16 +48,32 @@ def data_paths(config: dict) -> DataPaths:
     data = config["data"]
     if data["demo"]:
         files = {key: f"{DEMO_ROOT}/{name}" for key, name in DEMO_FILES.items()}
-        return DataPaths(DEMO_ROOT, files["train"], files["test"], files["val"] if data.get("val") else None, files["sample_submission"])
+        return DataPaths(
+            DEMO_ROOT,
+            files["train"],
+            files["test"],
+            files["val"] if data.get("val") else None,
+            files["sample_submission"],
+        )
     if not data.get("root"):
-        raise ConfigError("data.root: required when data.demo is false (the folder that file_name entries are relative to)")
+        raise ConfigError(
+            "data.root: required when data.demo is false (the folder that file_name entries are relative to)"
+        )
     root = Path(data["root"])
 
     def under_root(key: str) -> str | None:
         value = data.get(key)
-        return None if value is None else str(root / value)  # an absolute value replaces root
+        return (
+            None if value is None else str(root / value)
+        )  # an absolute value replaces root
 
-    return DataPaths(str(root), under_root("train"), under_root("test"), under_root("val"), under_root("sample_submission"))
+    return DataPaths(
+        str(root),
+        under_root("train"),
+        under_root("test"),
+        under_root("val"),
+        under_root("sample_submission"),
+    )
 
 
 def model_settings(config: dict, model: str) -> dict:
@@ -81,15 +102,30 @@ def check_config(config: dict) -> None:
                 class_index_by_category(read_json(path)["categories"], classes, path)
     source = config.get("clean", {}).get("source", "ensemble")
     if source != "ensemble" and source not in config["models"]:
-        raise ConfigError(f"clean.source: {source!r} is neither 'ensemble' nor a model of models ({sorted(config['models'])})")
+        raise ConfigError(
+            f"clean.source: {source!r} is neither 'ensemble' nor a model of models ({sorted(config['models'])})"
+        )
     group_by = config["cv"].get("group_by")
     if group_by not in (None, "folder"):
         try:
             pattern = re.compile(group_by)
         except re.error as e:
-            raise ConfigError(f"cv.group_by: {group_by!r} is neither 'folder' nor a valid regex ({e})") from None
+            raise ConfigError(
+                f"cv.group_by: {group_by!r} is neither 'folder' nor a valid regex ({e})"
+            ) from None
         if pattern.groups > 1:
-            raise ConfigError(f"cv.group_by: {group_by!r} has {pattern.groups} capture groups; use at most one")
+            raise ConfigError(
+                f"cv.group_by: {group_by!r} has {pattern.groups} capture groups; use at most one"
+            )
 
 
-__all__ = ["ConfigError", "DataError", "DataPaths", "DEMO_FILES", "DEMO_ROOT", "check_config", "data_paths", "model_settings"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DataPaths",
+    "DEMO_FILES",
+    "DEMO_ROOT",
+    "check_config",
+    "data_paths",
+    "model_settings",
+]

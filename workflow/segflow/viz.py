@@ -21,12 +21,18 @@ def class_palette(n_classes: int) -> np.ndarray:
     colors = [(0, 0, 0)]
     tab = plt.get_cmap("tab20").colors
     for k in range(1, n_classes):
-        rgb = tab[(2 * (k - 1)) % 20 + ((k - 1) // 10) % 2] if k <= 20 else plt.get_cmap("hsv")(k / n_classes)[:3]
+        rgb = (
+            tab[(2 * (k - 1)) % 20 + ((k - 1) // 10) % 2]
+            if k <= 20
+            else plt.get_cmap("hsv")(k / n_classes)[:3]
+        )
         colors.append(tuple(int(round(255 * c)) for c in rgb))
     return np.array(colors, np.uint8)
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+def overlay(
+    image: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float = 0.55
+) -> np.ndarray:
     """Blend a class-index mask over an RGB image; background stays as is, 255 shows white."""
     colors = np.zeros(image.shape, np.float32)
     labelled = (mask > 0) & (mask != IGNORE_INDEX)
@@ -39,7 +45,10 @@ def overlay(image: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: flo
 
 
 def legend_handles(classes: list[str], palette: np.ndarray) -> list[Patch]:
-    return [Patch(facecolor=palette[k] / 255, edgecolor="grey", label=f"{k} {name}") for k, name in enumerate(classes)]
+    return [
+        Patch(facecolor=palette[k] / 255, edgecolor="grey", label=f"{k} {name}")
+        for k, name in enumerate(classes)
+    ]
 
 
 def save_figure(fig, path) -> bytes:
