@@ -20,6 +20,7 @@ wildcard_constraints:
     round="|".join(ROUNDS),
     model="|".join(MODELS),
     fold=r"\d+",
+    ensemble=r"ensemble|r\d+/ensemble",
     seed=r"\d+",
 
 

@@ -30,22 +30,23 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from segflow.ensemble import MemberProbabilities  # noqa: E402
+from segflow.labels import read_label  # noqa: E402
 from segflow.noise_detection import KINDS, image_detection  # noqa: E402
-from segflow.oof_score import load_label  # noqa: E402
+from segflow.probabilities import MemberProbabilities  # noqa: E402
 
 
 def load_oof(results: Path, oof_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(image ids, labels (N, H, W) uint8, probabilities (N, K, H, W) float32) of every labelled image."""
+    """(image ids, labels (N, H, W) uint8, probabilities (N, K, H, W) float32) of every
+    labelled image."""
     images = pd.read_parquet(results / "data" / "images.parquet")
     labelled = images[images["split"] == "train"].set_index("image_id")
-    reader = MemberProbabilities("oof", [oof_dir], "oof")
+    reader = MemberProbabilities("oof", [oof_dir / "oof.npy"], "oof")
     ids = [i for i in labelled.index if i in reader.rows]
     probabilities = reader.get(ids)
     size = probabilities.shape[-1]
     labels = np.stack(
         [
-            load_label(results / "data" / "masks", labelled.at[i, "coco_id"], size)
+            read_label(results / "data" / "masks", labelled.at[i, "coco_id"], size)
             for i in ids
         ]
     )
@@ -110,7 +111,8 @@ def main(argv=None) -> None:
     }
 
     print(
-        f"{len(ids)} labelled images, {len(manifest)} with injected noise; image-level precision / recall / F1"
+        f"{len(ids)} labelled images, {len(manifest)} with injected noise;"
+        " image-level precision / recall / F1"
     )
     print(
         f"{'method':44s} {'flagged':>7s}  "

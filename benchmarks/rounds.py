@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from math import nan
 from pathlib import Path
 
 import yaml
@@ -114,14 +115,13 @@ def main(argv=None) -> None:
         else base / "results" / "demo" / "rounds_variants.json"
     )
     out.write_text(json.dumps(table, indent=2) + "\n")
-    print(
-        f"\n{'variant':20s} {'r0 test mIoU':>12s} {'r1 test mIoU':>12s} {'r1 OOF mIoU':>12s} {'seconds':>8s}"
-    )
+    header = ("r0 test mIoU", "r1 test mIoU", "r1 OOF mIoU")
+    print(f"\n{'variant':20s} " + " ".join(f"{h:>12s}" for h in header) + "  seconds")
     for name, row in table.items():
         r0, r1 = row["rounds"]["r0"], row["rounds"].get("r1", {})
-        print(
-            f"{name:20s} {r0['test_miou']:12.4f} {r1.get('test_miou', float('nan')):12.4f} {r1.get('oof_miou', float('nan')):12.4f} {row.get('seconds', 0):8.0f}"
-        )
+        values = (r0["test_miou"], r1.get("test_miou", nan), r1.get("oof_miou", nan))
+        cells = " ".join(f"{v:12.4f}" for v in values)
+        print(f"{name:20s} {cells} {row.get('seconds', 0):8.0f}")
 
 
 if __name__ == "__main__":

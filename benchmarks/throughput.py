@@ -27,7 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 from segflow.losses import create_loss  # noqa: E402
 from segflow.models import create_model  # noqa: E402
 from segflow.predict import tta_model  # noqa: E402
-from segflow.settings import model_settings  # noqa: E402
+from segflow.runtime import amp_autocast  # noqa: E402
+from segflow.settings import (  # noqa: E402
+    model_settings,
+    prediction_tta,
+    validated,
+)
 
 
 def timed(step, n_steps: int, warmup: int, device: str) -> float:
@@ -45,7 +50,8 @@ def timed(step, n_steps: int, warmup: int, device: str) -> float:
 
 
 def measure(
-    settings: dict,
+    settings,
+    tta: str,
     n_classes: int,
     size: int,
     device: str,
@@ -55,27 +61,20 @@ def measure(
     warmup: int,
 ) -> dict:
     torch.manual_seed(0)
-    model = create_model(settings["arch"], settings["encoder"], n_classes, None).to(
-        device
-    )
+    model = create_model(settings.arch, settings.encoder, n_classes, None).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    batch = int(settings["batch_size"])
+    batch = settings.batch_size
     x = torch.randn(batch, 3, size, size, device=device).contiguous(
         memory_format=memory_format
     )
     y = torch.randint(0, n_classes, (batch, size, size), device=device)
-    criterion = create_loss(settings["loss"], settings.get("label_smoothing", 0.0))
+    criterion = create_loss(
+        settings.loss, settings.label_smoothing, settings.focal_gamma
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
-
-    def autocast():
-        return (
-            torch.autocast(device, dtype=dtype)
-            if dtype
-            else torch.autocast(device, enabled=False)
-        )
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16" and device == "cuda")
+    autocast = amp_autocast(device, amp)
 
     def train_step():
         with autocast():
@@ -87,7 +86,7 @@ def measure(
 
     model.train()
     train_s = timed(train_step, steps, warmup, device)
-    predictor = tta_model(model.eval(), settings["tta"], (size, size), 1)
+    predictor = tta_model(model.eval(), tta, (size, size), 1)
 
     def predict_step():
         with torch.no_grad(), autocast():
@@ -98,7 +97,7 @@ def measure(
         "train_images_per_s": batch / train_s,
         "predict_images_per_s": batch / predict_s,
         "batch_size": batch,
-        "tta": settings["tta"],
+        "tta": tta,
     }
 
 
@@ -116,8 +115,8 @@ def main(argv=None) -> None:
         "--out", default=None, help="also write the results as JSON here"
     )
     args = parser.parse_args(argv)
-    config = yaml.safe_load(Path(args.config).read_text())
-    size = args.size or config.get("demo", {}).get("size", 128)
+    config = validated(yaml.safe_load(Path(args.config).read_text()))
+    size = args.size or config["demo"]["size"]
     if args.threads:
         torch.set_num_threads(args.threads)
     # On CUDA compare plain fp32 with what training uses (AMP + channels_last); the CPU runs fp32.
@@ -128,14 +127,15 @@ def main(argv=None) -> None:
     )
     rows = []
     for name in config["models"]:
-        settings = model_settings({"debug": {"enabled": False}, **config}, name)
+        settings = model_settings(config, name)
         for label, amp, channels_last in variants:
             result = measure(
                 settings,
+                prediction_tta(config, name),
                 len(config["classes"]),
                 size,
                 args.device,
-                amp or settings["amp"],
+                amp or settings.amp,
                 channels_last,
                 args.steps,
                 args.warmup,
@@ -143,8 +143,8 @@ def main(argv=None) -> None:
             rows.append(
                 {
                     "model": name,
-                    "arch": settings["arch"],
-                    "encoder": settings["encoder"],
+                    "arch": settings.arch,
+                    "encoder": settings.encoder,
                     "size": size,
                     "device": args.device,
                     "variant": label,
@@ -152,7 +152,11 @@ def main(argv=None) -> None:
                 }
             )
             print(
-                f"{name:14s} {settings['arch']}/{settings['encoder']:14s} {size}px {args.device} {label:18s} train {result['train_images_per_s']:8.1f} img/s   predict (tta {result['tta']}) {result['predict_images_per_s']:8.1f} img/s",
+                f"{name:14s} {settings.arch}/{settings.encoder:14s} {size}px"
+                f" {args.device} {label:18s}"
+                f" train {result['train_images_per_s']:8.1f} img/s"
+                f"   predict (tta {result['tta']})"
+                f" {result['predict_images_per_s']:8.1f} img/s",
                 flush=True,
             )
     if args.out:

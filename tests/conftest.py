@@ -208,6 +208,10 @@ def tiny_dataset(tmp_path_factory) -> dict:
         annotations_out=root / "annotations.parquet",
         skipped_out=root / "skipped.csv",
         masks_dir=paths["masks"],
+        on_error="stop",
+        sample=None,
+        seed=0,
+        threads=1,
     )
     make_folds(images, len(CLASSES), "kfold", 2, seed=0).to_csv(
         paths["folds"], index=False
@@ -215,31 +219,70 @@ def tiny_dataset(tmp_path_factory) -> dict:
     return paths
 
 
-def model_params(**changes) -> dict:
-    """Resolved model settings as the workflow passes them: schema defaults + changes."""
-    params = {
-        "arch": "FPN",
-        "encoder": "mobilenet_v2",
-        "encoder_weights": None,
-        "input_size": None,
-        "epochs": 2,
-        "batch_size": 4,
-        "optimizer": "adamw",
-        "lr": 0.003,
-        "weight_decay": 0.0001,
-        "momentum": 0.9,
-        "scheduler": "cosine",
-        "warmup_epochs": 0.5,
-        "min_lr_ratio": 0.01,
-        "accumulate": 1,
-        "grad_clip": None,
-        "amp": "bf16",
-        "loss": {"ce": 1.0, "dice": 1.0},
-        "label_smoothing": 0.0,
-        "focal_gamma": 2.0,
-        "augment": [{"HorizontalFlip": {"p": 0.5}}],
-        "workers": None,
-        "device": "cpu",
-    }
-    params.update(changes)
-    return params
+def validated_config(**changes) -> dict:
+    """The repo's config.yaml with ``changes`` (merged key by key), validated and with
+    every schema default filled in, as the workflow sees it."""
+    from segflow.settings import validated
+
+    return validated(deep_update(DEFAULT_CONFIG, changes))
+
+
+def model_params(**changes):
+    """Training settings as the workflow resolves them (schema defaults and the repo's
+    config), small for the CPU: FPN/MobileNetV2, 2 epochs, and ``changes``."""
+    from segflow.settings import ModelSettings, model_settings
+
+    config = validated_config()
+    small = {"arch": "FPN", "encoder": "mobilenet_v2", "epochs": 2, "batch_size": 4}
+    small |= {"warmup_epochs": 0.5, "augment": [{"HorizontalFlip": {"p": 0.5}}]}
+    small |= {"device": "cpu"}
+    base = model_settings(config, sorted(config["models"])[0]).to_dict()
+    return ModelSettings.from_dict(base | small | changes)
+
+
+def train_fold(tiny_dataset, out_dir, *, fold=0, seed=0, settings=None, **options):
+    """segflow.train.train on the tiny dataset as the workflow lays out a run folder:
+    model.pt, history.csv and metrics.json under ``out_dir``."""
+    from segflow.splits import RoundLabels
+    from segflow.train import train
+
+    out_dir = Path(out_dir)
+    return train(
+        settings=settings if settings is not None else model_params(epochs=1),
+        images_path=tiny_dataset["images"],
+        folds_path=tiny_dataset["folds"],
+        masks_dir=tiny_dataset["masks"],
+        image_root=tiny_dataset["root"],
+        classes=CLASSES,
+        fold=fold,
+        seed=seed,
+        model_out=out_dir / "model.pt",
+        history_out=out_dir / "history.csv",
+        metrics_out=out_dir / "metrics.json",
+        threads=2,
+        round_labels=options.pop("round_labels", RoundLabels.none()),
+        wandb=options.pop("wandb", None),
+        run_name=options.pop("run_name", f"fpn/f{fold}-s{seed}"),
+        **options,
+    )
+
+
+def predict_fold(tiny_dataset, model_path, out_dir, *, fold=0, size=48, tta="hflip"):
+    """segflow.predict.predict into ``out_dir``: oof.npy and test.npy with their ids."""
+    from segflow.predict import predict
+
+    out_dir = Path(out_dir)
+    predict(
+        model_path=model_path,
+        images_path=tiny_dataset["images"],
+        folds_path=tiny_dataset["folds"],
+        image_root=tiny_dataset["root"],
+        fold=fold,
+        size=size,
+        tta_mode=tta,
+        batch_size=4,
+        oof_out=out_dir / "oof.npy",
+        test_out=out_dir / "test.npy",
+        threads=2,
+    )
+    return out_dir

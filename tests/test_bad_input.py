@@ -25,6 +25,9 @@ def index(coco, tmp_path, on_error="stop"):
         skipped_out=out / "skipped.csv",
         masks_dir=out / "masks",
         on_error=on_error,
+        sample=None,
+        seed=0,
+        threads=1,
     ), out
 
 
@@ -190,7 +193,8 @@ def test_categories_not_matching_classes_name_both_sides(small_coco, tmp_path):
     rewrite(small_coco, lambda d: d["categories"][0].update(name="Rubbish"))
     with pytest.raises(
         DataError,
-        match=r"categories not in classes: \['Rubbish'\]; classes not among categories: \['General trash'\]",
+        match=r"categories not in classes: \['Rubbish'\];"
+        r" classes not among categories: \['General trash'\]",
     ):
         index(small_coco, tmp_path)
 
@@ -223,6 +227,9 @@ def test_no_usable_training_image_is_an_error(tmp_path):
             skipped_out=tmp_path / "s.csv",
             masks_dir=tmp_path / "m",
             on_error="skip",
+            sample=None,
+            seed=0,
+            threads=1,
         )
 
 

@@ -1,28 +1,44 @@
 """Label-noise cleaning: scores and flags on hand-made masks, the actions, the r1 training set."""
 
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
-from segflow.clean import (
-    CleanSettings,
-    clean,
+from conftest import validated_config
+from segflow.clean import CleanOutputs, clean
+from segflow.label_noise import (
     cleaned_mask,
     flag_images,
     score_image,
     self_confidence_sums,
 )
-from segflow.index import instance_file, mask_file
-from segflow.metrics import IGNORE_INDEX
+from segflow.labels import IGNORE_INDEX, instance_file, mask_file
 from segflow.noise_detection import annotation_detection, image_detection
-from segflow.train import fold_split
+from segflow.probabilities import PredictionError
+from segflow.settings import clean_settings
+from segflow.splits import fold_split
+
+
+def clean_config(**changes):
+    """The clean settings the workflow passes: schema defaults with ``changes``."""
+    return clean_settings(validated_config(clean=changes))
+
+
+def outputs_in(out_dir):
+    """The clean step's outputs under ``out_dir``, named as the rule names them."""
+    names = {"scores": "scores.csv", "flags": "flags.csv", "images": "images.csv"}
+    names |= {"dropped": "dropped.txt", "masks": "masks", "summary": "summary.json"}
+    names |= {"gallery": "gallery.html", "figures": "gallery"}
+    return CleanOutputs(**{key: out_dir / name for key, name in names.items()})
+
 
 SIZE = 32
 N_CLASSES = 3  # background, A, B
-SETTINGS = CleanSettings(
+SETTINGS = clean_config(
     issue_share=0.3, min_class_confidence=0.2, min_region=0.02, missed_region=0.02
 )
 THRESHOLDS = np.array(
@@ -159,11 +175,9 @@ def test_image_flags_by_iou_threshold_worst_fraction_and_annotations():
     )
     flagged_annotation = pd.DataFrame({"image_id": ["d"], "flagged": [True]})
     none = pd.DataFrame({"image_id": [], "flagged": []})
-    reasons = flag_images(
-        images, flagged_annotation, none, CleanSettings(iou_below=0.3)
-    )
+    reasons = flag_images(images, flagged_annotation, none, clean_config(iou_below=0.3))
     assert reasons.to_dict() == {"a": "", "b": "low_iou", "c": "", "d": "annotation"}
-    reasons = flag_images(images, none, none, CleanSettings(worst_fraction=0.5))
+    reasons = flag_images(images, none, none, clean_config(worst_fraction=0.5))
     assert reasons.to_dict() == {"a": "", "b": "low_iou", "c": "low_iou", "d": ""}
 
 
@@ -226,7 +240,8 @@ def test_relabel_at_a_larger_label_size_upsamples_the_prediction():
 
 @pytest.fixture()
 def indexed(tmp_path):
-    """Labelled images clean, swapped, missing, bloated, clean, clean; one test image; OOF from the truth."""
+    """Labelled images clean, swapped, missing, bloated, clean, clean; one test image;
+    OOF from the truth."""
     truths, labels = [], []
     truths.append(box(4, 16, 4, 16, 1))
     labels.append(box(4, 16, 4, 16, 1))  # noqa: E702
@@ -294,17 +309,16 @@ def indexed(tmp_path):
 
 def run_clean(root, action, **settings):
     return clean(
-        sources={"oof": [root / "oof"]},
+        sources={"oof": [str(root / "oof" / "oof.npy")]},
         images_path=root / "images.parquet",
         annotations_path=root / "annotations.parquet",
         masks_dir=root / "masks",
         image_root=root,
         classes=["bg", "A", "B"],
-        out_dir=root / f"clean_{action}",
-        settings=CleanSettings(
-            action=action, min_region=0.02, missed_region=0.02, **settings
+        outputs=outputs_in(root / f"clean_{action}"),
+        settings=clean_config(
+            action=action, min_region=0.02, missed_region=0.02, gallery=4, **settings
         ),
-        gallery=4,
     )
 
 
@@ -349,7 +363,7 @@ def test_clean_flags_the_three_noisy_images_and_drops_them(indexed):
     assert sorted(p.name for p in (out / "gallery").iterdir()) == [
         f"0{r}_b_{k}.png" for r, k in ((1, 1), (2, 3), (3, 2))
     ]  # by OOF IoU, worst first
-    assert "<img src='data:image/png;base64," in (out / "gallery.html").read_text()
+    assert '<img src="data:image/png;base64,' in (out / "gallery.html").read_text()
 
 
 def test_clean_relabel_writes_corrected_masks_and_drops_nothing(indexed):
@@ -378,15 +392,15 @@ def test_no_flag_is_fine_and_reported(indexed):
         and summary["dropped_images"] == 0
     )
     clean(
-        sources={"oof": [root / "oof"]},
+        sources={"oof": [str(root / "oof" / "oof.npy")]},
         images_path=root / "images.parquet",
         annotations_path=root / "annotations.parquet",
         masks_dir=root / "masks",
         image_root=root,
         classes=["bg", "A", "B"],
-        out_dir=root / "quiet",
-        settings=CleanSettings(issue_share=1.01, missed_region=1.0),
-        gallery=4,
+        outputs=outputs_in(root / "quiet"),
+        # above any share: no annotation can be flagged (the schema stops at 1)
+        settings=replace(clean_config(missed_region=1.0, gallery=4), issue_share=1.01),
     )
     assert (
         json.loads((root / "quiet" / "summary.json").read_text())["flagged_images"] == 0
@@ -397,14 +411,12 @@ def test_no_flag_is_fine_and_reported(indexed):
 
 
 def test_oof_ids_that_do_not_match_the_index_are_an_error(indexed):
-    from segflow.oof_score import OofError
-
     root, ids = indexed
     (root / "oof" / "oof_ids.txt").write_text(
         "".join(f"{i}\n" for i in [*ids[:-1], "b/unknown.png"])
     )
     with pytest.raises(
-        OofError,
+        PredictionError,
         match=r"OOF source oof: .*1 unknown.*b/unknown.png.*1 labelled images without OOF",
     ):
         run_clean(root, "drop")

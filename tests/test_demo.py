@@ -1,4 +1,5 @@
-"""The demo dataset: competition layout, deterministic, imbalanced, with a truthful noise manifest."""
+"""The demo dataset: competition layout, deterministic, imbalanced, with a truthful
+noise manifest."""
 
 import hashlib
 import json
@@ -123,7 +124,14 @@ def test_noise_manifest_is_the_truth(demo):
 
 def test_rare_and_common_classes_like_the_real_set(tmp_path):
     summary = make_demo(
-        tmp_path, CLASSES, seed=0, train_images=200, test_images=4, size=48
+        tmp_path,
+        CLASSES,
+        seed=0,
+        train_images=200,
+        test_images=4,
+        size=48,
+        batches=6,
+        noise_rate=0.1,
     )
     objects = summary["train_objects_per_class"]
     for rare in ("Battery", "Clothing"):
@@ -170,7 +178,14 @@ def test_picture_agrees_with_the_labels(demo):
 def test_other_class_lists_get_a_demo_too(tmp_path):
     classes = ["bg"] + [f"c{k}" for k in range(13)]  # more classes than looks
     summary = make_demo(
-        tmp_path, classes, seed=0, train_images=30, test_images=2, size=48, noise_rate=0
+        tmp_path,
+        classes,
+        seed=0,
+        train_images=30,
+        test_images=2,
+        size=48,
+        batches=6,
+        noise_rate=0,
     )
     assert set(summary["train_objects_per_class"]) == set(classes[1:])
     assert summary["noisy_images"] == 0

@@ -7,7 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import validated_config
 from segflow.ensemble import combine, ensemble, tune_bias
+from segflow.io import read_ids
+from segflow.probabilities import PredictionError, ids_path
+from segflow.settings import ensemble_settings
 
 C, H, W = 3, 8, 8
 
@@ -56,8 +60,9 @@ def test_bias_tuning_recovers_a_shifted_class():
 
 
 def write_member(root, name, oof_by_fold, test_by_fold, ids_by_fold, test_ids):
-    """A member's predict folders as the workflow lays them out; returns the folder list."""
-    dirs = []
+    """A member's predict folders as the workflow lays them out; returns its files
+    ({"oof": [...], "test": [...]}, one per fold), as the ensemble rule passes them."""
+    files = {"oof": [], "test": []}
     for fold, (oof, ids) in enumerate(zip(oof_by_fold, ids_by_fold)):
         d = root / name / f"f{fold}-s0"
         d.mkdir(parents=True)
@@ -65,8 +70,9 @@ def write_member(root, name, oof_by_fold, test_by_fold, ids_by_fold, test_ids):
         (d / "oof_ids.txt").write_text("".join(f"{i}\n" for i in ids))
         np.save(d / "test.npy", np.round(test_by_fold[fold] * 255).astype(np.uint8))
         (d / "test_ids.txt").write_text("".join(f"{i}\n" for i in test_ids))
-        dirs.append(str(d))
-    return dirs
+        files["oof"].append(str(d / "oof.npy"))
+        files["test"].append(str(d / "test.npy"))
+    return files
 
 
 @pytest.fixture()
@@ -115,14 +121,18 @@ def three_members(tmp_path):
     return tmp_path, members, labels, ids
 
 
-def run_ensemble(root, members, **kwargs):
+def run_ensemble(root, members, **changes):
+    out = root / "out"
     return ensemble(
+        settings=ensemble_settings(validated_config(ensemble=changes)),
         members=members,
         images_path=root / "images.parquet",
         masks_dir=root / "masks",
         classes=["bg", "a", "b"],
-        out_dir=root / "out",
-        **kwargs,
+        summary_out=out / "summary.json",
+        oof_out=out / "oof.npy",
+        test_out=out / "test.npy",
+        test_labels_out=out / "test_labels.npy",
     )
 
 
@@ -164,10 +174,8 @@ def test_streamed_outputs_equal_the_in_memory_computation(three_members):
     # In memory: every member's whole OOF, then the weighted mean.
     full = {}
     for name in names:
-        arrays = [np.load(f"{d}/oof.npy") for d in members[name]]
-        member_ids = sum(
-            ((open(f"{d}/oof_ids.txt").read().splitlines()) for d in members[name]), []
-        )
+        arrays = [np.load(f) for f in members[name]["oof"]]
+        member_ids = sum((read_ids(ids_path(f)) for f in members[name]["oof"]), [])
         stacked = np.concatenate(arrays).astype(np.float32) / 255
         full[name] = stacked[[member_ids.index(i) for i in oof_ids]]
     mean = sum(full.values()) / len(names)
@@ -175,7 +183,7 @@ def test_streamed_outputs_equal_the_in_memory_computation(three_members):
         np.load(out / "oof.npy"), np.clip(np.round(mean * 255), 0, 255).astype(np.uint8)
     )
     test_mean = sum(
-        sum(np.load(f"{d}/test.npy").astype(np.float32) / 255 for d in members[n]) / 2
+        sum(np.load(f).astype(np.float32) / 255 for f in members[n]["test"]) / 2
         for n in names
     ) / len(names)
     np.testing.assert_array_equal(
@@ -188,8 +196,6 @@ def test_streamed_outputs_equal_the_in_memory_computation(three_members):
 def test_members_with_different_images_are_an_error(three_members, tmp_path):
     root, members, _, _ = three_members
     broken = dict(members)
-    broken["good"] = members["good"][:1]  # one fold only
-    from segflow.oof_score import OofError
-
-    with pytest.raises(OofError, match="different images"):
+    broken["good"] = {k: v[:1] for k, v in members["good"].items()}  # one fold only
+    with pytest.raises(PredictionError, match="different images"):
         run_ensemble(root, broken)

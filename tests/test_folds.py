@@ -8,7 +8,7 @@ import pytest
 
 from segflow.coco import DataError
 from segflow.folds import METHODS, class_presence, make_folds
-from segflow.index import pixel_columns
+from segflow.tables import pixel_columns
 
 N_CLASSES = 11
 FOLDS = 5
@@ -156,7 +156,7 @@ def test_group_by_regex_that_does_not_match_names_the_image():
         match=re.escape("pattern 'nomatch_(\\d)' does not match image 'batch_"),
     ):
         make_folds(
-            synthetic_index(), N_CLASSES, "kfold", FOLDS, group_by=r"nomatch_(\d)"
+            synthetic_index(), N_CLASSES, "kfold", FOLDS, 0, group_by=r"nomatch_(\d)"
         )
 
 

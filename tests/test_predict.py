@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CLASSES, model_params
+from conftest import CLASSES, predict_fold, train_fold
+from segflow.checkpoints import load_checkpoint
 from segflow.io import read_ids
-from segflow.oof_score import OofError, oof_score
-from segflow.predict import Softmax, predict, tta_model
-from segflow.train import load_checkpoint, train
+from segflow.oof_score import oof_score
+from segflow.predict import Softmax, tta_model
+from segflow.probabilities import PredictionError
 
 
 @pytest.fixture(scope="module")
@@ -20,33 +21,33 @@ def predicted(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     dirs = []
     for fold in (0, 1):
-        common = dict(
-            images_path=tiny_dataset["images"], folds_path=tiny_dataset["folds"]
+        train_fold(tiny_dataset, root / f"train/f{fold}-s0", fold=fold)
+        model = root / f"train/f{fold}-s0/model.pt"
+        dirs.append(
+            predict_fold(tiny_dataset, model, root / f"predict/f{fold}-s0", fold=fold)
         )
-        train(
-            **common,
-            masks_dir=tiny_dataset["masks"],
-            image_root=tiny_dataset["root"],
-            params=model_params(epochs=1),
-            classes=CLASSES,
-            fold=fold,
-            seed=0,
-            out_dir=root / f"train/f{fold}-s0",
-            threads=2,
-        )
-        predict(
-            **common,
-            model_path=root / f"train/f{fold}-s0/model.pt",
-            image_root=tiny_dataset["root"],
-            fold=fold,
-            size=48,
-            tta_mode="hflip",
-            batch_size=4,
-            out_dir=root / f"predict/f{fold}-s0",
-            threads=2,
-        )
-        dirs.append(root / f"predict/f{fold}-s0")
     return root, dirs
+
+
+def runs_of(dirs, folds=(0, 1)):
+    """oof_score's runs: fold, seed and OOF file of each predict folder."""
+    return [
+        {"fold": f, "seed": 0, "oof": str(d / "oof.npy")} for f, d in zip(folds, dirs)
+    ]
+
+
+def score(tiny_dataset, tmp_path, runs, name="x"):
+    return oof_score(
+        model_name="fpn",
+        runs=runs,
+        images_path=tiny_dataset["images"],
+        folds_path=tiny_dataset["folds"],
+        masks_dir=tiny_dataset["masks"],
+        classes=CLASSES,
+        out_json=tmp_path / f"{name}.json",
+        out_csv=tmp_path / f"{name}.csv",
+        cleaned_masks_dir=None,
+    )
 
 
 def test_probabilities_are_uint8_memmaps_with_ids(predicted, tiny_dataset):
@@ -74,7 +75,7 @@ def test_probabilities_are_uint8_memmaps_with_ids(predicted, tiny_dataset):
 
 def test_hflip_tta_averages_probabilities_of_both_views(predicted):
     root, _ = predicted
-    model, _ = load_checkpoint(root / "train/f0-s0/model.pt")
+    model, _, _ = load_checkpoint(root / "train/f0-s0/model.pt")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = (Softmax(model)(x) + Softmax(model)(x.flip(-1)).flip(-1)) / 2
@@ -92,16 +93,7 @@ def test_oof_score_merges_folds_and_writes_per_image_table(
     predicted, tiny_dataset, tmp_path
 ):
     _, dirs = predicted
-    summary = oof_score(
-        model_name="fpn",
-        predict_dirs=dirs,
-        images_path=tiny_dataset["images"],
-        folds_path=tiny_dataset["folds"],
-        masks_dir=tiny_dataset["masks"],
-        classes=CLASSES,
-        out_json=tmp_path / "fpn.json",
-        out_csv=tmp_path / "fpn.csv",
-    )
+    summary = score(tiny_dataset, tmp_path, runs_of(dirs), name="fpn")
     assert json.loads((tmp_path / "fpn.json").read_text()) == summary
     assert 0 <= summary["miou"] <= 1 and summary["seeds"]["0"]["images"] == 24
     table = pd.read_csv(tmp_path / "fpn.csv")
@@ -118,19 +110,10 @@ def test_a_missing_fold_is_an_error_naming_model_and_seed(
 ):
     _, dirs = predicted
     with pytest.raises(
-        OofError,
+        PredictionError,
         match=r"model fpn, seed 0: 12 validation images have no OOF prediction",
     ):
-        oof_score(
-            model_name="fpn",
-            predict_dirs=dirs[:1],
-            images_path=tiny_dataset["images"],
-            folds_path=tiny_dataset["folds"],
-            masks_dir=tiny_dataset["masks"],
-            classes=CLASSES,
-            out_json=tmp_path / "x.json",
-            out_csv=tmp_path / "x.csv",
-        )
+        score(tiny_dataset, tmp_path, runs_of(dirs[:1]))
     assert not (tmp_path / "x.json").exists()
 
 
@@ -145,15 +128,7 @@ def test_ids_of_another_fold_are_an_error_naming_the_fold(
         (dirs[0] / "oof_ids.txt").read_text()
     )  # fold 0's images, named fold 1
     with pytest.raises(
-        OofError, match=r"model fpn, seed 0, fold 1 .*not validation images of fold 1"
+        PredictionError,
+        match=r"model fpn, seed 0, fold 1 .*not validation images of fold 1",
     ):
-        oof_score(
-            model_name="fpn",
-            predict_dirs=[dirs[0], swapped],
-            images_path=tiny_dataset["images"],
-            folds_path=tiny_dataset["folds"],
-            masks_dir=tiny_dataset["masks"],
-            classes=CLASSES,
-            out_json=tmp_path / "x.json",
-            out_csv=tmp_path / "x.csv",
-        )
+        score(tiny_dataset, tmp_path, runs_of([dirs[0], swapped]))

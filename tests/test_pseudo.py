@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segflow.index import mask_file
-from segflow.metrics import IGNORE_INDEX
+from segflow.labels import IGNORE_INDEX, mask_file
 from segflow.pseudo import PseudoError, class_thresholds, pseudo_labels, pseudo_mask
-from segflow.train import fold_split, pseudo_rows
+from segflow.settings import PseudoSettings
+from segflow.splits import fold_split, pseudo_rows
 
 CLASSES = ["bg", "A", "B"]
 
@@ -44,6 +44,8 @@ def test_per_class_thresholds_with_a_default():
     assert class_thresholds(0.8, CLASSES).tolist() == [0.8, 0.8, 0.8]
     with pytest.raises(PseudoError, match=r"\['C'\] are not class names"):
         class_thresholds({"C": 0.5}, CLASSES)
+    with pytest.raises(PseudoError, match=r"no threshold for \['bg', 'A'\]"):
+        class_thresholds({"B": 0.5}, CLASSES)  # neither named nor a default
 
 
 @pytest.fixture()
@@ -75,16 +77,22 @@ def test_set(tmp_path):
     return tmp_path
 
 
-def test_pseudo_labels_keep_covered_images_at_their_own_size(test_set):
-    summary = pseudo_labels(
+def run_pseudo(test_set, **settings):
+    out = test_set / "pseudo"
+    return pseudo_labels(
+        settings=PseudoSettings(**settings),
         test_npy=test_set / "test.npy",
-        test_ids=test_set / "test_ids.txt",
         images_path=test_set / "images.parquet",
         classes=CLASSES,
-        out_dir=test_set / "pseudo",
-        confidence=0.9,
-        min_coverage=0.3,
+        images_out=out / "images.csv",
+        masks_out=out / "masks",
+        summary_out=out / "summary.json",
+        figure_out=out / "summary.png",
     )
+
+
+def test_pseudo_labels_keep_covered_images_at_their_own_size(test_set):
+    summary = run_pseudo(test_set, confidence=0.9, min_coverage=0.3)
     table = pd.read_csv(test_set / "pseudo" / "images.csv")
     assert table["kept"].tolist() == [True, True, False] and table[
         "coverage"
@@ -123,13 +131,7 @@ def test_pseudo_labels_keep_covered_images_at_their_own_size(test_set):
 def test_pseudo_labels_refuse_ids_that_are_not_the_test_images(test_set):
     (test_set / "test_ids.txt").write_text("t0.png\nt1.png\nl0.png\n")
     with pytest.raises(PseudoError, match="1 unknown.*l0.png"):
-        pseudo_labels(
-            test_npy=test_set / "test.npy",
-            test_ids=test_set / "test_ids.txt",
-            images_path=test_set / "images.parquet",
-            classes=CLASSES,
-            out_dir=test_set / "pseudo",
-        )
+        run_pseudo(test_set, confidence=0.9, min_coverage=0.5)
     assert not (test_set / "pseudo").exists()
 
 

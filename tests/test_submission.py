@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from segflow.submission import (
+from segflow.submission import write_submission
+from segflow.submission_format import (
     HEADER,
     SubmissionError,
     check_submission,
     decode_prediction,
     encode_mask,
     read_submission,
-    write_submission,
 )
 
 SIZE, N_CLASSES = 16, 11
@@ -50,7 +50,7 @@ def write(tmp_path, **kwargs):
         out=tmp_path / "submission.csv",
         size=SIZE,
         n_classes=N_CLASSES,
-        **kwargs,
+        **({"sample_submission": None, "debug_subset": False} | kwargs),
     )
 
 

@@ -6,23 +6,16 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CLASSES, model_params
-from segflow.train import fold_split, load_checkpoint, lr_factor, train
+from conftest import CLASSES, model_params, train_fold
+from segflow.checkpoints import load_checkpoint
+from segflow.optim import lr_factor
+from segflow.settings import WandbSettings
+from segflow.splits import fold_split
 
 
 def run(tiny_dataset, out_dir, seed=0, **changes):
-    return train(
-        images_path=tiny_dataset["images"],
-        folds_path=tiny_dataset["folds"],
-        masks_dir=tiny_dataset["masks"],
-        image_root=tiny_dataset["root"],
-        params=model_params(**changes),
-        classes=CLASSES,
-        fold=0,
-        seed=seed,
-        out_dir=out_dir,
-        threads=2,
-        run_name="fpn/f0-s0",
+    return train_fold(
+        tiny_dataset, out_dir, seed=seed, settings=model_params(**changes)
     )
 
 
@@ -74,7 +67,7 @@ def test_checkpoint_holds_plain_types_and_loads_with_weights_only(trained):
         checkpoint["epoch"] == metrics["best_epoch"]
         and checkpoint["classes"] == CLASSES
     )
-    model, _ = load_checkpoint(out / "model.pt")
+    model, _, _ = load_checkpoint(out / "model.pt")
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, len(CLASSES), 64, 64)
 
 
@@ -124,22 +117,25 @@ def test_fold_split_keeps_validation_out_of_training(tiny_dataset):
 
 
 def test_image_size_that_does_not_fit_the_arch_is_a_clear_error():
-    from segflow.train import check_input_size
+    from segflow.data import check_input_size
 
     sizes = pd.DataFrame({"height": [72, 72], "width": [72, 72]})
     with pytest.raises(
         ValueError,
-        match=r"DeepLabV3Plus needs sides that are multiples of 16, images are 72x72; set input_size \(e\.g\. 80\)",
+        match=r"DeepLabV3Plus needs sides that are multiples of 16, images are 72x72;"
+        r" set input_size \(e\.g\. 80\)",
     ):
-        check_input_size(sizes, {"arch": "DeepLabV3Plus", "input_size": None})
+        check_input_size(sizes, model_params(arch="DeepLabV3Plus", input_size=None))
     check_input_size(
-        sizes, {"arch": "DeepLabV3Plus", "input_size": 64}
+        sizes, model_params(arch="DeepLabV3Plus", input_size=64)
     )  # resized: fine
-    check_input_size(sizes, {"arch": "Unet", "input_size": None})  # Unet takes any size
+    check_input_size(
+        sizes, model_params(arch="Unet", input_size=None)
+    )  # Unet takes any size
     with pytest.raises(ValueError, match="2 different sizes"):
         check_input_size(
             pd.DataFrame({"height": [64, 72], "width": [64, 72]}),
-            {"arch": "Unet", "input_size": None},
+            model_params(arch="Unet", input_size=None),
         )
 
 
@@ -147,22 +143,10 @@ def test_wandb_offline_writes_a_local_run_and_nothing_else(
     tiny_dataset, tmp_path, monkeypatch
 ):
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    train(
-        images_path=tiny_dataset["images"],
-        folds_path=tiny_dataset["folds"],
-        masks_dir=tiny_dataset["masks"],
-        image_root=tiny_dataset["root"],
-        params=model_params(epochs=1),
-        classes=CLASSES,
-        fold=0,
-        seed=0,
-        out_dir=tmp_path / "run",
-        threads=2,
-        wandb_settings={
-            "mode": "offline",
-            "project": "segflow-test",
-            "dir": str(tmp_path / "wandb"),
-        },
+    train_fold(
+        tiny_dataset,
+        tmp_path / "run",
+        wandb=WandbSettings("offline", "segflow-test", str(tmp_path / "wandb")),
         run_name="r0/fpn/f0-s0",
     )
     runs = list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))

@@ -161,6 +161,8 @@ def test_ensemble_members_from_config(tmp_path):
         ensemble={"members": ["a/s1", "b"]},
     )
     output = snakemake(tmp_path, "-n", "results/ensemble/summary.json").stdout
+    submission = snakemake(tmp_path, "-n", "--", "submission").stdout
+    assert "--labels results/ensemble/test_labels.npy" in submission  # not r0's own
     assert (
         "results/r0/predict/a/f0-s1/oof.npy" in output
         and "results/r0/predict/a/f0-s0/oof.npy" not in output
@@ -200,14 +202,13 @@ def test_cleaning_adds_round_r1_and_the_submission_comes_from_it(tmp_path):
         "train": 2 * runs,
         "predict": 2 * runs,
         "oof_score": 4,
-        "round_ensemble": 2,
         "clean": 1,
         "demo_noise": 1,
-        "ensemble": 1,
+        "ensemble": 2,
         "submission": 1,
         "demo_score": 1,
         "demo_rounds": 1,
-    }  # round_ensemble: r0's judges the labels, r1's is scored in demo/rounds.json
+    }  # one ensemble per round: r0's judges the labels, r1's is the submission's
     assert (
         "results/r1/predict/fpn_r18/f0-s0/oof.npy" in output
         and "--train-masks-dir results/clean/masks --drop results/clean/dropped.txt"
@@ -546,7 +547,9 @@ def test_tiny_run_writes_a_valid_submission_and_a_demo_score(tiny_run):
         and score["images"] == len(test_ids)
         and score["size"] == 256
     )
-    summary = json.loads((results / "ensemble" / "summary.json").read_text())
+    # The final ensemble is round r0's own: the same members are not ensembled twice.
+    assert not (results / "ensemble").exists()
+    summary = json.loads((results / "r0" / "ensemble" / "summary.json").read_text())
     assert set(summary["members"]) == {"r0/fpn/s0", "r0/unet/s0"}
     assert summary["oof_miou"] >= summary["best_member_oof_miou"] - 1e-12
 
@@ -635,14 +638,13 @@ def tiny_clean_run(tiny_run, tmp_path_factory):
     )
     counts = job_counts(snakemake(workdir, "-n").stdout)
     assert counts == {
-        "round_ensemble": 2,
         "clean": 1,
         "demo_noise": 1,
         "pseudo_labels": 1,
         "train": 4,
         "predict": 4,
         "oof_score": 2,
-        "ensemble": 1,
+        "ensemble": 2,
         "submission": 1,
         "demo_score": 1,
         "demo_rounds": 1,
@@ -718,7 +720,7 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
         "shifted",
         "bloated",
     }
-    summary = json.loads((results / "ensemble" / "summary.json").read_text())
+    summary = json.loads((results / "r1" / "ensemble" / "summary.json").read_text())
     assert set(summary["members"]) == {"r1/fpn/s0", "r1/unet/s0"}
     assert (
         json.loads((results / "r0" / "ensemble" / "summary.json").read_text())[
@@ -743,7 +745,7 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
             False,
             {
                 "train": 6,
-                "round_ensemble": 0,
+                "ensemble": 1,
                 "clean": 0,
                 "pseudo_labels": 0,
                 "oof_score": 2,
@@ -754,7 +756,7 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
             False,
             {
                 "train": 12,
-                "round_ensemble": 2,
+                "ensemble": 2,
                 "clean": 1,
                 "pseudo_labels": 0,
                 "oof_score": 4,
@@ -765,7 +767,7 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
             True,
             {
                 "train": 12,
-                "round_ensemble": 2,
+                "ensemble": 2,
                 "clean": 0,
                 "pseudo_labels": 1,
                 "oof_score": 4,
@@ -776,7 +778,7 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
             True,
             {
                 "train": 12,
-                "round_ensemble": 2,
+                "ensemble": 2,
                 "clean": 1,
                 "pseudo_labels": 1,
                 "oof_score": 4,
@@ -787,7 +789,7 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
             {"rounds": 2},
             {
                 "train": 18,
-                "round_ensemble": 3,
+                "ensemble": 3,
                 "clean": 0,
                 "pseudo_labels": 2,
                 "oof_score": 6,

@@ -32,17 +32,19 @@ rule clean:
     conda:
         ENV
     params:
-        sources=clean_sources_json,
+        settings=clean_settings(config).to_json(),
+        sources=json.dumps(clean_sources(), sort_keys=True),
         root=DATA.root,
         classes=CLASSES_JSON,
-        settings=json.dumps(stable(config["clean"])),
-        gallery=config["clean"]["gallery"],
-        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
-        "python -m segflow.clean --sources {params.sources:q} --images {input.images}"
+        "python -m segflow.clean --settings {params.settings:q}"
+        " --sources {params.sources:q} --images {input.images}"
         " --annotations {input.annotations} --masks-dir {input.masks}"
-        " --image-root {params.root:q} --classes {params.classes:q} --out-dir {params.out_dir}"
-        " --settings {params.settings:q} --gallery {params.gallery} > {log} 2>&1"
+        " --image-root {params.root:q} --classes {params.classes:q}"
+        " --scores-out {output.scores} --flags-out {output.flags}"
+        " --images-out {output.images} --dropped-out {output.dropped}"
+        " --masks-out {output.masks} --summary-out {output.summary}"
+        " --gallery-out {output.gallery} --figures-out {output.figures} > {log} 2>&1"
 
 
 rule demo_noise:

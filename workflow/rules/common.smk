@@ -24,12 +24,20 @@ for variable, first in (
     )
 
 from segflow.coco import DataError
+from segflow.probabilities import ids_path
 from segflow.settings import (
     DEMO_ROOT,
     ConfigError,
     check_config,
+    clean_settings,
     data_paths,
+    demo_settings,
+    ensemble_settings,
     model_settings,
+    prediction_size,
+    prediction_tta,
+    pseudo_settings,
+    wandb_settings,
 )
 
 try:
@@ -40,16 +48,7 @@ except (ConfigError, DataError) as error:
 DATA = data_paths(config)
 CLASSES_JSON = json.dumps(config["classes"])
 ENV = "../../envs/segflow.yaml"
-
-
-def stable(value):
-    """``value`` with every dict's keys sorted: params compare by their text, and a config
-    whose keys merely changed order must not rerun anything."""
-    if isinstance(value, dict):
-        return {key: stable(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [stable(item) for item in value]
-    return value
+WANDB_DIR = "results/wandb"  # wandb's own folder, not a rule's output
 
 
 def coco_files(wildcards):
@@ -77,29 +76,31 @@ SEEDS = config["cv"]["seeds"]
 FOLDS = (
     [0] if config["cv"]["method"] == "holdout" else list(range(config["cv"]["folds"]))
 )
-PREDICT_ONLY = ("tta",)  # model keys that change predictions, not training
 
 
-def train_params(wildcards):
-    """JSON of what training reads, keys sorted: a change reruns exactly this model's jobs."""
-    params = model_settings(config, wildcards.model)
+def train_settings(wildcards):
+    """JSON of what training reads, keys sorted: a change reruns this model's jobs only."""
+    return model_settings(config, wildcards.model).to_json()
+
+
+def oof_runs(wildcards):
+    """JSON: every fold x seed of one model and round, with its OOF probabilities."""
     return json.dumps(
-        {k: v for k, v in params.items() if k not in PREDICT_ONLY}, sort_keys=True
-    )
-
-
-def predict_size():
-    return config["predict"]["size"] or config["submission"]["size"]
-
-
-def wandb_settings():
-    return json.dumps(
-        {
-            "mode": config["wandb"]["mode"],
-            "project": config["wandb"]["project"],
-            "dir": "results/wandb",
-        },
-        sort_keys=True,
+        [
+            {
+                "fold": fold,
+                "seed": seed,
+                "oof": expand(
+                    rules.predict.output.oof,
+                    round=wildcards.round,
+                    model=wildcards.model,
+                    fold=fold,
+                    seed=seed,
+                )[0],
+            }
+            for seed in SEEDS
+            for fold in FOLDS
+        ]
     )
 
 
@@ -150,43 +151,7 @@ def cleaned_masks(wildcards):
     return {"cleaned": rules.clean.output.masks}
 
 
-def previous_ensemble(wildcards):
-    """Round r<n>'s pseudo labels come from round r<n-1>'s ensemble."""
-    return expand(rules.round_ensemble.output, round=previous_round(wildcards.round))
-
-
-def predict_dirs(round_, model, seed):
-    """The predict folder of each fold of one model x seed."""
-    return [
-        os.path.dirname(path)
-        for fold in FOLDS
-        for path in expand(
-            rules.predict.output.oof, round=round_, model=model, fold=fold, seed=seed
-        )
-    ]
-
-
-def members_inputs(members):
-    """Every predict output of every member (all folds)."""
-    return [
-        path
-        for _, round_, model, seed in members
-        for fold in FOLDS
-        for path in expand(
-            rules.predict.output, round=round_, model=model, fold=fold, seed=seed
-        )
-    ]
-
-
-def members_json(members):
-    """JSON: member name -> its predict folders (one per fold)."""
-    return json.dumps(
-        {
-            name: predict_dirs(round_, model, seed)
-            for name, round_, model, seed in members
-        },
-        sort_keys=True,
-    )
+# --- ensembles: one per round (what the next round learns from), and the final one ---
 
 
 def round_members(round_):
@@ -196,27 +161,6 @@ def round_members(round_):
         for model in MODELS
         for seed in SEEDS
     ]
-
-
-# --- label-noise cleaning -------------------------------------------------------------
-
-
-def clean_source_inputs(wildcards):
-    """The r0 OOF probabilities that judge the labels: r0's ensemble, or one model's runs."""
-    source = config["clean"]["source"]
-    if source == "ensemble":
-        return expand(rules.round_ensemble.output, round="r0")
-    return members_inputs([m for m in round_members("r0") if m[2] == source])
-
-
-def clean_sources_json(wildcards, input):
-    source = config["clean"]["source"]
-    if source == "ensemble":
-        return json.dumps({"r0/ensemble": ["results/r0/ensemble"]})
-    return members_json([m for m in round_members("r0") if m[2] == source])
-
-
-# --- ensemble and submission -----------------------------------------------------------
 
 
 def member_runs():
@@ -229,23 +173,113 @@ def member_runs():
         seeds = [int(parts[0][1:])] if parts else SEEDS
         if round_ not in ROUNDS or model not in MODELS or not set(seeds) <= set(SEEDS):
             raise WorkflowError(
-                f"segflow config: ensemble.members: {entry!r} names no trained round, model"
-                f" and seed (rounds {ROUNDS}, models {MODELS}, seeds {SEEDS})"
+                f"segflow config: ensemble.members: {entry!r} names no trained round,"
+                f" model and seed (rounds {ROUNDS}, models {MODELS}, seeds {SEEDS})"
             )
         runs += [(f"{round_}/{model}/s{seed}", round_, model, seed) for seed in seeds]
     return runs
 
 
 MEMBERS = member_runs()  # checked now: a wrong member stops the run before any job
-
-# The ensemble and round_ensemble rules run the same step on different members.
-ENSEMBLE_SHELL = (
-    "python -m segflow.ensemble --members {params.members:q} --images {input.images}"
-    " --masks-dir {input.masks} --classes {params.classes:q} --out-dir {params.out_dir}"
-    " --method {params.settings[method]} --weights {params.settings[weights]}"
-    " --class-bias {params.settings[class_bias]} --tune-pixels {params.settings[tune_pixels]}"
-    " --chunk {params.settings[chunk]} > {log} 2>&1"
+# The final ensemble is the last round's own when it has the same members; a separate
+# ensemble (results/ensemble) is computed only for another member list.
+FINAL_ENSEMBLE = (
+    f"{FINAL_ROUND}/ensemble"
+    if sorted(MEMBERS) == sorted(round_members(FINAL_ROUND))
+    else "ensemble"
 )
+
+
+def ensemble_output(name, key):
+    """One output file of ensemble ``name`` (``r<n>/ensemble`` or ``ensemble``)."""
+    return expand(getattr(rules.ensemble.output, key), ensemble=name)[0]
+
+
+def round_ensemble(round_, key):
+    return ensemble_output(f"{round_}/ensemble", key)
+
+
+def final_ensemble(key):
+    return ensemble_output(FINAL_ENSEMBLE, key)
+
+
+def ensemble_members(wildcards):
+    """The members of ensemble ``wildcards.ensemble``."""
+    if wildcards.ensemble == "ensemble":
+        return MEMBERS
+    return round_members(wildcards.ensemble.split("/")[0])
+
+
+def member_files(members, key):
+    """Per member: its ``key`` (oof or test) probabilities, one file per fold."""
+    return {
+        name: [
+            expand(
+                getattr(rules.predict.output, key),
+                round=round_,
+                model=model,
+                fold=fold,
+                seed=seed,
+            )[0]
+            for fold in FOLDS
+        ]
+        for name, round_, model, seed in members
+    }
+
+
+def ensemble_inputs(wildcards):
+    """Every predict output of every member of the ensemble (all folds)."""
+    return [
+        path
+        for _, round_, model, seed in ensemble_members(wildcards)
+        for fold in FOLDS
+        for path in expand(
+            rules.predict.output, round=round_, model=model, fold=fold, seed=seed
+        )
+    ]
+
+
+def ensemble_members_json(wildcards):
+    """JSON: member name -> {"oof": [...], "test": [...]} (one file per fold)."""
+    members = ensemble_members(wildcards)
+    oof, test = member_files(members, "oof"), member_files(members, "test")
+    return json.dumps(
+        {name: {"oof": oof[name], "test": test[name]} for name in oof}, sort_keys=True
+    )
+
+
+# --- label-noise cleaning and pseudo labels ----------------------------------------------
+
+
+def clean_sources():
+    """The r0 OOF probabilities that judge the labels: r0's ensemble, or one model's runs."""
+    source = config["clean"]["source"]
+    if source == "ensemble":
+        return {"r0/ensemble": [round_ensemble("r0", "oof")]}
+    members = [m for m in round_members("r0") if m[2] == source]
+    return member_files(members, "oof")
+
+
+def clean_source_inputs(wildcards):
+    files = [path for paths in clean_sources().values() for path in paths]
+    return files + [str(ids_path(path)) for path in files]
+
+
+def previous_ensemble(wildcards):
+    """Round r<n>'s pseudo labels come from round r<n-1>'s ensemble."""
+    round_ = previous_round(wildcards.round)
+    return {
+        "test": round_ensemble(round_, "test"),
+        "test_ids": round_ensemble(round_, "test_ids"),
+    }
+
+
+def rounds_json():
+    """JSON: round -> the files of its ensemble that the demo's rounds score reads."""
+    keys = ("test_labels", "test_ids", "summary")
+    return json.dumps(
+        {r: {k: round_ensemble(r, k) for k in keys} for r in ROUNDS}, sort_keys=True
+    )
 
 
 def sample_submission(wildcards):
@@ -257,7 +291,7 @@ def final_targets():
     targets = [
         rules.submission.output.csv,
         rules.eda.output.report,
-        rules.ensemble.output.summary,
+        final_ensemble("summary"),
         *expand(rules.oof_score.output.json, round=ROUNDS, model=MODELS),
     ]
     if CLEAN:
@@ -275,21 +309,18 @@ def final_targets():
 
 def print_run_summary():
     """At the end of a run: where the submission is and how it scores on OOF (and the demo)."""
-    summary_path = Path("results/ensemble/summary.json")
-    if (
-        not summary_path.exists()
-        or not Path("results/submission/submission.csv").exists()
-    ):
+    summary_path = Path(final_ensemble("summary"))
+    submission = Path(rules.submission.output.csv)
+    if not summary_path.exists() or not submission.exists():
         return
     summary = json.loads(summary_path.read_text())
     lines = [
-        "segflow: submission written to results/submission/submission.csv",
-        f"  ensemble OOF mIoU {summary['oof_miou']:.4f} (best member {summary['best_member_oof_miou']:.4f})",
+        f"segflow: submission written to {submission}",
+        f"  ensemble OOF mIoU {summary['oof_miou']:.4f}"
+        f" (best member {summary['best_member_oof_miou']:.4f}; {summary_path})",
     ]
-    score_path = Path("results/demo/score.json")
+    score_path = Path(rules.demo_score.output.score)
     if config["data"]["demo"] and score_path.exists():
         score = json.loads(score_path.read_text())
-        lines.append(
-            f"  demo test mIoU {score['test_miou']:.4f} (results/demo/score.json)"
-        )
+        lines.append(f"  demo test mIoU {score['test_miou']:.4f} ({score_path})")
     print("\n".join(lines))

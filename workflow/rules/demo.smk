@@ -17,10 +17,7 @@ rule demo:
     params:
         root=lambda wildcards, output: os.path.dirname(output.train),
         classes=CLASSES_JSON,
-        demo=stable(config["demo"]),
+        settings=demo_settings(config).to_json(),
     shell:
         "python -m segflow.demo --out {params.root} --classes {params.classes:q}"
-        " --seed {params.demo[seed]} --train-images {params.demo[train_images]}"
-        " --test-images {params.demo[test_images]} --size {params.demo[size]}"
-        " --batches {params.demo[batches]} --noise-rate {params.demo[noise_rate]}"
-        " > {log} 2>&1"
+        " --settings {params.settings:q} > {log} 2>&1"

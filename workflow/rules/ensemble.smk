@@ -1,65 +1,42 @@
-rule round_ensemble:
-    """One round's OOF ensemble of all its models x seeds: what the next round learns from."""
-    input:
-        predictions=lambda wildcards: members_inputs(round_members(wildcards.round)),
-        images=rules.index.output.images,
-        masks=rules.index.output.masks,
-    output:
-        summary="results/{round}/ensemble/summary.json",
-        oof="results/{round}/ensemble/oof.npy",
-        oof_ids="results/{round}/ensemble/oof_ids.txt",
-        test="results/{round}/ensemble/test.npy",
-        test_ids="results/{round}/ensemble/test_ids.txt",
-        test_labels="results/{round}/ensemble/test_labels.npy",
-    log:
-        "results/logs/{round}/ensemble.log",
-    benchmark:
-        "results/benchmarks/{round}/ensemble.tsv"
-    conda:
-        ENV
-    params:
-        members=lambda wildcards: members_json(round_members(wildcards.round)),
-        settings=stable(config["ensemble"]),
-        classes=CLASSES_JSON,
-        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
-    shell:
-        ENSEMBLE_SHELL
-
-
 rule ensemble:
-    """The submission's ensemble (ensemble.members); weights and class bias tuned on OOF."""
+    """An ensemble of members' probabilities, weights and class bias tuned on OOF: each
+    round's own (r<n>/ensemble: what the next round learns from) and, for another member
+    list (ensemble.members), the final one (ensemble)."""
     input:
-        predictions=members_inputs(MEMBERS),
+        predictions=ensemble_inputs,
         images=rules.index.output.images,
         masks=rules.index.output.masks,
     output:
-        summary="results/ensemble/summary.json",
-        oof="results/ensemble/oof.npy",
-        oof_ids="results/ensemble/oof_ids.txt",
-        test="results/ensemble/test.npy",
-        test_ids="results/ensemble/test_ids.txt",
-        test_labels="results/ensemble/test_labels.npy",
+        summary="results/{ensemble}/summary.json",
+        oof="results/{ensemble}/oof.npy",
+        oof_ids="results/{ensemble}/oof_ids.txt",
+        test="results/{ensemble}/test.npy",
+        test_ids="results/{ensemble}/test_ids.txt",
+        test_labels="results/{ensemble}/test_labels.npy",
     log:
-        "results/logs/ensemble.log",
+        "results/logs/{ensemble}.log",
     benchmark:
-        "results/benchmarks/ensemble.tsv"
+        "results/benchmarks/{ensemble}.tsv"
     conda:
         ENV
     params:
-        members=members_json(MEMBERS),
-        settings=stable(config["ensemble"]),
+        settings=ensemble_settings(config).to_json(),
+        members=ensemble_members_json,
         classes=CLASSES_JSON,
-        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
     shell:
-        ENSEMBLE_SHELL
+        "python -m segflow.ensemble --settings {params.settings:q}"
+        " --members {params.members:q} --images {input.images} --masks-dir {input.masks}"
+        " --classes {params.classes:q} --summary-out {output.summary}"
+        " --oof-out {output.oof} --test-out {output.test}"
+        " --test-labels-out {output.test_labels} > {log} 2>&1"
 
 
 rule submission:
     """The competition CSV, checked before it is renamed into place."""
     input:
         unpack(sample_submission),
-        labels=rules.ensemble.output.test_labels,
-        ids=rules.ensemble.output.test_ids,
+        labels=final_ensemble("test_labels"),
+        ids=final_ensemble("test_ids"),
         test=DATA.test,
     output:
         csv="results/submission/submission.csv",

@@ -10,13 +10,14 @@ rule folds:
     conda:
         ENV
     params:
-        cv=stable(config["cv"]),
+        method=config["cv"]["method"],
+        folds=config["cv"]["folds"],
         group_by=config["cv"]["group_by"] or "",
         n_classes=len(config["classes"]),
         seed=config["seed"],
         val=lambda wildcards, input: input.get("val", ""),
     shell:
         "python -m segflow.folds --images {input.images} --out {output.folds}"
-        " --n-classes {params.n_classes} --method {params.cv[method]} --folds {params.cv[folds]}"
+        " --n-classes {params.n_classes} --method {params.method} --folds {params.folds}"
         " --seed {params.seed} --group-by={params.group_by:q} --val-json={params.val:q}"
         " > {log} 2>&1"

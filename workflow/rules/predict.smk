@@ -20,15 +20,15 @@ rule predict:
         gpu=1,
     params:
         root=DATA.root,
-        size=predict_size(),
-        tta=lambda wildcards: model_settings(config, wildcards.model)["tta"],
+        size=prediction_size(config),
+        tta=lambda wildcards: prediction_tta(config, wildcards.model),
         batch_size=config["predict"]["batch_size"],
-        out_dir=lambda wildcards, output: os.path.dirname(output.oof),
     shell:
         "python -m segflow.predict --model {input.model} --images {input.images}"
         " --folds {input.folds} --image-root {params.root:q} --fold {wildcards.fold}"
         " --size {params.size} --tta {params.tta} --batch-size {params.batch_size}"
-        " --out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
+        " --oof-out {output.oof} --test-out {output.test} --threads {threads}"
+        " > {log} 2>&1"
 
 
 rule oof_score:
@@ -52,12 +52,12 @@ rule oof_score:
         ENV
     params:
         classes=CLASSES_JSON,
-        dirs=lambda wildcards, input: " ".join(os.path.dirname(p) for p in input.oof),
+        runs=oof_runs,
         cleaned=lambda wildcards, input: (
             f"--cleaned-masks-dir {input.cleaned}" if "cleaned" in input.keys() else ""
         ),
     shell:
-        "python -m segflow.oof_score --model-name {wildcards.model}"
-        " --predict-dirs {params.dirs} --images {input.images} --folds {input.folds}"
-        " --masks-dir {input.masks} --classes {params.classes:q}"
-        " --out-json {output.json} --out-csv {output.csv} {params.cleaned} > {log} 2>&1"
+        "python -m segflow.oof_score --model-name {wildcards.model} --runs {params.runs:q}"
+        " --images {input.images} --folds {input.folds} --masks-dir {input.masks}"
+        " --classes {params.classes:q} --out-json {output.json} --out-csv {output.csv}"
+        " {params.cleaned} > {log} 2>&1"

@@ -1,7 +1,7 @@
 rule pseudo_labels:
     """Round r<n>'s pseudo labels: round r<n-1>'s ensemble where it is confident, else 255."""
     input:
-        ensemble=previous_ensemble,
+        unpack(previous_ensemble),
         images=rules.index.output.images,
     output:
         images="results/pseudo/{round}/images.csv",
@@ -20,23 +20,19 @@ rule pseudo_labels:
     conda:
         ENV
     params:
-        ensemble_dir=lambda wildcards, input: os.path.dirname(input.ensemble[0]),
         classes=CLASSES_JSON,
-        confidence=json.dumps(stable(config["pseudo"]["confidence"])),
-        min_coverage=config["pseudo"]["min_coverage"],
-        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
+        settings=pseudo_settings(config).to_json(),
     shell:
-        "python -m segflow.pseudo --test-npy {params.ensemble_dir}/test.npy"
-        " --test-ids {params.ensemble_dir}/test_ids.txt --images {input.images}"
-        " --classes {params.classes:q} --out-dir {params.out_dir}"
-        " --confidence {params.confidence:q} --min-coverage {params.min_coverage}"
-        " > {log} 2>&1"
+        "python -m segflow.pseudo --settings {params.settings:q} --test-npy {input.test}"
+        " --images {input.images} --classes {params.classes:q}"
+        " --images-out {output.images} --masks-out {output.masks}"
+        " --summary-out {output.summary} --figure-out {output.figure} > {log} 2>&1"
 
 
 rule demo_rounds:
     """Demo test mIoU of each round's own ensemble: what each round bought."""
     input:
-        ensembles=expand(rules.round_ensemble.output.test_labels, round=ROUNDS),
+        ensembles=[round_ensemble(r, "test_labels") for r in ROUNDS],
         truth=rules.demo.output.test_truth,
     output:
         rounds="results/demo/rounds.json",
@@ -45,12 +41,10 @@ rule demo_rounds:
     conda:
         ENV
     params:
-        dirs=json.dumps(
-            {round_: f"results/{round_}/ensemble" for round_ in ROUNDS}, sort_keys=True
-        ),
+        rounds=rounds_json(),
         classes=CLASSES_JSON,
         size=config["submission"]["size"],
     shell:
-        "python -m segflow.demo_score --rounds {params.dirs:q} --truth {input.truth}"
+        "python -m segflow.demo_score --rounds {params.rounds:q} --truth {input.truth}"
         " --classes {params.classes:q} --size {params.size} --out {output.rounds}"
         " > {log} 2>&1"

@@ -19,17 +19,16 @@ rule train:
     resources:
         gpu=1,
     params:
-        model=train_params,
+        settings=train_settings,
         root=DATA.root,
         classes=CLASSES_JSON,
-        wandb=wandb_settings(),
-        out_dir=lambda wildcards, output: os.path.dirname(output.model),
+        wandb=wandb_settings(config, WANDB_DIR).to_json(),
         round_args=round_training_args,
     shell:
-        "python -m segflow.train --images {input.images} --folds {input.folds}"
-        " --masks-dir {input.masks} --image-root {params.root:q} --params {params.model:q}"
+        "python -m segflow.train --settings {params.settings:q} --images {input.images}"
+        " --folds {input.folds} --masks-dir {input.masks} --image-root {params.root:q}"
         " --classes {params.classes:q} --fold {wildcards.fold} --seed {wildcards.seed}"
-        " --out-dir {params.out_dir} --threads {threads} --wandb {params.wandb:q}"
+        " --model-out {output.model} --history-out {output.history}"
+        " --metrics-out {output.metrics} --threads {threads} --wandb {params.wandb:q}"
         " --name {wildcards.round}/{wildcards.model}/f{wildcards.fold}-s{wildcards.seed}"
-        " {params.round_args}"
-        " > {log} 2>&1"
+        " {params.round_args} > {log} 2>&1"

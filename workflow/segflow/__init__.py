@@ -1,7 +1,38 @@
 """segflow: COCO segmentation competition dataset -> submission CSV, as a Snakemake workflow.
 
-Each step is a plain function in its own module with a thin ``python -m segflow.<step>``
-command line; the Snakemake rules under ``workflow/rules`` only call those commands.
+Two kinds of module, and imports run one way (tests/test_layers.py holds it):
+
+Steps, each a plain function with a thin ``python -m segflow.<step>`` command line that
+one rule calls; no step imports another step:
+  demo, index, eda, folds, train, predict, oof_score, clean, pseudo, ensemble,
+  submission, demo_score, noise_detection.
+
+Libraries, shared by the steps; a library never imports a step:
+  settings       the validated config as typed settings; config checks; data paths
+  coco           COCO reading, validation and the one mask rasterization
+  labels         label maps on disk: mask paths, read/write, nearest resize, IGNORE_INDEX
+  tables         column names of the index tables
+  probabilities  stored probabilities: uint8 encode/decode, memmap writer, member reader
+  metrics        the competition mIoU from one confusion matrix
+  models         the model factory (smp), offline-safe encoder weights
+  checkpoints    save/load a state_dict with the settings that rebuild the model
+  losses         the weighted loss terms
+  data           datasets, albumentations pipelines, loaders, input-size checks
+  splits         which images and labels a fold job of a round trains and validates on
+  optim          optimizers and learning-rate schedules
+  runtime        seeds, threads, autocast, batches on the device
+  device         which GPU a job takes (a lock per device)
+  tracking       wandb runs
+  label_noise    scoring labels against OOF probabilities (confident learning)
+  submission_format  the competition CSV: encode, decode, check
+  viz            palette, overlays, figure encoding
+  io             atomic writes, id sidecars
 """
+
+import os
+
+# Hub downloads off unless the user says otherwise: huggingface_hub reads this once, at
+# its import (albumentations, timm and smp import it), so it is set before any of them.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 __version__ = "0.1.0"

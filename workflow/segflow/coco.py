@@ -115,7 +115,8 @@ def class_index_by_category(
     unused = [c for c in foreground if c not in set(names.values())]
     if unknown or unused:
         raise DataError(
-            f"{source}: categories do not match config 'classes' (index 0, {classes[0]!r}, is the background): "
+            f"{source}: categories do not match config 'classes'"
+            f" (index 0, {classes[0]!r}, is the background): "
             f"categories not in classes: {unknown}; classes not among categories: {unused}"
         )
     if len(set(names.values())) != len(names):
@@ -257,11 +258,17 @@ def check_segmentation(segmentation, height: int, width: int) -> str | None:
     if isinstance(segmentation, dict):
         size, counts = segmentation.get("size"), segmentation.get("counts")
         if size != [height, width]:
-            return f"RLE size {size} differs from the image size [{height}, {width}] (height, width)"
+            return (
+                f"RLE size {size} differs from the image size [{height}, {width}]"
+                " (height, width)"
+            )
         if not isinstance(counts, (list, str)) or not counts:
             return "RLE needs non-empty 'counts' (list or string)"
         if isinstance(counts, list) and sum(counts) != height * width:
-            return f"uncompressed RLE counts sum to {sum(counts)}, not height*width={height * width}"
+            return (
+                f"uncompressed RLE counts sum to {sum(counts)},"
+                f" not height*width={height * width}"
+            )
         return None
     return f"segmentation must be a polygon list or an RLE dict, got {type(segmentation).__name__}"
 

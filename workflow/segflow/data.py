@@ -24,11 +24,13 @@ from pathlib import Path
 import albumentations as A
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset
 
-from segflow.models import IMAGENET_MEAN, IMAGENET_STD
+from segflow.models import IMAGENET_MEAN, IMAGENET_STD, size_multiple
+from segflow.settings import ModelSettings
 
 COMPOSITES = {
     "OneOf",
@@ -54,6 +56,47 @@ def build_transform(
         raise ValueError(f"augment: {e}") from None
 
 
+def resize_steps(input_size: int | None) -> list[dict]:
+    """The augment-style step that resizes to the model's ``input_size``, if it has one."""
+    return (
+        [{"Resize": {"height": input_size, "width": input_size}}] if input_size else []
+    )
+
+
+def train_transform(settings: ModelSettings, seed: int) -> A.Compose:
+    """The model's augmentations, then its resize."""
+    return build_transform(
+        list(settings.augment) + resize_steps(settings.input_size), seed=seed
+    )
+
+
+def eval_transform(settings: ModelSettings) -> A.Compose:
+    """What validation and prediction see: the resize only."""
+    return build_transform(resize_steps(settings.input_size))
+
+
+def check_input_size(rows: pd.DataFrame, settings: ModelSettings) -> None:
+    """Images of one size (to batch them) that fits the arch (smp: e.g. DeepLabV3+ needs
+    sides that are multiples of 16)."""
+    multiple = size_multiple(settings.arch)
+    if settings.input_size:
+        sizes = {(settings.input_size, settings.input_size)}
+    else:
+        sizes = set(zip(rows["height"], rows["width"]))
+        if len(sizes) > 1:
+            raise ValueError(
+                f"images have {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]});"
+                " set input_size to train on one size"
+            )
+    height, width = next(iter(sizes))
+    if height % multiple or width % multiple:
+        fitting = -(-max(height, width) // multiple) * multiple
+        raise ValueError(
+            f"{settings.arch} needs sides that are multiples of {multiple}, images are"
+            f" {width}x{height}; set input_size (e.g. {fitting})"
+        )
+
+
 def _build_step(spec: dict, where: str):
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ValueError(
@@ -74,7 +117,7 @@ def _build_step(spec: dict, where: str):
             for j, child in enumerate(children)
         ]
     try:
-        # strict=True: an unknown argument raises here instead of a warning (albumentations 2).
+        # strict=True: an unknown argument raises instead of a warning (albumentations 2).
         return transform_class(
             **arguments, **({} if name in COMPOSITES else {"strict": True})
         )
@@ -129,9 +172,7 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    cv2.setNumThreads(
-        0
-    )  # the workers are the parallelism; cv2's own threads only contend
+    cv2.setNumThreads(0)  # the workers are the parallelism; cv2's threads only contend
     info = torch.utils.data.get_worker_info()
     if info is not None and hasattr(info.dataset, "transform"):
         info.dataset.transform.set_random_seed(seed)

@@ -32,6 +32,7 @@ from pycocotools import mask as mask_utils
 
 from segflow.coco import annotation_rle
 from segflow.io import write_json, write_table
+from segflow.settings import DemoSettings
 
 NOISE_KINDS = ("class_swap", "missing", "shifted", "bloated")
 
@@ -81,12 +82,12 @@ def make_demo(
     out: str | Path,
     classes: list[str],
     *,
-    seed: int = 0,
-    train_images: int = 200,
-    test_images: int = 50,
-    size: int = 128,
-    batches: int = 6,
-    noise_rate: float = 0.1,
+    seed: int,
+    train_images: int,
+    test_images: int,
+    size: int,
+    batches: int,
+    noise_rate: float,
     val_fraction: float = 0.2,
 ) -> dict:
     """Write the demo dataset under ``out`` and return its summary (counts, noise)."""
@@ -439,7 +440,8 @@ def _annotation(
 
 
 def _inject_noise(rng, images, annotations, looks, noise_rate: float, size: int):
-    """Give ``noise_rate`` of the images one label error each; return the noisy list and the manifest."""
+    """Give ``noise_rate`` of the images one label error each; return the noisy list
+    and the manifest."""
     by_image: dict[int, list[int]] = {}
     for index, ann in enumerate(annotations):
         # Only objects big enough to matter: an error on a 3-pixel sliver is not detectable.
@@ -546,23 +548,10 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--classes", required=True, help="JSON list of class names, background first"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-images", type=int, default=200)
-    parser.add_argument("--test-images", type=int, default=50)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=6)
-    parser.add_argument("--noise-rate", type=float, default=0.1)
+    parser.add_argument("--settings", required=True, help="JSON of the demo settings")
     args = parser.parse_args(argv)
-    summary = make_demo(
-        args.out,
-        json.loads(args.classes),
-        seed=args.seed,
-        train_images=args.train_images,
-        test_images=args.test_images,
-        size=args.size,
-        batches=args.batches,
-        noise_rate=args.noise_rate,
-    )
+    settings = DemoSettings.from_json(args.settings, "--settings")
+    summary = make_demo(args.out, json.loads(args.classes), **settings.to_dict())
     print(json.dumps(summary, indent=2))
 
 

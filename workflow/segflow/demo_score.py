@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from segflow.coco import load_coco, rasterize
-from segflow.index import resize_label
 from segflow.io import read_ids, write_json
-from segflow.metrics import confusion_matrix, iou_per_class, mean_iou
-from segflow.submission import SubmissionError, read_submission
+from segflow.labels import resize_label
+from segflow.metrics import confusion_matrix, mean_iou, per_class_iou
+from segflow.submission_format import SubmissionError, read_submission
 
 
 def truth_labels(
@@ -62,10 +62,7 @@ def score_predictions(
         scored += 1
     return {
         "test_miou": mean_iou(confusion),
-        "per_class_iou": {
-            c: (None if np.isnan(v) else float(v))
-            for c, v in zip(classes, iou_per_class(confusion))
-        },
+        "per_class_iou": per_class_iou(confusion, classes),
         "images": scored,
         "size": size,
     }
@@ -89,23 +86,24 @@ def demo_score(
 
 def rounds_score(
     *,
-    round_dirs: dict[str, str],
+    round_files: dict[str, dict[str, str]],
     truth_json: str,
     classes: list[str],
     size: int,
     out: str,
 ) -> dict:
-    """Test mIoU of each round's ensemble (``round_dirs``: round -> its ensemble folder)."""
+    """Test mIoU of each round's ensemble. ``round_files``: round -> its ensemble's
+    {"test_labels": .npy, "test_ids": .txt, "summary": .json}."""
     labels = truth_labels(truth_json, classes, size)
     result = {}
-    for round_, directory in sorted(round_dirs.items()):
-        maps = np.load(Path(directory) / "test_labels.npy", mmap_mode="r")
+    for round_, files in sorted(round_files.items()):
+        maps = np.load(files["test_labels"], mmap_mode="r")
         pairs = (
             (image_id, resize_label(np.asarray(maps[k]), size))
-            for k, image_id in enumerate(read_ids(Path(directory) / "test_ids.txt"))
+            for k, image_id in enumerate(read_ids(files["test_ids"]))
         )
-        score = score_predictions(pairs, labels, classes, size, directory)
-        summary = json.loads((Path(directory) / "summary.json").read_text())
+        score = score_predictions(pairs, labels, classes, size, files["test_labels"])
+        summary = json.loads(Path(files["summary"]).read_text())
         result[round_] = {
             "test_miou": score["test_miou"],
             "oof_miou": summary["oof_miou"],
@@ -119,23 +117,21 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description="Score a submission against the demo's hidden test labels."
     )
-    parser.add_argument("--submission", default=None, help="score this submission CSV")
-    parser.add_argument(
+    scored = parser.add_mutually_exclusive_group(required=True)
+    scored.add_argument("--submission", help="score this submission CSV")
+    scored.add_argument(
         "--rounds",
-        default=None,
-        help="or JSON: round -> its ensemble folder (test_labels.npy, test_ids.txt)",
+        help='or JSON: round -> {"test_labels", "test_ids", "summary"} files',
     )
     parser.add_argument("--truth", required=True, help="the demo's truth/test.json")
     parser.add_argument("--classes", required=True)
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    if (args.submission is None) == (args.rounds is None):
-        parser.error("give one of --submission and --rounds")
     try:
         if args.rounds:
             result = rounds_score(
-                round_dirs=json.loads(args.rounds),
+                round_files=json.loads(args.rounds),
                 truth_json=args.truth,
                 classes=json.loads(args.classes),
                 size=args.size,

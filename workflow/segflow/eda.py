@@ -17,8 +17,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from segflow.index import mask_file, pixel_columns
 from segflow.io import atomic_dir, atomic_path, write_json
+from segflow.labels import mask_file
+from segflow.tables import pixel_columns
 from segflow.viz import class_palette, data_uri, legend_handles, overlay, save_figure
 
 
@@ -114,8 +115,8 @@ def make_eda(
     report_out: str | Path,
     stats_out: str | Path,
     figures_dir: str | Path,
-    gallery_size: int = 12,
-    seed: int = 0,
+    gallery_size: int,
+    seed: int,
 ) -> dict:
     """Write the EDA report, its figures and stats.json; return the stats."""
     images = pd.read_parquet(images_path)
@@ -147,7 +148,8 @@ def make_eda(
         ),
         "image_stats": ("Image size and brightness", _fig_image_stats(images)),
         "cooccurrence": (
-            "Class co-occurrence: share of images with the row class that also hold the column class",
+            "Class co-occurrence: share of images with the row class that also hold"
+            " the column class",
             _fig_cooccurrence(stats, short),
         ),
         "gallery": (
@@ -393,8 +395,8 @@ def main(argv=None) -> None:
     parser.add_argument("--report", required=True)
     parser.add_argument("--stats", required=True)
     parser.add_argument("--figures-dir", required=True)
-    parser.add_argument("--gallery-size", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gallery-size", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
     args = parser.parse_args(argv)
     stats = make_eda(
         args.images,

@@ -22,6 +22,8 @@ number of images.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import sys
@@ -30,67 +32,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segflow.io import atomic_path, read_ids, write_ids, write_json
-from segflow.metrics import IGNORE_INDEX, confusion_matrix, iou_per_class, mean_iou
-from segflow.oof_score import OofError, load_label
+from segflow.io import atomic_path, write_json
+from segflow.labels import IGNORE_INDEX, read_label
+from segflow.metrics import confusion_matrix, mean_iou, per_class_iou
+from segflow.probabilities import (
+    MemberProbabilities,
+    PredictionError,
+    encode_probabilities,
+    probability_writer,
+)
+from segflow.settings import EnsembleSettings
 
 METHODS = ("soft", "hard")
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 BIAS_GRID = tuple(np.round(np.arange(-1.5, 1.51, 0.25), 2))
 EPS = 1e-4
-
-
-class MemberProbabilities:
-    """One member's probabilities by image id, read lazily from its predict folders."""
-
-    def __init__(self, name: str, run_dirs: list[str | Path], which: str):
-        self.name = name
-        self.rows: dict[str, tuple[int, int]] = {}  # image id -> (file, row)
-        self.arrays = []
-        for k, directory in enumerate(map(Path, run_dirs)):
-            array = np.load(directory / f"{which}.npy", mmap_mode="r")
-            ids = read_ids(directory / f"{which}_ids.txt")
-            if array.shape[0] != len(ids):
-                raise OofError(
-                    f"member {name}: {directory / f'{which}.npy'} holds {array.shape[0]} maps for {len(ids)} ids"
-                )
-            self.arrays.append(array)
-            if which == "oof":
-                for row, image_id in enumerate(ids):
-                    if image_id in self.rows:
-                        raise OofError(
-                            f"member {name}: image {image_id} is in the OOF of two folds"
-                        )
-                    self.rows[image_id] = (k, row)
-            elif k == 0:
-                self.rows = {image_id: (0, row) for row, image_id in enumerate(ids)}
-            elif ids != list(self.rows):
-                raise OofError(
-                    f"member {name}: the test ids of {directory} differ from those of {run_dirs[0]}"
-                )
-        self.which = which
-        self.shape = self.arrays[0].shape[1:]
-
-    def get(self, image_ids: list[str]) -> np.ndarray:
-        """float32 (n, C, H, W) probabilities of ``image_ids``."""
-        missing = [i for i in image_ids if i not in self.rows]
-        if missing:
-            raise OofError(
-                f"member {self.name}: no {self.which} probabilities for {len(missing)} images, e.g. {missing[:3]}"
-            )
-        out = np.empty((len(image_ids), *self.shape), np.float32)
-        if (
-            self.which == "test"
-        ):  # every fold model predicted every test image: average them
-            rows = [self.rows[i][1] for i in image_ids]
-            out[:] = sum(a[rows].astype(np.float32) for a in self.arrays) / (
-                255.0 * len(self.arrays)
-            )
-            return out
-        for position, image_id in enumerate(image_ids):
-            k, row = self.rows[image_id]
-            out[position] = self.arrays[k][row]
-        return out / 255.0
 
 
 def combine(
@@ -205,36 +161,39 @@ def tune_bias(samples, labels, weights, n_classes: int, sweeps: int = 2) -> np.n
 
 def ensemble(
     *,
-    members: dict[str, list[str | Path]],
+    settings: EnsembleSettings,
+    members: dict[str, dict[str, list[str]]],
     images_path: str | Path,
     masks_dir: str | Path,
     classes: list[str],
-    out_dir: str | Path,
-    method: str = "soft",
-    weights: str = "oof",
-    class_bias: bool = True,
-    tune_pixels: int = 500_000,
-    chunk: int = 8,
+    summary_out: str | Path,
+    oof_out: str | Path,
+    test_out: str | Path,
+    test_labels_out: str | Path,
 ) -> dict:
-    """Tune on OOF, write summary.json, the ensemble's OOF and test probabilities, test labels."""
+    """Tune on OOF; write the summary, the ensemble's OOF and test sets, test labels.
+
+    ``members``: name -> {"oof": [oof.npy of each fold], "test": [test.npy of each fold]}.
+    """
+    method, weights, class_bias = settings.method, settings.weights, settings.class_bias
+    tune_pixels, chunk = settings.tune_pixels, settings.chunk
     if method not in METHODS:
         raise ValueError(f"ensemble.method must be one of {METHODS}, got {method!r}")
-    out_dir = Path(out_dir)
     n_classes = len(classes)
     names = sorted(members)
-    oof = [MemberProbabilities(name, members[name], "oof") for name in names]
-    test = [MemberProbabilities(name, members[name], "test") for name in names]
+    oof = [MemberProbabilities(name, members[name]["oof"], "oof") for name in names]
+    test = [MemberProbabilities(name, members[name]["test"], "test") for name in names]
     oof_ids = sorted(oof[0].rows)
     for member in oof[1:]:
         if sorted(member.rows) != oof_ids:
-            raise OofError(
+            raise PredictionError(
                 f"members {names[0]} and {member.name} have OOF predictions for different images"
             )
     size = oof[0].shape[-1]
     coco_ids = pd.read_parquet(images_path).set_index("image_id")["coco_id"]
 
     def labels_of(image_id):
-        return load_label(masks_dir, coco_ids[image_id], size)
+        return read_label(masks_dir, coco_ids[image_id], size)
 
     # 1. Tune on a pixel sample (one pass).
     equal = np.full(len(names), 1.0 / len(names))
@@ -291,34 +250,21 @@ def ensemble(
     final_bias = bias if use_bias else None
 
     # 3. Write the ensemble's OOF and test probabilities (and the test labels) in chunks.
-    _write_maps(
-        oof,
-        oof_ids,
-        final_weights,
-        method,
-        final_bias,
-        out_dir / "oof.npy",
-        out_dir / "oof_ids.txt",
-        None,
-        chunk,
-    )
     test_ids = list(test[0].rows)
     for member in test[1:]:
         if list(member.rows) != test_ids:
-            raise OofError(
+            raise PredictionError(
                 f"members {names[0]} and {member.name} predicted different test images"
             )
-    _write_maps(
-        test,
-        test_ids,
-        final_weights,
-        method,
-        final_bias,
-        out_dir / "test.npy",
-        out_dir / "test_ids.txt",
-        out_dir / "test_labels.npy",
-        chunk,
+    combined = functools.partial(
+        write_combined,
+        weights=final_weights,
+        method=method,
+        bias=final_bias,
+        chunk=chunk,
     )
+    combined(oof, oof_ids, oof_out)
+    combined(test, test_ids, test_out, labels_out=test_labels_out)
 
     summary = {
         "method": method,
@@ -339,50 +285,43 @@ def ensemble(
         "oof_miou_equal_weights": scores["equal"],
         "oof_miou_tuned_weights": scores["tuned"] if weights == "oof" else None,
         "best_member_oof_miou": max(scores[f"member:{n}"] for n in names),
-        "per_class_iou": {
-            c: (None if np.isnan(v) else float(v))
-            for c, v in zip(classes, iou_per_class(confusions[final_key]))
-        },
+        "per_class_iou": per_class_iou(confusions[final_key], classes),
         "oof_images": len(oof_ids),
         "test_images": len(test_ids),
         "size": size,
     }
-    write_json(summary, out_dir / "summary.json")
+    write_json(summary, summary_out)
     return summary
 
 
-def _write_maps(
-    members, image_ids, weights, method, bias, npy_path, ids_path, labels_path, chunk
-):
-    first = members[0]
-    with atomic_path(npy_path) as tmp:
-        out = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.uint8, shape=(len(image_ids), *first.shape)
-        )
-        labels_out = None
-        if labels_path is not None:
-            labels_tmp = Path(str(tmp) + ".labels.npy")
-            labels_out = np.lib.format.open_memmap(
+def write_combined(
+    members, image_ids, out, *, weights, method, bias, chunk, labels_out=None
+) -> None:
+    """The members' combined probabilities of ``image_ids`` as a stored set at ``out``;
+    with ``labels_out``, their label maps too (uint8 (N, H, W) .npy)."""
+    shape = members[0].shape
+    with contextlib.ExitStack() as stack:
+        stored = stack.enter_context(probability_writer(out, image_ids, shape))
+        labels = None
+        if labels_out is not None:
+            labels_tmp = stack.enter_context(atomic_path(labels_out))
+            labels = np.lib.format.open_memmap(
                 labels_tmp,
                 mode="w+",
                 dtype=np.uint8,
-                shape=(len(image_ids), *first.shape[1:]),
+                shape=(len(image_ids), *shape[1:]),
             )
         for start in range(0, len(image_ids), chunk):
             ids = image_ids[start : start + chunk]
-            labels, mean = combine([m.get(ids) for m in members], weights, method, bias)
-            out[start : start + len(ids)] = np.clip(
-                np.round(mean * 255), 0, 255
-            ).astype(np.uint8)
-            if labels_out is not None:
-                labels_out[start : start + len(ids)] = labels
-        out.flush()
-        del out
-        if labels_out is not None:
-            labels_out.flush()
-            del labels_out
-            Path(labels_tmp).replace(labels_path)
-    write_ids(image_ids, ids_path)
+            chunk_labels, mean = combine(
+                [m.get(ids) for m in members], weights, method, bias
+            )
+            stored[start : start + len(ids)] = encode_probabilities(mean)
+            if labels is not None:
+                labels[start : start + len(ids)] = chunk_labels
+        if labels is not None:
+            labels.flush()
+            del labels
 
 
 def main(argv=None) -> None:
@@ -390,49 +329,43 @@ def main(argv=None) -> None:
         description="Ensemble members' OOF/test probabilities with OOF-tuned weights."
     )
     parser.add_argument(
-        "--members", required=True, help="JSON: member name -> list of predict folders"
+        "--settings", required=True, help="JSON of the ensemble settings"
+    )
+    parser.add_argument(
+        "--members", required=True, help='JSON: name -> {"oof": [...], "test": [...]}'
     )
     parser.add_argument("--images", required=True)
     parser.add_argument("--masks-dir", required=True)
     parser.add_argument("--classes", required=True)
-    parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--method", choices=METHODS, default="soft")
-    parser.add_argument("--weights", choices=["equal", "oof"], default="oof")
+    parser.add_argument("--summary-out", required=True)
+    parser.add_argument("--oof-out", required=True, help="oof.npy (ids written beside)")
     parser.add_argument(
-        "--class-bias", type=str.lower, choices=["true", "false"], default="true"
+        "--test-out", required=True, help="test.npy (ids written beside)"
     )
-    parser.add_argument("--tune-pixels", type=int, default=500_000)
-    parser.add_argument("--chunk", type=int, default=8)
+    parser.add_argument("--test-labels-out", required=True)
     args = parser.parse_args(argv)
     try:
         summary = ensemble(
+            settings=EnsembleSettings.from_json(args.settings, "--settings"),
             members=json.loads(args.members),
             images_path=args.images,
             masks_dir=args.masks_dir,
             classes=json.loads(args.classes),
-            out_dir=args.out_dir,
-            method=args.method,
-            weights=args.weights,
-            class_bias=args.class_bias == "true",
-            tune_pixels=args.tune_pixels,
-            chunk=args.chunk,
+            summary_out=args.summary_out,
+            oof_out=args.oof_out,
+            test_out=args.test_out,
+            test_labels_out=args.test_labels_out,
         )
-    except (OofError, ValueError) as e:
+    except (PredictionError, ValueError) as e:
         sys.exit(f"ERROR: {e}")
-    print(
-        json.dumps(
-            {
-                k: summary[k]
-                for k in (
-                    "oof_miou",
-                    "oof_miou_equal_weights",
-                    "best_member_oof_miou",
-                    "weights_chosen_from",
-                    "class_bias_oof_gain",
-                )
-            }
-        )
+    keys = (
+        "oof_miou",
+        "oof_miou_equal_weights",
+        "best_member_oof_miou",
+        "weights_chosen_from",
+        "class_bias_oof_gain",
     )
+    print(json.dumps({k: summary[k] for k in keys}))
 
 
 if __name__ == "__main__":

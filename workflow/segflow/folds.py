@@ -34,8 +34,8 @@ from sklearn.model_selection import (
 )
 
 from segflow.coco import DataError, read_json
-from segflow.index import pixel_columns
 from segflow.io import write_table
+from segflow.tables import pixel_columns
 
 METHODS = ("holdout", "kfold", "stratified", "multilabel_stratified", "group")
 
@@ -72,9 +72,9 @@ def dominant_class(images: pd.DataFrame, n_classes: int) -> np.ndarray:
 def make_folds(
     images: pd.DataFrame,
     n_classes: int,
-    method: str = "multilabel_stratified",
-    n_folds: int = 5,
-    seed: int = 0,
+    method: str,
+    n_folds: int,
+    seed: int,
     group_by: str | None = None,
     holdout_ids: set[str] | None = None,
 ) -> pd.DataFrame:
@@ -99,7 +99,8 @@ def make_folds(
     if n_units < n_folds:
         unit = "groups" if groups is not None else "images"
         raise DataError(
-            f"cv.folds={n_folds} but only {n_units} {unit} to split; lower cv.folds or change cv.group_by"
+            f"cv.folds={n_folds} but only {n_units} {unit} to split;"
+            " lower cv.folds or change cv.group_by"
         )
 
     index = np.arange(len(train))
@@ -178,17 +179,17 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--out", required=True, help="folds.csv to write")
     parser.add_argument("--n-classes", type=int, required=True)
-    parser.add_argument("--method", choices=METHODS, default="multilabel_stratified")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--method", choices=METHODS, required=True)
+    parser.add_argument("--folds", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
     parser.add_argument(
         "--group-by",
-        default="",
+        required=True,
         help="'folder', a regex on file_name, or empty for no groups",
     )
     parser.add_argument(
         "--val-json",
-        default=None,
+        required=True,
         help="holdout: COCO JSON whose images form the validation fold (empty: none)",
     )
     args = parser.parse_args(argv)

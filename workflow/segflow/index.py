@@ -30,34 +30,10 @@ import pandas as pd
 
 from segflow.coco import CocoSplit, DataError, Problem, ProblemLog, load_coco, rasterize
 from segflow.io import atomic_dir, write_table
+from segflow.labels import write_instances, write_label
+from segflow.tables import ANNOTATION_COLUMNS, image_columns, pixel_columns
 
 SPLITS = ("train", "test")
-
-
-def pixel_columns(n_classes: int) -> list[str]:
-    """Names of the per-class pixel-count columns of images.parquet."""
-    return [f"pixels_{k}" for k in range(n_classes)]
-
-
-def mask_file(masks_dir: str | Path, coco_id: int) -> Path:
-    """Where the cached mask of training image ``coco_id`` lives."""
-    return Path(masks_dir) / f"{int(coco_id)}.png"
-
-
-def instance_file(masks_dir: str | Path, coco_id: int) -> Path:
-    """Where the instance map of training image ``coco_id`` lives (see module doc)."""
-    return Path(masks_dir) / f"{int(coco_id)}_instances.png"
-
-
-def resize_label(mask: np.ndarray, size: int) -> np.ndarray:
-    """A label (class or instance map) at ``size`` x ``size``: nearest neighbour, so labels stay labels."""
-    return (
-        mask
-        if mask.shape == (size, size)
-        else cv2.resize(
-            np.ascontiguousarray(mask), (size, size), interpolation=cv2.INTER_NEAREST
-        )
-    )
 
 
 def group_of(file_name: str) -> str:
@@ -75,10 +51,10 @@ def build_index(
     annotations_out: str | Path,
     skipped_out: str | Path,
     masks_dir: str | Path,
-    on_error: str = "stop",
-    sample: int | None = None,
-    seed: int = 0,
-    threads: int = 1,
+    on_error: str,
+    sample: int | None,
+    seed: int,
+    threads: int,
 ) -> pd.DataFrame:
     """Validate both COCO files and all images, write the index tables and the masks.
 
@@ -126,7 +102,8 @@ def build_index(
                         n = len(coco.annotations[problem.image_id])
                         problem = replace(
                             problem,
-                            reason=f"{problem.reason} (skipped with its {n} annotation{'s' * (n > 1)})",
+                            reason=f"{problem.reason} (skipped with its {n}"
+                            f" annotation{'s' * (n > 1)})",
                         )
                     log.report(problem)
                     continue
@@ -151,18 +128,6 @@ def build_index(
     return images
 
 
-ANNOTATION_COLUMNS = [
-    "image_id",
-    "annotation_id",
-    "class_index",
-    "area",
-    "visible",
-    "bbox_width",
-    "bbox_height",
-    "iscrowd",
-]
-
-
 def _index_image(
     image_root: Path,
     coco: CocoSplit,
@@ -184,7 +149,10 @@ def _index_image(
             ),
         )
     if picture.shape != (image["height"], image["width"]):
-        reason = f"image file {path} is {picture.shape[1]}x{picture.shape[0]} but the JSON says {image['width']}x{image['height']}"
+        reason = (
+            f"image file {path} is {picture.shape[1]}x{picture.shape[0]}"
+            f" but the JSON says {image['width']}x{image['height']}"
+        )
         return None, [], Problem(str(coco.path), reason, image_id=image["id"])
     row = {
         "image_id": image["file_name"],
@@ -212,13 +180,8 @@ def _index_image(
             ),
         )
     instances = (raster.owner + 1).astype(np.uint16)
-    if not (
-        cv2.imwrite(str(mask_file(masks_dir, image["id"])), raster.mask)
-        and cv2.imwrite(str(instance_file(masks_dir, image["id"])), instances)
-    ):
-        raise OSError(
-            f"could not write the masks of image id {image['id']} under {masks_dir}"
-        )
+    write_label(raster.mask, masks_dir, image["id"])
+    write_instances(instances, masks_dir, image["id"])
     pixels = np.bincount(raster.mask.ravel(), minlength=n_classes)
     row.update({f"pixels_{k}": int(v) for k, v in enumerate(pixels)})
     row["n_objects"] = len(annotations)
@@ -240,20 +203,7 @@ def _index_image(
 
 
 def _images_table(rows: list[dict], n_classes: int) -> pd.DataFrame:
-    columns = [
-        "image_id",
-        "coco_id",
-        "file_name",
-        "width",
-        "height",
-        "split",
-        "group",
-        "brightness",
-        "n_objects",
-        "classes_present",
-        *pixel_columns(n_classes),
-    ]
-    table = pd.DataFrame(rows).reindex(columns=columns)
+    table = pd.DataFrame(rows).reindex(columns=image_columns(n_classes))
     for column in ["n_objects", *pixel_columns(n_classes)]:
         table[column] = table[column].astype(
             "Int64"
@@ -282,15 +232,15 @@ def main(argv=None) -> None:
     parser.add_argument("--annotations-out", required=True)
     parser.add_argument("--skipped-out", required=True)
     parser.add_argument("--masks-dir", required=True)
-    parser.add_argument("--on-error", choices=["stop", "skip"], default="stop")
+    parser.add_argument("--on-error", choices=["stop", "skip"], required=True)
     parser.add_argument(
         "--sample",
         type=int,
-        default=0,
+        required=True,
         help="debug: keep this many images per split (0: all)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True)
     args = parser.parse_args(argv)
     try:
         images = build_index(

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segflow.metrics import IGNORE_INDEX
+from segflow.labels import IGNORE_INDEX
 
 LOSS_NAMES = ("ce", "dice", "focal", "lovasz", "jaccard")
 

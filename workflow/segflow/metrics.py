@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = 255
+from segflow.labels import IGNORE_INDEX
 
 
 def confusion_matrix(target, prediction, n_classes: int):
@@ -51,3 +51,9 @@ def mean_iou(confusion) -> float:
 def image_iou(target: np.ndarray, prediction: np.ndarray, n_classes: int) -> float:
     """One image's mIoU over the classes present in its label or its prediction."""
     return mean_iou(confusion_matrix(target, prediction, n_classes))
+
+
+def per_class_iou(confusion, classes: list[str]) -> dict[str, float | None]:
+    """Class name -> IoU, None where the class is absent (JSON has no NaN)."""
+    iou = iou_per_class(confusion)
+    return {name: None if np.isnan(v) else float(v) for name, v in zip(classes, iou)}

@@ -10,13 +10,10 @@ retries and an opaque failure.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is imported
-
-import segmentation_models_pytorch as smp  # noqa: E402
-import torch  # noqa: E402
+import segmentation_models_pytorch as smp  # segflow/__init__ turned hub downloads off
+import torch
 
 # ImageNet statistics, written out: smp.encoders.get_preprocessing_params may download.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,8 +63,10 @@ def create_model(
     except Exception as e:  # hub errors come in many types; say what to do about them
         if encoder_weights is not None and not local:
             raise ModelError(
-                f"encoder_weights {encoder_weights!r} for encoder {encoder!r} could not be loaded ({type(e).__name__}: {e}). "
-                "Downloads are off (HF_HUB_OFFLINE=1): run once with HF_HUB_OFFLINE=0 and network to fill the cache, "
+                f"encoder_weights {encoder_weights!r} for encoder {encoder!r} could not"
+                f" be loaded ({type(e).__name__}: {e}). Downloads are off"
+                " (HF_HUB_OFFLINE=1): run once with HF_HUB_OFFLINE=0 and network to"
+                " fill the cache, "
                 "or set encoder_weights to a local weights file, or null."
             ) from None
         raise
@@ -104,5 +103,6 @@ def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> None:
     ]
     if missing or unexpected:
         raise ModelError(
-            f"encoder_weights {path}: does not fit the encoder (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            f"encoder_weights {path}: does not fit the encoder"
+            f" (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )

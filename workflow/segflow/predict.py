@@ -1,14 +1,14 @@
-"""Export a trained model's probabilities: its fold's validation images (OOF) and every test image.
+"""Export a trained model's probabilities: its fold's validation images (OOF) and every
+test image.
 
 Test-time augmentation through ttach (``none``, ``hflip``, ``d4``, ``multiscale``). ttach
 merges whatever the model returns, so the model is wrapped in a softmax: the merge is a
 mean of probabilities, not of logits. Scales are resized bilinearly (ttach's default is
 nearest).
 
-Each set is written as ``<set>.npy``, uint8 (N, classes, size, size) holding p * 255,
-which ``numpy.load(mmap_mode="r")`` streams, plus ``<set>_ids.txt`` (one image_id per
-line, same order). Batches go straight into a memory map, so peak memory does not grow
-with the number of images.
+Each set is stored as segflow.probabilities lays it out (uint8 memmap + id sidecar) at
+``size`` x ``size``. Batches go straight into the memory map, so peak memory does not
+grow with the number of images.
 """
 
 from __future__ import annotations
@@ -17,25 +17,18 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import ttach as tta  # noqa: E402
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import ttach as tta
 
-from segflow.data import SegmentationDataset, build_transform, make_loader  # noqa: E402
-from segflow.device import (
-    select_device,
-)  # before torch: it may set CUDA_VISIBLE_DEVICES
-from segflow.io import atomic_path, write_ids  # noqa: E402
-from segflow.models import size_multiple  # noqa: E402
-from segflow.train import (
-    amp_autocast,
-    fold_split,
-    load_checkpoint,
-    resize_steps,
-    to_device,
-)  # noqa: E402
+from segflow.checkpoints import load_checkpoint
+from segflow.data import SegmentationDataset, eval_transform, make_loader
+from segflow.device import select_device
+from segflow.models import size_multiple
+from segflow.probabilities import encode_probabilities, probability_writer
+from segflow.runtime import amp_autocast, loader_workers, set_threads, to_device
+from segflow.splits import fold_split
 
 TTA_MODES = ("none", "hflip", "d4", "multiscale")
 MULTISCALE = (0.75, 1.0, 1.25)
@@ -67,7 +60,8 @@ def tta_model(
         for scale in MULTISCALE:
             if any(round(side * scale) % multiple for side in input_size):
                 raise ValueError(
-                    f"tta multiscale: {input_size} x {scale} is not a multiple of {multiple}, which this arch needs"
+                    f"tta multiscale: {input_size} x {scale} is not a multiple of"
+                    f" {multiple}, which this arch needs"
                 )
         transforms = tta.Compose(
             [
@@ -92,17 +86,10 @@ def write_probabilities(
     size: int,
     device: str,
     autocast,
-    npy_path: Path,
-    ids_path: Path,
+    out,
 ) -> None:
-    """Stream ``model``'s probabilities for ``loader`` into a uint8 memmap (see module doc)."""
-    with atomic_path(npy_path) as tmp:
-        out = np.lib.format.open_memmap(
-            tmp,
-            mode="w+",
-            dtype=np.uint8,
-            shape=(len(image_ids), n_classes, size, size),
-        )
+    """Stream ``model``'s probabilities for ``loader`` into the stored set ``out``."""
+    with probability_writer(out, image_ids, (n_classes, size, size)) as stored:
         with torch.no_grad():
             for batch, index in loader:
                 with autocast():
@@ -113,17 +100,9 @@ def write_probabilities(
                     mode="bilinear",
                     align_corners=False,
                 )
-                out[index.numpy()] = (
-                    (probabilities * 255)
-                    .round()
-                    .clamp(0, 255)
-                    .to(torch.uint8)
-                    .cpu()
-                    .numpy()
+                stored[index.numpy()] = encode_probabilities(
+                    probabilities.cpu().numpy()
                 )
-        out.flush()
-        del out
-    write_ids(image_ids, ids_path)
 
 
 def predict(
@@ -136,56 +115,46 @@ def predict(
     size: int,
     tta_mode: str,
     batch_size: int,
-    out_dir: str | Path,
-    threads: int = 1,
+    oof_out: str | Path,
+    test_out: str | Path,
+    threads: int,
 ) -> None:
-    """Write oof.npy / oof_ids.txt (this fold's validation images) and test.npy / test_ids.txt."""
-    out_dir = Path(out_dir)
+    """Write the OOF set (this fold's validation images) and the test set."""
     device = select_device()
-    torch.set_num_threads(max(1, threads))
-    model, checkpoint = load_checkpoint(model_path, device)
-    params, n_classes = checkpoint["config"], len(checkpoint["classes"])
+    set_threads(threads)
+    model, checkpoint, settings = load_checkpoint(model_path, device)
+    n_classes = len(checkpoint["classes"])
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    autocast = amp_autocast(device, params.get("amp", "none"))
-    transform = build_transform(resize_steps(params))
+    autocast = amp_autocast(device, settings.amp)
+    transform = eval_transform(settings)
+    workers = loader_workers(settings.workers, threads, device)
 
     images = pd.read_parquet(images_path)
     _, val_rows = fold_split(images, pd.read_csv(folds_path), fold)
     test_rows = images[images["split"] == "test"].reset_index(drop=True)
-    workers = max(1, threads - 1) if device == "cuda" else 0
-    for name, rows in (("oof", val_rows), ("test", test_rows)):
-        dataset = SegmentationDataset(
-            [str(Path(image_root) / f) for f in rows["file_name"]], None, transform
-        )
+    for rows, out in ((val_rows, oof_out), (test_rows, test_out)):
+        files = [str(Path(image_root) / f) for f in rows["file_name"]]
         loader = make_loader(
-            dataset,
+            SegmentationDataset(files, None, transform),
             batch_size,
             shuffle=False,
             seed=0,
             workers=workers,
             pin_memory=device == "cuda",
         )
-        side = (
-            (params["input_size"],) * 2
-            if params.get("input_size")
-            else (int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
-            if len(rows)
-            else (size, size)
-        )
-        wrapped = tta_model(model, tta_mode, side, size_multiple(params["arch"]))
+        if settings.input_size:
+            side = (settings.input_size,) * 2
+        elif len(rows):
+            side = (int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
+        else:
+            side = (size, size)
+        wrapped = tta_model(model, tta_mode, side, size_multiple(settings.arch))
+        ids = rows["image_id"].tolist()
         write_probabilities(
-            wrapped,
-            loader,
-            rows["image_id"].tolist(),
-            n_classes,
-            size,
-            device,
-            autocast,
-            out_dir / f"{name}.npy",
-            out_dir / f"{name}_ids.txt",
+            wrapped, loader, ids, n_classes, size, device, autocast, out
         )
-        print(f"{name}: {len(rows)} images -> {out_dir / f'{name}.npy'}", flush=True)
+        print(f"{len(rows)} images -> {out}", flush=True)
 
 
 def main(argv=None) -> None:
@@ -198,12 +167,15 @@ def main(argv=None) -> None:
     parser.add_argument("--image-root", required=True)
     parser.add_argument("--fold", type=int, required=True)
     parser.add_argument(
-        "--size", type=int, required=True, help="side of the stored probability maps"
+        "--size", type=int, required=True, help="side of the stored maps"
     )
-    parser.add_argument("--tta", choices=TTA_MODES, default="hflip")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tta", choices=TTA_MODES, required=True)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--oof-out", required=True, help="oof.npy (ids written beside)")
+    parser.add_argument(
+        "--test-out", required=True, help="test.npy (ids written beside)"
+    )
+    parser.add_argument("--threads", type=int, required=True)
     args = parser.parse_args(argv)
     try:
         predict(
@@ -215,7 +187,8 @@ def main(argv=None) -> None:
             size=args.size,
             tta_mode=args.tta,
             batch_size=args.batch_size,
-            out_dir=args.out_dir,
+            oof_out=args.oof_out,
+            test_out=args.test_out,
             threads=args.threads,
         )
     except (ValueError, FileNotFoundError) as e:

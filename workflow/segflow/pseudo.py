@@ -23,9 +23,18 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from segflow.index import mask_file
-from segflow.io import atomic_dir, read_ids, write_json, write_table
-from segflow.metrics import IGNORE_INDEX
+from segflow.io import atomic_dir, atomic_path, write_json, write_table
+from segflow.labels import IGNORE_INDEX, write_label
+from segflow.probabilities import (
+    PredictionError,
+    decode_probabilities,
+    ids_path,
+    read_probability_set,
+)
+from segflow.settings import PseudoSettings
+from segflow.viz import class_palette, plt, save_figure
+
+CHUNK = 8  # images whose maps are in memory at once
 
 
 class PseudoError(ValueError):
@@ -41,8 +50,16 @@ def class_thresholds(confidence: float | dict, classes: list[str]) -> np.ndarray
         raise PseudoError(
             f"pseudo.confidence: {unknown} are not class names (classes: {classes})"
         )
-    default = float(confidence.get("default", 0.9))
-    return np.array([float(confidence.get(name, default)) for name in classes])
+    if "default" not in confidence:
+        unnamed = [name for name in classes if name not in confidence]
+        if unnamed:
+            raise PseudoError(
+                f"pseudo.confidence: no threshold for {unnamed}; name them or give"
+                " a default"
+            )
+    return np.array(
+        [float(confidence.get(name, confidence.get("default"))) for name in classes]
+    )
 
 
 def pseudo_mask(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -68,39 +85,43 @@ def resize_probabilities(
 
 def pseudo_labels(
     *,
+    settings: PseudoSettings,
     test_npy: str | Path,
-    test_ids: str | Path,
     images_path: str | Path,
     classes: list[str],
-    out_dir: str | Path,
-    confidence: float | dict = 0.9,
-    min_coverage: float = 0.5,
-    chunk: int = 8,
+    images_out: str | Path,
+    masks_out: str | Path,
+    summary_out: str | Path,
+    figure_out: str | Path,
 ) -> dict:
     """Write the pseudo-label masks of the test images; see module doc."""
-    out_dir = Path(out_dir)
-    thresholds = class_thresholds(confidence, classes)
-    probabilities = np.load(test_npy, mmap_mode="r")
-    ids = read_ids(test_ids)
+    thresholds = class_thresholds(settings.confidence, classes)
+    min_coverage = settings.min_coverage
+    try:
+        probabilities, ids = read_probability_set(test_npy)
+    except PredictionError as e:
+        raise PseudoError(str(e)) from None
     images = pd.read_parquet(images_path).set_index("image_id")
     test = images[images["split"] == "test"]
-    if probabilities.shape[0] != len(ids) or probabilities.shape[1] != len(classes):
+    if probabilities.shape[1] != len(classes):
         raise PseudoError(
-            f"{test_npy}: shape {probabilities.shape} does not fit {len(ids)} ids and {len(classes)} classes"
+            f"{test_npy}: {probabilities.shape[1]} classes, expected {len(classes)}"
         )
     if sorted(ids) != sorted(test.index):
         unknown = sorted(set(ids) - set(test.index))
+        missing = len(set(test.index) - set(ids))
         raise PseudoError(
-            f"{test_ids}: ids differ from the index's test images ({len(unknown)} unknown, e.g. {unknown[:3]}; {len(set(test.index) - set(ids))} missing)"
+            f"{ids_path(test_npy)}: ids differ from the index's test images"
+            f" ({len(unknown)} unknown, e.g. {unknown[:3]}; {missing} missing)"
         )
 
     predicted = np.zeros(len(classes), np.int64)
     kept_pixels = np.zeros(len(classes), np.int64)
     rows = []
-    with atomic_dir(out_dir / "masks") as masks_tmp:
-        for start in range(0, len(ids), chunk):  # stream: one chunk of maps in memory
-            block = probabilities[start : start + chunk].astype(np.float32) / 255.0
-            for image_id, image_probabilities in zip(ids[start : start + chunk], block):
+    with atomic_dir(masks_out) as masks_tmp:
+        for start in range(0, len(ids), CHUNK):  # stream: one chunk of maps in memory
+            block = decode_probabilities(probabilities[start : start + CHUNK])
+            for image_id, image_probabilities in zip(ids[start : start + CHUNK], block):
                 row = test.loc[image_id]
                 full = resize_probabilities(
                     image_probabilities, int(row["height"]), int(row["width"])
@@ -122,10 +143,7 @@ def pseudo_labels(
                     kept_pixels += np.bincount(
                         mask[mask != IGNORE_INDEX].ravel(), minlength=len(classes)
                     )[: len(classes)]
-                    if not cv2.imwrite(str(mask_file(masks_tmp, row["coco_id"])), mask):
-                        raise OSError(
-                            f"could not write the pseudo mask of test image id {row['coco_id']}"
-                        )
+                    write_label(mask, masks_tmp, row["coco_id"])
         table = pd.DataFrame(rows, columns=["image_id", "coco_id", "coverage", "kept"])
         summary = {
             "test_images": len(ids),
@@ -144,16 +162,13 @@ def pseudo_labels(
                 for k, name in enumerate(classes)
             },
         }
-        write_table(table, out_dir / "images.csv")
-        write_json(summary, out_dir / "summary.json")
-        write_summary_figure(summary, out_dir / "summary.png")
+        write_table(table, images_out)
+        write_json(summary, summary_out)
+        write_summary_figure(summary, figure_out)
     return summary
 
 
 def write_summary_figure(summary: dict, path: Path) -> None:
-    from segflow.io import atomic_path
-    from segflow.viz import class_palette, plt, save_figure
-
     names = list(summary["per_class"])
     shares = [summary["per_class"][n]["kept_share"] or 0.0 for n in names]
     fig, ax = plt.subplots(figsize=(8, 3.2))
@@ -178,35 +193,30 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description="Pseudo-label the test images from an ensemble's test probabilities."
     )
-    parser.add_argument("--test-npy", required=True)
-    parser.add_argument("--test-ids", required=True)
+    parser.add_argument("--settings", required=True, help="JSON of the pseudo settings")
+    parser.add_argument("--test-npy", required=True, help="test.npy (ids read beside)")
     parser.add_argument("--images", required=True)
     parser.add_argument("--classes", required=True)
-    parser.add_argument("--out-dir", required=True)
-    parser.add_argument(
-        "--confidence",
-        required=True,
-        help="JSON: a number or {class name: threshold, default: t}",
-    )
-    parser.add_argument("--min-coverage", type=float, default=0.5)
+    parser.add_argument("--images-out", required=True)
+    parser.add_argument("--masks-out", required=True)
+    parser.add_argument("--summary-out", required=True)
+    parser.add_argument("--figure-out", required=True)
     args = parser.parse_args(argv)
     try:
         summary = pseudo_labels(
+            settings=PseudoSettings.from_json(args.settings, "--settings"),
             test_npy=args.test_npy,
-            test_ids=args.test_ids,
             images_path=args.images,
             classes=json.loads(args.classes),
-            out_dir=args.out_dir,
-            confidence=json.loads(args.confidence),
-            min_coverage=args.min_coverage,
+            images_out=args.images_out,
+            masks_out=args.masks_out,
+            summary_out=args.summary_out,
+            figure_out=args.figure_out,
         )
     except (PseudoError, FileNotFoundError) as e:
         sys.exit(f"ERROR: {e}")
-    print(
-        json.dumps(
-            {k: summary[k] for k in ("test_images", "kept_images", "mean_coverage")}
-        )
-    )
+    keys = ("test_images", "kept_images", "mean_coverage")
+    print(json.dumps({k: summary[k] for k in keys}))
 
 
 if __name__ == "__main__":

@@ -1,20 +1,28 @@
-"""Config checks that a JSON schema cannot express, run before any job starts.
+"""Settings: the validated config as typed objects, and the checks a schema cannot make.
 
-The schema (workflow/schemas/config.schema.yaml) checks keys, types and ranges and fills
-defaults. This module checks the config against the world: do the data files exist, do
-the COCO categories match the class list, does the group pattern compile. The Snakefile
-calls :func:`check_config` at parse time, so a wrong path or class list stops the run
-before any job with a message naming the key or file.
+The schema (workflow/schemas/config.schema.yaml) is the one place where a setting's
+default and its documentation live. The Snakefile validates the config against it
+(filling the defaults); :func:`validated` does the same for tests and benchmarks. The
+dataclasses below carry no defaults of their own: each is built from one section of the
+validated config by ``from_dict``, which names a missing or unknown key, and a step
+receives exactly the settings it needs as one JSON argument.
+
+:func:`check_config` checks the config against the world (do the data files exist, do
+the COCO categories match the class list, does the group pattern compile) at parse time,
+so a wrong path or class list stops the run before any job, naming the key or file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from segflow.coco import DataError, class_index_by_category, read_json
+from segflow.coco import class_index_by_category, read_json
 
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 DEMO_ROOT = "results/demo_data"
 # What the demo generator writes under DEMO_ROOT, in the competition's layout.
 DEMO_FILES = {
@@ -23,15 +31,180 @@ DEMO_FILES = {
     "test": "test.json",
     "sample_submission": "sample_submission.csv",
 }
+# Keys of a model entry that change its predictions, not its training: a change to them
+# must not rerun training, so training never sees them.
+PREDICT_ONLY = ("tta",)
 
 
 class ConfigError(ValueError):
     """A config value that is well-typed but wrong (missing file, mismatched classes...)."""
 
 
+class Settings:
+    """Base of the typed settings: built from a mapping with exactly the fields' keys."""
+
+    @classmethod
+    def from_dict(cls, mapping: dict, section: str = ""):
+        names = [f.name for f in dataclasses.fields(cls)]
+        where = section or cls.__name__
+        missing = [n for n in names if n not in mapping]
+        unknown = sorted(set(mapping) - set(names))
+        if missing or unknown:
+            raise ConfigError(
+                f"{where}: missing keys {missing}, unknown keys {unknown}"
+                f" (expected exactly {names})"
+            )
+        return cls(**{n: mapping[n] for n in names})
+
+    @classmethod
+    def from_json(cls, text: str, section: str = ""):
+        return cls.from_dict(json.loads(text), section)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Keys sorted at every depth: the text Snakemake compares to decide reruns."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class ModelSettings(Settings):
+    """How one model is built and trained (a ``models`` entry over ``defaults``)."""
+
+    arch: str
+    encoder: str
+    encoder_weights: str | None
+    input_size: int | None
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    scheduler: str
+    warmup_epochs: float
+    min_lr_ratio: float
+    accumulate: int
+    grad_clip: float | None
+    amp: str
+    loss: dict
+    label_smoothing: float
+    focal_gamma: float
+    augment: list
+    workers: int | None
+    device: str
+
+
+@dataclass(frozen=True)
+class EnsembleSettings(Settings):
+    """How members are combined (``ensemble`` without ``members``, which is wiring)."""
+
+    method: str
+    weights: str
+    class_bias: bool
+    tune_pixels: int
+    chunk: int
+
+
+@dataclass(frozen=True)
+class CleanSettings(Settings):
+    """Flag thresholds and the action (``clean`` without ``enabled`` and ``source``)."""
+
+    action: str
+    iou_below: float | None
+    worst_fraction: float | None
+    issue_share: float
+    min_class_confidence: float
+    min_region: float
+    missed_region: float
+    gallery: int
+
+
+@dataclass(frozen=True)
+class PseudoSettings(Settings):
+    """Which pixels and images of the teacher's prediction become labels."""
+
+    confidence: float | dict
+    min_coverage: float
+
+
+@dataclass(frozen=True)
+class WandbSettings(Settings):
+    mode: str
+    project: str
+    dir: str
+
+
+@dataclass(frozen=True)
+class DemoSettings(Settings):
+    seed: int
+    train_images: int
+    test_images: int
+    size: int
+    batches: int
+    noise_rate: float
+
+
+def validated(config: dict) -> dict:
+    """``config`` checked against the schema, with every default filled in (a copy)."""
+    from snakemake.utils import validate
+
+    config = json.loads(json.dumps(config))
+    validate(config, str(SCHEMA), set_default=True)
+    return config
+
+
+def _section(config: dict, key: str, cls, wiring: tuple[str, ...] = ()):
+    values = {k: v for k, v in config[key].items() if k not in wiring}
+    return cls.from_dict(values, key)
+
+
+def model_settings(config: dict, model: str) -> ModelSettings:
+    """The resolved training settings of ``model``: its entry over ``defaults`` (shallow:
+    a model's ``loss`` or ``augment`` replaces the default one whole), debug epochs
+    applied, predict-only keys left out."""
+    merged = {**config["defaults"], **config["models"][model]}
+    if config["debug"]["enabled"]:
+        merged["epochs"] = config["debug"]["epochs"]
+    for key in PREDICT_ONLY:
+        merged.pop(key)
+    return ModelSettings.from_dict(merged, f"models.{model}")
+
+
+def prediction_tta(config: dict, model: str) -> str:
+    """The test-time augmentation of ``model``'s predictions."""
+    return {**config["defaults"], **config["models"][model]}["tta"]
+
+
+def prediction_size(config: dict) -> int:
+    """Side of the stored probability maps: ``predict.size``, else the submission's."""
+    return config["predict"]["size"] or config["submission"]["size"]
+
+
+def ensemble_settings(config: dict) -> EnsembleSettings:
+    return _section(config, "ensemble", EnsembleSettings, wiring=("members",))
+
+
+def clean_settings(config: dict) -> CleanSettings:
+    return _section(config, "clean", CleanSettings, wiring=("enabled", "source"))
+
+
+def pseudo_settings(config: dict) -> PseudoSettings:
+    return _section(config, "pseudo", PseudoSettings, wiring=("enabled", "rounds"))
+
+
+def wandb_settings(config: dict, directory: str) -> WandbSettings:
+    return WandbSettings.from_dict({**config["wandb"], "dir": directory}, "wandb")
+
+
+def demo_settings(config: dict) -> DemoSettings:
+    return _section(config, "demo", DemoSettings)
+
+
 @dataclass(frozen=True)
 class DataPaths:
-    """Where the dataset is: the image root and the COCO files, resolved from ``config["data"]``."""
+    """Where the dataset is: the image root and the COCO files, from ``config["data"]``."""
 
     root: str
     train: str
@@ -57,15 +230,14 @@ def data_paths(config: dict) -> DataPaths:
         )
     if not data.get("root"):
         raise ConfigError(
-            "data.root: required when data.demo is false (the folder that file_name entries are relative to)"
+            "data.root: required when data.demo is false"
+            " (the folder that file_name entries are relative to)"
         )
     root = Path(data["root"])
 
     def under_root(key: str) -> str | None:
         value = data.get(key)
-        return (
-            None if value is None else str(root / value)
-        )  # an absolute value replaces root
+        return None if value is None else str(root / value)  # absolute replaces root
 
     return DataPaths(
         str(root),
@@ -74,15 +246,6 @@ def data_paths(config: dict) -> DataPaths:
         under_root("val"),
         under_root("sample_submission"),
     )
-
-
-def model_settings(config: dict, model: str) -> dict:
-    """The resolved settings of ``model``: its entry over ``defaults`` (shallow: a model's
-    ``loss`` or ``augment`` replaces the default one whole), debug epochs applied."""
-    settings = {**config["defaults"], **config["models"][model]}
-    if config["debug"]["enabled"]:
-        settings["epochs"] = config["debug"]["epochs"]
-    return settings
 
 
 def check_config(config: dict) -> None:
@@ -103,7 +266,8 @@ def check_config(config: dict) -> None:
     source = config.get("clean", {}).get("source", "ensemble")
     if source != "ensemble" and source not in config["models"]:
         raise ConfigError(
-            f"clean.source: {source!r} is neither 'ensemble' nor a model of models ({sorted(config['models'])})"
+            f"clean.source: {source!r} is neither 'ensemble' nor a model of models"
+            f" ({sorted(config['models'])})"
         )
     group_by = config["cv"].get("group_by")
     if group_by not in (None, "folder"):
@@ -115,17 +279,6 @@ def check_config(config: dict) -> None:
             ) from None
         if pattern.groups > 1:
             raise ConfigError(
-                f"cv.group_by: {group_by!r} has {pattern.groups} capture groups; use at most one"
+                f"cv.group_by: {group_by!r} has {pattern.groups} capture groups;"
+                " use at most one"
             )
-
-
-__all__ = [
-    "ConfigError",
-    "DataError",
-    "DataPaths",
-    "DEMO_FILES",
-    "DEMO_ROOT",
-    "check_config",
-    "data_paths",
-    "model_settings",
-]

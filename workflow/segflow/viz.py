@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from segflow.metrics import IGNORE_INDEX  # noqa: E402  (label the loss ignores: pseudo labels, cleaned regions)
+from segflow.labels import IGNORE_INDEX  # noqa: E402
 
 
 def class_palette(n_classes: int) -> np.ndarray:

@@ -1,0 +1,113 @@
+"""The package's two layers, read from the source: steps import libraries, never steps;
+libraries never import steps; the module map in segflow/__init__.py names every module."""
+
+import ast
+import re
+from pathlib import Path
+
+import segflow
+from conftest import REPO
+
+PACKAGE = REPO / "workflow" / "segflow"
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+
+
+def steps_called_by_rules() -> set[str]:
+    """Modules a rule runs with ``python -m segflow.<step>``."""
+    text = "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    return set(re.findall(r"python -m segflow\.(\w+)", text))
+
+
+def segflow_imports(module: str, package: Path = PACKAGE) -> set[str]:
+    """The segflow modules ``module`` imports, at any depth of its code."""
+    tree = ast.parse((package / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith("segflow."):
+                found.add(node.module.split(".")[1])
+            elif node.module == "segflow":
+                found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {
+                alias.name.split(".")[1]
+                for alias in node.names
+                if alias.name.startswith("segflow.")
+            }
+    return found
+
+
+def test_every_step_is_a_module_with_a_command_line():
+    steps = steps_called_by_rules()
+    assert steps and steps <= set(MODULES)
+    for step in steps:
+        assert 'if __name__ == "__main__":' in (PACKAGE / f"{step}.py").read_text()
+
+
+def test_no_step_imports_another_step_and_no_library_imports_a_step():
+    steps = steps_called_by_rules()
+    wrong = {
+        module: sorted(segflow_imports(module) & (steps - {module}))
+        for module in MODULES
+        if segflow_imports(module) & (steps - {module})
+    }
+    assert wrong == {}, f"modules importing a step: {wrong}"
+
+
+def test_the_module_map_names_every_module_in_its_layer():
+    doc = segflow.__doc__
+    steps_part, libraries_part = doc.split("Libraries", 1)
+    steps = steps_called_by_rules()
+    for module in MODULES:
+        part = steps_part if module in steps else libraries_part
+        assert re.search(rf"\b{module}\b", part), f"{module} missing from the map"
+
+
+def test_the_import_reader_sees_every_form_of_import(tmp_path):
+    """A planted step import is found whichever way it is written, even in a function."""
+    (tmp_path / "train.py").write_text(
+        "from segflow.predict import x\nimport segflow.oof_score\n"
+        "def f():\n    from segflow import ensemble\n"
+    )
+    assert segflow_imports("train", tmp_path) == {"predict", "oof_score", "ensemble"}
+
+
+def test_settings_carry_no_defaults_of_their_own():
+    """Every default lives in the schema: the typed settings have none."""
+    import dataclasses
+
+    from segflow import settings
+
+    for cls in vars(settings).values():
+        if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+            with_default = [
+                f.name
+                for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING
+                or f.default_factory is not dataclasses.MISSING
+            ]
+            assert with_default == [], f"{cls.__name__} defaults {with_default}"
+
+
+def test_step_command_lines_have_no_defaults_for_settings():
+    """A step's argparse takes settings as required arguments (or one JSON): it adds no
+    defaults of its own that could disagree with the schema."""
+    offenders = []
+    for step in steps_called_by_rules():
+        tree = ast.parse((PACKAGE / f"{step}.py").read_text())
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", "") == "add_argument"
+                and any(k.arg == "default" for k in node.keywords)
+            ):
+                offenders.append((step, ast.literal_eval(node.args[0])))
+    # submission check reads size and classes from --config: a path, not a setting.
+    assert offenders == [("submission", "--config")], offenders
+
+
+def test_paths_of_results_are_spelled_once_in_the_helpers():
+    """common.smk refers to rules' outputs, not to result paths of its own."""
+    text = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    spelled = re.findall(r'"results/[^"]*"', text)
+    assert spelled == ['"results/wandb"'], spelled  # wandb's folder is no rule's output

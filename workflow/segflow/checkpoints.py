@@ -1,0 +1,60 @@
+"""Checkpoints: a plain state_dict plus the settings that rebuild the model.
+
+``torch.load(weights_only=True)`` reads them, so they hold plain types only (no numpy
+scalars, no Path). The model is rebuilt from the saved settings with
+``encoder_weights=None``: the weights come from the checkpoint, never from a hub.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from segflow.io import atomic_path
+from segflow.models import create_model
+from segflow.settings import ModelSettings
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    settings: ModelSettings,
+    classes: list[str],
+    fold: int,
+    seed: int,
+    epoch: int,
+    val_miou: float,
+) -> None:
+    """Write the checkpoint atomically; identical runs give identical bytes."""
+    checkpoint = {
+        "state_dict": {
+            k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+        },
+        "config": settings.to_dict(),
+        "classes": list(classes),
+        "fold": int(fold),
+        "seed": int(seed),
+        "epoch": int(epoch),
+        "val_miou": float(val_miou),
+    }
+    # torch.save(obj, path) records the file's name inside the archive: saving to the
+    # temporary name would make identical checkpoints differ. A buffer has no name.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def load_checkpoint(
+    path: str | Path, device: str = "cpu"
+) -> tuple[torch.nn.Module, dict, ModelSettings]:
+    """(model in eval mode on ``device``, the checkpoint dict, its model settings)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    settings = ModelSettings.from_dict(checkpoint["config"], f"{path}: config")
+    model = create_model(
+        settings.arch, settings.encoder, len(checkpoint["classes"]), None
+    )
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device).eval(), checkpoint, settings

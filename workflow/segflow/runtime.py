@@ -1,0 +1,55 @@
+"""What every torch job sets up: seeds, threads, mixed precision, batches on the device.
+
+Import :mod:`segflow.device` and call ``select_device`` before this module's torch
+work: it may narrow CUDA_VISIBLE_DEVICES, which must happen before CUDA starts.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    # Bilinear-interpolate backward and histc have no deterministic CUDA kernel.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def set_threads(threads: int) -> None:
+    """Never more torch threads than the job has cores (Snakemake's ``threads``)."""
+    torch.set_num_threads(max(1, threads))
+
+
+def loader_workers(workers: int | None, threads: int, device: str) -> int:
+    """DataLoader workers: as configured, else the job's other cores on a GPU, and none
+    on the CPU, where the workers would take cores from the model."""
+    if workers is not None:
+        return workers
+    return max(1, threads - 1) if device == "cuda" else 0
+
+
+def amp_autocast(device: str, amp: str):
+    """A factory of autocast contexts: bf16/fp16 on CUDA; off on the CPU (fp16 is slow)."""
+    dtype = (
+        {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        if device == "cuda"
+        else None
+    )
+    if dtype is None:
+        return lambda: torch.autocast(device, enabled=False)
+    return lambda: torch.autocast("cuda", dtype=dtype)
+
+
+def to_device(images: torch.Tensor, device: str) -> torch.Tensor:
+    """A batch of images on ``device``; channels_last on CUDA (faster convolutions)."""
+    images = images.to(device, non_blocking=True)
+    if device == "cuda":
+        return images.contiguous(memory_format=torch.channels_last)
+    return images
