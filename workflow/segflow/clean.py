@@ -80,6 +80,87 @@ class CleanOutputs:
     figures: Path
 
 
+class Judge:
+    """The OOF probabilities that judge the labels (sources averaged with equal weights),
+    the labels at their size, and the per-class thresholds once they are known."""
+
+    def __init__(
+        self, sources: dict[str, list[str]], labelled: pd.DataFrame, masks_dir
+    ):
+        self.readers = [
+            MemberProbabilities(name, files, "oof")
+            for name, files in sorted(sources.items())
+        ]
+        for reader in self.readers:
+            oof_ids = set(reader.rows)
+            unknown = sorted(oof_ids - set(labelled.index))
+            missing = sorted(set(labelled.index) - oof_ids)
+            if unknown or missing:
+                raise PredictionError(
+                    f"OOF source {reader.name}: its image ids do not match the index"
+                    f" ({len(unknown)} unknown, e.g. {unknown[:3]}; {len(missing)}"
+                    f" labelled images without OOF, e.g. {missing[:3]})"
+                )
+        self.labelled, self.masks_dir = labelled, masks_dir
+        self.size = self.readers[0].shape[-1]
+        self.thresholds = None
+
+    def probabilities(self, ids: list[str]) -> np.ndarray:
+        return sum(reader.get(ids) for reader in self.readers) / len(self.readers)
+
+    def labels(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(class label, instance map) at the probability size."""
+        coco_id = self.labelled.at[image_id, "coco_id"]
+        return (
+            read_label(self.masks_dir, coco_id, self.size),
+            read_instances(self.masks_dir, coco_id, self.size),
+        )
+
+    def chunks(self):
+        """(image id, its probabilities) of every labelled image, a chunk in memory."""
+        image_ids = list(self.labelled.index)
+        for start in range(0, len(image_ids), CHUNK):
+            ids = image_ids[start : start + CHUNK]
+            yield from zip(ids, self.probabilities(ids))
+
+
+def class_thresholds(judge: Judge, n_classes: int) -> np.ndarray:
+    """Each class's mean self-confidence over every pixel labelled with it."""
+    sums, counts = np.zeros(n_classes), np.zeros(n_classes)
+    for image_id, probabilities in judge.chunks():
+        image_sums, image_counts = self_confidence_sums(
+            judge.labels(image_id)[0], probabilities
+        )
+        sums, counts = sums + image_sums, counts + image_counts
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
+
+
+def score_images(judge: Judge, annotations, settings: CleanSettings):
+    """(image, annotation, region) score tables of every labelled image; the maps of
+    each image are dropped as soon as it is scored."""
+    image_rows, annotation_rows, region_rows = [], [], []
+    for image_id, probabilities in judge.chunks():
+        row = judge.labelled.loc[image_id]
+        scale = (row["width"] / judge.size, row["height"] / judge.size)
+        scores = score_image(
+            image_id,
+            *judge.labels(image_id),
+            probabilities,
+            annotations(image_id),
+            judge.thresholds,
+            settings,
+            scale,
+        )
+        image_rows.append(scores.image)
+        annotation_rows += scores.annotations
+        region_rows += scores.regions
+    return (
+        pd.DataFrame(image_rows),
+        pd.DataFrame(annotation_rows, columns=SCORE_COLUMNS),
+        pd.DataFrame(region_rows, columns=SCORE_COLUMNS),
+    )
+
+
 def clean(
     *,
     settings: CleanSettings,
@@ -94,77 +175,19 @@ def clean(
     """Score, flag and clean every labelled image; see module doc for what is written."""
     images = pd.read_parquet(images_path)
     labelled = images[images["split"] == "train"].set_index("image_id")
-    annotations = pd.read_parquet(annotations_path)
-    by_image = {
-        image_id: rows for image_id, rows in annotations.groupby("image_id", sort=False)
-    }
-    # One reader per source member (e.g. a model's seeds), averaged with equal weights.
-    readers = [
-        MemberProbabilities(name, files, "oof")
-        for name, files in sorted(sources.items())
-    ]
-    for reader in readers:
-        oof_ids = set(reader.rows)
-        unknown = sorted(oof_ids - set(labelled.index))
-        missing = sorted(set(labelled.index) - oof_ids)
-        if unknown or missing:
-            raise PredictionError(
-                f"OOF source {reader.name}: its image ids do not match the index"
-                f" ({len(unknown)} unknown, e.g. {unknown[:3]}; {len(missing)} labelled"
-                f" images without OOF, e.g. {missing[:3]})"
-            )
-    size = readers[0].shape[-1]
-    empty_annotations = annotations.iloc[:0]
-
-    def probabilities_of(ids: list[str]) -> np.ndarray:
-        return sum(reader.get(ids) for reader in readers) / len(readers)
-
     image_ids = list(labelled.index)
+    annotation_rows = pd.read_parquet(annotations_path)
+    by_image = dict(list(annotation_rows.groupby("image_id", sort=False)))
 
-    def labels_of(image_id):
-        coco_id = labelled.at[image_id, "coco_id"]
-        return read_label(masks_dir, coco_id, size), read_instances(
-            masks_dir, coco_id, size
-        )
+    def annotations(image_id: str) -> pd.DataFrame:
+        return by_image.get(image_id, annotation_rows.iloc[:0])
 
-    # 1. The class thresholds: mean self-confidence over every labelled pixel (one streamed pass).
-    sums, counts = np.zeros(len(classes)), np.zeros(len(classes))
-    for start in range(0, len(image_ids), CHUNK):
-        ids = image_ids[start : start + CHUNK]
-        for image_id, probabilities in zip(ids, probabilities_of(ids)):
-            image_sums, image_counts = self_confidence_sums(
-                labels_of(image_id)[0], probabilities
-            )
-            sums, counts = sums + image_sums, counts + image_counts
-    thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
-
-    # 2. Score every labelled image (another streamed pass).
-    image_rows, annotation_rows, region_rows = [], [], []
-    for start in range(0, len(image_ids), CHUNK):
-        ids = image_ids[start : start + CHUNK]
-        for image_id, probabilities in zip(ids, probabilities_of(ids)):
-            label, instances = labels_of(image_id)
-            scale = (
-                labelled.at[image_id, "width"] / size,
-                labelled.at[image_id, "height"] / size,
-            )
-            scores = score_image(
-                image_id,
-                label,
-                instances,
-                probabilities,
-                by_image.get(image_id, empty_annotations),
-                thresholds,
-                settings,
-                scale,
-            )
-            image_rows.append(scores.image)
-            annotation_rows += scores.annotations
-            region_rows += scores.regions  # only the table rows are kept, not the maps
-
-    image_table = pd.DataFrame(image_rows)
-    annotation_table = pd.DataFrame(annotation_rows, columns=SCORE_COLUMNS)
-    region_table = pd.DataFrame(region_rows, columns=SCORE_COLUMNS)
+    # 1. The judge and its per-class thresholds (one streamed pass), 2. the scores (another).
+    judge = Judge(sources, labelled, masks_dir)
+    judge.thresholds = thresholds = class_thresholds(judge, len(classes))
+    image_table, annotation_table, region_table = score_images(
+        judge, annotations, settings
+    )
     reasons = flag_images(image_table, annotation_table, region_table, settings)
     image_table["flagged"] = image_table["image_id"].map(reasons).ne("")
     image_table.loc[image_table["flagged"], "suspected"] = image_table["image_id"].map(
@@ -173,8 +196,7 @@ def clean(
     scores_table = pd.concat(
         [image_table.reindex(columns=SCORE_COLUMNS), annotation_table, region_table],
         ignore_index=True,
-    )
-    scores_table = scores_table.astype(
+    ).astype(
         {
             "annotation_id": "Int64",
             "region": "Int64",
@@ -188,21 +210,18 @@ def clean(
         """The maps of one image again (cheap; the passes above keep only the tables)."""
         return score_image(
             image_id,
-            *labels_of(image_id),
-            probabilities_of([image_id])[0],
-            by_image.get(image_id, empty_annotations),
+            *judge.labels(image_id),
+            judge.probabilities([image_id])[0],
+            annotations(image_id),
             thresholds,
             settings,
         )
 
-    # 3. The next round's labels: cleaned masks of every labelled image, and who is dropped.
+    # 3. The next round's labels: cleaned masks of every labelled image, who is dropped.
     flagged_ids = [i for i in image_ids if reasons[i]]
-    flagged_set = set(flagged_ids)
     annotation_table["flagged"] = annotation_table["flagged"].astype(bool)
-    positions = annotation_table.groupby(
-        "image_id", sort=False
-    ).cumcount()  # k: instance value k + 1
-    flagged_positions = (
+    positions = annotation_table.groupby("image_id", sort=False).cumcount()
+    flagged_positions = (  # instance value k + 1 is the image's k-th annotation
         positions[annotation_table["flagged"]]
         .groupby(annotation_table["image_id"])
         .agg(list)
@@ -213,16 +232,16 @@ def clean(
     with atomic_dir(outputs.masks) as masks_tmp:
         for image_id in image_ids:
             coco_id = labelled.at[image_id, "coco_id"]
-            source = mask_file(masks_dir, coco_id)
-            if image_id not in flagged_set or action in ("drop", "none"):
-                shutil.copyfile(source, mask_file(masks_tmp, coco_id))
+            if not reasons[image_id] or action in ("drop", "none"):
+                shutil.copyfile(
+                    mask_file(masks_dir, coco_id), mask_file(masks_tmp, coco_id)
+                )
                 continue
-            scores = rescore(image_id)
             label = read_label(masks_dir, coco_id)
             new = cleaned_mask(
                 label,
                 read_instances(masks_dir, coco_id),
-                scores,
+                rescore(image_id),
                 flagged_positions.get(image_id, []),
                 "low_iou" in reasons[image_id],
                 action,
@@ -230,6 +249,7 @@ def clean(
             changed[image_id] = int((new != label).sum())
             write_label(new, masks_tmp, coco_id)
 
+        # 4. The tables, the gallery and the summary.
         dropped = flagged_ids if action == "drop" else []
         images_table = pd.DataFrame(
             {
@@ -263,15 +283,13 @@ def clean(
             outputs,
             image_root,
             classes,
-            size,
-            settings.action,
+            judge.size,
+            action,
         )
         summary = {
             "sources": sorted(sources),
             "settings": settings.to_dict(),
-            "class_thresholds": {
-                name: float(t) for name, t in zip(classes, thresholds)
-            },
+            "class_thresholds": dict(zip(classes, map(float, thresholds))),
             "judged_classes": [
                 name
                 for name, t in zip(classes, thresholds)
