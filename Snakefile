@@ -1,16 +1,14 @@
 # segflow: a COCO segmentation competition dataset -> EDA, folds, training, prediction,
-# label-noise cleaning, pseudo labels and retraining rounds, ensembling, submission. This file only wires: settings live in
-# config.yaml, helpers in workflow/rules/common.smk, each stage in its own rule file.
+# label-noise cleaning, pseudo labels and retraining rounds, ensembling, submission.
+# This file only wires: settings live in config.yaml (checked against the schema in
+# workflow/rules/common.smk, with the helpers), each stage in its own rule file.
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 
 configfile: "config.yaml"
-
-
-validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"

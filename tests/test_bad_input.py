@@ -215,7 +215,8 @@ def test_no_usable_training_image_is_an_error(tmp_path):
         [],
         write_images=False,
     )
-    test = write_coco(root, "test.json", [], [])
+    test_image = {"id": 1, "file_name": "t.png", "width": 8, "height": 8}
+    test = write_coco(root, "test.json", [test_image], [])
     with pytest.raises(DataError, match="no usable training image"):
         build_index(
             train,

@@ -5,7 +5,8 @@ import time
 import pytest
 import torch
 
-from segflow.models import ModelError, create_model, size_multiple
+from segflow.input_size import size_multiple
+from segflow.models import ModelError, create_model
 
 
 def test_random_init_needs_no_network():

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -117,26 +118,93 @@ def test_fold_split_keeps_validation_out_of_training(tiny_dataset):
 
 
 def test_image_size_that_does_not_fit_the_arch_is_a_clear_error():
-    from segflow.data import check_input_size
+    from segflow.input_size import model_side
 
-    sizes = pd.DataFrame({"height": [72, 72], "width": [72, 72]})
+    sizes = [(72, 72), (72, 72)]
     with pytest.raises(
         ValueError,
         match=r"DeepLabV3Plus needs sides that are multiples of 16, images are 72x72;"
         r" set input_size \(e\.g\. 80\)",
     ):
-        check_input_size(sizes, model_params(arch="DeepLabV3Plus", input_size=None))
-    check_input_size(
-        sizes, model_params(arch="DeepLabV3Plus", input_size=64)
-    )  # resized: fine
-    check_input_size(
-        sizes, model_params(arch="Unet", input_size=None)
-    )  # Unet takes any size
-    with pytest.raises(ValueError, match="2 different sizes"):
-        check_input_size(
-            pd.DataFrame({"height": [64, 72], "width": [64, 72]}),
-            model_params(arch="Unet", input_size=None),
-        )
+        model_side(sizes, "DeepLabV3Plus", None)
+    assert model_side(sizes, "DeepLabV3Plus", 64) == 64  # resized: fine
+    assert model_side(sizes, "Unet", None) is None  # Unet takes any size: as they are
+    with pytest.raises(ValueError, match="input_size 72 does not fit DeepLabV3Plus"):
+        model_side(sizes, "DeepLabV3Plus", 72)
+
+
+def test_mixed_image_sizes_train_at_a_side_derived_from_the_data():
+    """The most common longer side, rounded up to the arch's multiple (ties: larger)."""
+    from segflow.input_size import model_side
+
+    sizes = [(480, 640)] * 3 + [(512, 512)] * 2 + [(300, 200)]
+    assert model_side(sizes, "Unet", None) == 640
+    assert model_side([(100, 90), (70, 50)], "DeepLabV3Plus", None) == 112
+    assert model_side([(64, 64), (70, 70)], "FPN", None) == 96  # tie: 70 -> 96
+    assert model_side(sizes, "FPN", 256) == 256  # input_size wins
+
+
+def test_a_dataset_of_mixed_sizes_trains_and_predicts(tmp_path):
+    """Images of three sizes, no input_size: both steps resize to the derived side."""
+    from conftest import predict_fold, train_fold
+    from segflow.demo import make_demo
+    from segflow.folds import make_folds
+    from segflow.index import build_index
+
+    data = tmp_path / "data"
+    make_demo(
+        data,
+        CLASSES,
+        seed=0,
+        train_images=12,
+        test_images=3,
+        size=48,
+        batches=2,
+        noise_rate=0.0,
+    )
+    coco = json.loads((data / "train_all.json").read_text())
+    import cv2
+
+    for image, side in zip(coco["images"], [48, 64, 40] * 4):
+        path = data / image["file_name"]
+        cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (side, side)))
+        scale = side / image["width"]
+        image["width"] = image["height"] = side
+        for annotation in coco["annotations"]:
+            if annotation["image_id"] == image["id"]:
+                annotation["segmentation"] = [
+                    [v * scale for v in polygon]
+                    for polygon in annotation["segmentation"]
+                ]
+    (data / "train_all.json").write_text(json.dumps(coco))
+    tiny = {
+        "root": data,
+        "images": tmp_path / "images.parquet",
+        "masks": tmp_path / "m",
+        "folds": tmp_path / "folds.csv",
+    }
+    images = build_index(
+        data / "train_all.json",
+        data / "test.json",
+        data,
+        CLASSES,
+        images_out=tiny["images"],
+        annotations_out=tmp_path / "a.parquet",
+        skipped_out=tmp_path / "s.csv",
+        masks_dir=tiny["masks"],
+        on_error="stop",
+        sample=None,
+        seed=0,
+        threads=1,
+    )
+    assert images["width"].nunique() == 3
+    make_folds(images, len(CLASSES), "kfold", 2, seed=0).to_csv(
+        tiny["folds"], index=False
+    )
+    metrics = train_fold(tiny, tmp_path / "run", settings=model_params(epochs=1))
+    assert metrics["val_images"] == 6
+    out = predict_fold(tiny, tmp_path / "run" / "model.pt", tmp_path / "predict")
+    assert np.load(out / "test.npy").shape[1:] == (len(CLASSES), 48, 48)
 
 
 def test_wandb_offline_writes_a_local_run_and_nothing_else(

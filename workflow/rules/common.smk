@@ -37,10 +37,14 @@ from segflow.settings import (
     prediction_size,
     prediction_tta,
     pseudo_settings,
+    validate_config,
     wandb_settings,
 )
 
+# The schema (workflow/schemas/config.schema.yaml) checks and defaults every key; then
+# the config is checked against the data. Either stops the run before any job.
 try:
+    validate_config(config)
     check_config(config)
 except (ConfigError, DataError) as error:
     raise WorkflowError(f"segflow config: {error}")

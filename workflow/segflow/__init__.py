@@ -17,7 +17,8 @@ Libraries, shared by the steps; a library never imports a step:
   models         the model factory (smp), offline-safe encoder weights
   checkpoints    save/load a state_dict with the settings that rebuild the model
   losses         the weighted loss terms
-  data           datasets, albumentations pipelines, loaders, input-size checks
+  data           datasets, albumentations pipelines, loaders
+  input_size     the side a model sees its images at (arch multiples, mixed sizes)
   splits         which images and labels a fold job of a round trains and validates on
   optim          optimizers and learning-rate schedules
   runtime        seeds, threads, autocast, batches on the device

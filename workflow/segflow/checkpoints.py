@@ -19,7 +19,7 @@ from segflow.settings import ModelSettings
 
 def save_checkpoint(
     path: str | Path,
-    model: torch.nn.Module,
+    state_dict: dict[str, torch.Tensor],
     settings: ModelSettings,
     classes: list[str],
     fold: int,
@@ -29,9 +29,7 @@ def save_checkpoint(
 ) -> None:
     """Write the checkpoint atomically; identical runs give identical bytes."""
     checkpoint = {
-        "state_dict": {
-            k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-        },
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
         "config": settings.to_dict(),
         "classes": list(classes),
         "fold": int(fold),

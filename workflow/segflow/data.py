@@ -24,13 +24,11 @@ from pathlib import Path
 import albumentations as A
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset
 
-from segflow.models import IMAGENET_MEAN, IMAGENET_STD, size_multiple
-from segflow.settings import ModelSettings
+from segflow.models import IMAGENET_MEAN, IMAGENET_STD
 
 COMPOSITES = {
     "OneOf",
@@ -56,45 +54,24 @@ def build_transform(
         raise ValueError(f"augment: {e}") from None
 
 
-def resize_steps(input_size: int | None) -> list[dict]:
-    """The augment-style step that resizes to the model's ``input_size``, if it has one."""
-    return (
-        [{"Resize": {"height": input_size, "width": input_size}}] if input_size else []
-    )
+def resize_steps(side: int | None) -> list[dict]:
+    """The augment-style step that resizes to a square ``side``, if there is one."""
+    return [{"Resize": {"height": side, "width": side}}] if side else []
 
 
-def train_transform(settings: ModelSettings, seed: int) -> A.Compose:
-    """The model's augmentations, then its resize."""
-    return build_transform(
-        list(settings.augment) + resize_steps(settings.input_size), seed=seed
-    )
+def train_transform(augment: list[dict], side: int | None, seed: int) -> A.Compose:
+    """The model's augmentations, then its resize (segflow.input_size)."""
+    return build_transform(list(augment) + resize_steps(side), seed=seed)
 
 
-def eval_transform(settings: ModelSettings) -> A.Compose:
+def image_sizes(images) -> list[tuple[int, int]]:
+    """(height, width) of every row of the index (images.parquet)."""
+    return list(zip(images["height"].tolist(), images["width"].tolist()))
+
+
+def eval_transform(side: int | None) -> A.Compose:
     """What validation and prediction see: the resize only."""
-    return build_transform(resize_steps(settings.input_size))
-
-
-def check_input_size(rows: pd.DataFrame, settings: ModelSettings) -> None:
-    """Images of one size (to batch them) that fits the arch (smp: e.g. DeepLabV3+ needs
-    sides that are multiples of 16)."""
-    multiple = size_multiple(settings.arch)
-    if settings.input_size:
-        sizes = {(settings.input_size, settings.input_size)}
-    else:
-        sizes = set(zip(rows["height"], rows["width"]))
-        if len(sizes) > 1:
-            raise ValueError(
-                f"images have {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]});"
-                " set input_size to train on one size"
-            )
-    height, width = next(iter(sizes))
-    if height % multiple or width % multiple:
-        fitting = -(-max(height, width) // multiple) * multiple
-        raise ValueError(
-            f"{settings.arch} needs sides that are multiples of {multiple}, images are"
-            f" {width}x{height}; set input_size (e.g. {fitting})"
-        )
+    return build_transform(resize_steps(side))
 
 
 def _build_step(spec: dict, where: str):

@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from segflow.coco import CocoSplit, DataError, Problem, ProblemLog, load_coco, rasterize
 from segflow.io import atomic_dir, write_table
@@ -68,12 +69,18 @@ def build_index(
     }
     log = ProblemLog(on_error)
     log.problems = splits["train"].problems + splits["test"].problems
+    check_splits(splits, train_json, test_json)
+    # Debug mode keeps a sample of each split, but every image is still opened: a bad
+    # file outside the sample stops the run as it would without debug.
+    kept = {
+        split: {image["id"] for image in coco.images} for split, coco in splits.items()
+    }
     if sample:
         rng = np.random.default_rng(seed)
-        for coco in splits.values():
+        for split, coco in splits.items():
             if len(coco.images) > sample:
                 keep = np.sort(rng.choice(len(coco.images), sample, replace=False))
-                coco.images = [coco.images[i] for i in keep]
+                kept[split] = {coco.images[i]["id"] for i in keep}
 
     image_rows, annotation_rows = [], []
     with (
@@ -89,7 +96,7 @@ def build_index(
                     coco,
                     image,
                     len(classes),
-                    masks_tmp if labeled else None,
+                    masks_tmp if labeled and image["id"] in kept[split] else None,
                 )
                 for image in coco.images
             ]
@@ -107,11 +114,17 @@ def build_index(
                         )
                     log.report(problem)
                     continue
+                if row["coco_id"] not in kept[split]:
+                    continue  # opened and checked, but not in the debug sample
                 image_rows.append({**row, "split": split})
                 annotation_rows.extend(annotations)
         images = _images_table(image_rows, len(classes))
-        if not (images["split"] == "train").any():
-            raise DataError(f"{train_json}: no usable training image")
+        for split, path, word in (
+            ("train", train_json, "training"),
+            ("test", test_json, "test"),
+        ):
+            if not (images["split"] == split).any():
+                raise DataError(f"{path}: no usable {word} image")
         write_table(images, images_out)
         write_table(
             pd.DataFrame(annotation_rows, columns=ANNOTATION_COLUMNS), annotations_out
@@ -126,6 +139,39 @@ def build_index(
     for problem in log.problems:
         print(f"WARNING skipped: {problem.message()}", file=sys.stderr)
     return images
+
+
+def check_splits(splits: dict, train_json, test_json) -> None:
+    """Stop on an empty test set and on a test image that is also a training image
+    (image ids are file names: the two would be confused in every later step)."""
+    if not splits["test"].images:
+        raise DataError(f"{test_json}: no test images: nothing to predict or submit")
+    train_names = {image["file_name"] for image in splits["train"].images}
+    shared = sorted(
+        (image["file_name"], image["id"])
+        for image in splits["test"].images
+        if image["file_name"] in train_names
+    )
+    if shared:
+        examples = ", ".join(f"{name!r} (id {i})" for name, i in shared[:3])
+        raise DataError(
+            f"{test_json}: {len(shared)} test images have the file_name of a training"
+            f" image of {train_json}, e.g. {examples}"
+        )
+
+
+def jpeg_problem(path: Path) -> str | None:
+    """Why a JPEG file is broken, or None. libjpeg pads a truncated JPEG and cv2 reads
+    it with only a warning; PIL's full decode raises."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return None
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+    except (OSError, SyntaxError) as e:
+        return f"image file {path} is a broken JPEG ({e})"
+    return None
 
 
 def _index_image(
@@ -148,6 +194,9 @@ def _index_image(
                 image_id=image["id"],
             ),
         )
+    broken = jpeg_problem(path)
+    if broken:
+        return None, [], Problem(str(coco.path), broken, image_id=image["id"])
     if picture.shape != (image["height"], image["width"]):
         reason = (
             f"image file {path} is {picture.shape[1]}x{picture.shape[0]}"

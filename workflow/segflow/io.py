@@ -48,6 +48,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(
         tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
     )
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700: teammates could not read it
     try:
         yield tmp
         if final.exists():

@@ -19,23 +19,9 @@ import torch
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Input sides must be multiples of these (TRAPS: smp 0.6); anything else: 32.
-SIZE_MULTIPLE = {
-    "unet": 1,
-    "unetplusplus": 32,
-    "deeplabv3plus": 16,
-    "pan": 16,
-    "pspnet": 8,
-    "deeplabv3": 8,
-}
-
 
 class ModelError(ValueError):
     """A model that cannot be built as configured (unknown arch, weights not available...)."""
-
-
-def size_multiple(arch: str) -> int:
-    return SIZE_MULTIPLE.get(arch.lower(), 32)
 
 
 def create_model(

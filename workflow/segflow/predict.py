@@ -23,9 +23,9 @@ import torch.nn.functional as F
 import ttach as tta
 
 from segflow.checkpoints import load_checkpoint
-from segflow.data import SegmentationDataset, eval_transform, make_loader
+from segflow.data import SegmentationDataset, eval_transform, image_sizes, make_loader
 from segflow.device import select_device
-from segflow.models import size_multiple
+from segflow.input_size import model_side, size_multiple
 from segflow.probabilities import encode_probabilities, probability_writer
 from segflow.runtime import amp_autocast, loader_workers, set_threads, to_device
 from segflow.splits import fold_split
@@ -127,10 +127,11 @@ def predict(
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
     autocast = amp_autocast(device, settings.amp)
-    transform = eval_transform(settings)
     workers = loader_workers(settings.workers, threads, device)
 
     images = pd.read_parquet(images_path)
+    side = model_side(image_sizes(images), settings.arch, settings.input_size)
+    transform = eval_transform(side)
     _, val_rows = fold_split(images, pd.read_csv(folds_path), fold)
     test_rows = images[images["split"] == "test"].reset_index(drop=True)
     for rows, out in ((val_rows, oof_out), (test_rows, test_out)):
@@ -143,13 +144,13 @@ def predict(
             workers=workers,
             pin_memory=device == "cuda",
         )
-        if settings.input_size:
-            side = (settings.input_size,) * 2
+        if side:
+            seen_at = (side, side)
         elif len(rows):
-            side = (int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
+            seen_at = (int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
         else:
-            side = (size, size)
-        wrapped = tta_model(model, tta_mode, side, size_multiple(settings.arch))
+            seen_at = (size, size)
+        wrapped = tta_model(model, tta_mode, seen_at, size_multiple(settings.arch))
         ids = rows["image_id"].tolist()
         write_probabilities(
             wrapped, loader, ids, n_classes, size, device, autocast, out

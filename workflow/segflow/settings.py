@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segflow.coco import class_index_by_category, read_json
+from segflow.input_size import model_side
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 DEMO_ROOT = "results/demo_data"
@@ -146,12 +147,29 @@ class DemoSettings(Settings):
     noise_rate: float
 
 
-def validated(config: dict) -> dict:
-    """``config`` checked against the schema, with every default filled in (a copy)."""
+def validate_config(config: dict) -> None:
+    """Check ``config`` against the schema and fill in every default, in place.
+
+    A violation is a ConfigError naming the key and what is wrong with it, without the
+    schema that Snakemake's own message prints after it."""
+    import jsonschema
+    from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
+    try:
+        validate(config, str(SCHEMA), set_default=True)
+    except WorkflowError as e:
+        error = e.__context__
+        if not isinstance(error, jsonschema.ValidationError):
+            raise
+        where = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        raise ConfigError(f"{where}: {error.message}") from None
+
+
+def validated(config: dict) -> dict:
+    """``config`` checked against the schema, with every default filled in (a copy)."""
     config = json.loads(json.dumps(config))
-    validate(config, str(SCHEMA), set_default=True)
+    validate_config(config)
     return config
 
 
@@ -248,21 +266,66 @@ def data_paths(config: dict) -> DataPaths:
     )
 
 
+def check_test_images(train: list, test: list, paths: DataPaths) -> None:
+    """A test set to predict, and no test image that is also a training image."""
+    if not test:
+        raise ConfigError(
+            f"data.test: {paths.test} has no images: nothing to predict or submit"
+        )
+    train_names = {image.get("file_name") for image in train if isinstance(image, dict)}
+    shared = sorted(
+        image.get("file_name")
+        for image in test
+        if isinstance(image, dict) and image.get("file_name") in train_names
+    )
+    if shared:
+        raise ConfigError(
+            f"data.test: {len(shared)} images of {paths.test} have the file_name of a"
+            f" training image of {paths.train}, e.g. {shared[:3]}"
+        )
+
+
+def check_model_sides(config: dict, sizes: list[tuple[int, int]]) -> None:
+    """Every model can take the images at the side segflow.input_size gives it."""
+    if not sizes:
+        return  # no readable sizes: the index names the bad entries
+    for name in sorted(config["models"]):
+        settings = model_settings(config, name)
+        try:
+            model_side(sizes, settings.arch, settings.input_size)
+        except ValueError as e:
+            raise ConfigError(f"models.{name}: {e}") from None
+
+
 def check_config(config: dict) -> None:
     """Raise ConfigError/DataError for a config that cannot work; see the module doc."""
     classes = config["classes"]
     paths = data_paths(config)
-    if not config["data"]["demo"]:
+    if config["data"]["demo"]:
+        side = config["demo"]["size"]
+        sizes = [(side, side)]
+    else:
         if not Path(paths.root).is_dir():
             raise ConfigError(f"data.root: folder {paths.root} does not exist")
         for key in ("train", "test", "val", "sample_submission"):
             path = getattr(paths, key)
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"data.{key}: file {path} does not exist")
-        for key in ("train", "test", "val"):
-            path = getattr(paths, key)
-            if path is not None:
-                class_index_by_category(read_json(path)["categories"], classes, path)
+        coco = {
+            key: read_json(getattr(paths, key))
+            for key in ("train", "test", "val")
+            if getattr(paths, key) is not None
+        }
+        for key, data in coco.items():
+            class_index_by_category(data["categories"], classes, getattr(paths, key))
+        check_test_images(coco["train"]["images"], coco["test"]["images"], paths)
+        sizes = [
+            (image.get("height"), image.get("width"))
+            for key in ("train", "test")
+            for image in coco[key]["images"]
+            if isinstance(image, dict)
+        ]
+    check_model_sides(config, [s for s in sizes if all(isinstance(v, int) for v in s)])
     source = config.get("clean", {}).get("source", "ensemble")
     if source != "ensemble" and source not in config["models"]:
         raise ConfigError(

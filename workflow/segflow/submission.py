@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from segflow.coco import read_json
+from segflow.coco import DataError, read_json
 from segflow.io import atomic_path, read_ids
 from segflow.labels import resize_label
-from segflow.settings import validated
+from segflow.settings import ConfigError, validated
 from segflow.submission_format import (
     HEADER,
     SubmissionError,
@@ -155,8 +155,10 @@ def main(argv=None) -> None:
                 debug_subset=args.debug_subset,
             )
             print(f"wrote {args.out}: {rows} rows")
-    except SubmissionError as e:
+    except (SubmissionError, DataError, ConfigError) as e:
         sys.exit(f"ERROR: {e}")
+    except OSError as e:  # a missing or unreadable file: its name, not a traceback
+        sys.exit(f"ERROR: {e.filename}: {e.strerror}")
 
 
 if __name__ == "__main__":

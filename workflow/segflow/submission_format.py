@@ -120,4 +120,7 @@ def check_submission(
     """Check header, ids (unique; all and only the test images), lengths, value range.
     Returns the number of rows."""
     expected = set(expected_ids) if expected_ids is not None else None
-    return sum(1 for _ in read_submission(path, size, n_classes, expected))
+    rows = sum(1 for _ in read_submission(path, size, n_classes, expected))
+    if rows == 0:
+        raise SubmissionError(f"{path}: no rows: a submission predicts the test images")
+    return rows

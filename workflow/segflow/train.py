@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -25,12 +26,13 @@ import torch
 from segflow.checkpoints import save_checkpoint
 from segflow.data import (
     SegmentationDataset,
-    check_input_size,
     eval_transform,
+    image_sizes,
     make_loader,
     train_transform,
 )
 from segflow.device import select_device
+from segflow.input_size import model_side
 from segflow.io import read_ids, write_json, write_table
 from segflow.losses import create_loss
 from segflow.metrics import confusion_matrix, iou_per_class, mean_iou, per_class_iou
@@ -70,10 +72,38 @@ def evaluate(model, loader, criterion, n_classes: int, device: str, autocast):
     return loss_sum / max(1, count), confusion.cpu().numpy()
 
 
+class TrainingDiverged(ValueError):
+    """The loss became non-finite or exploded: the run is stopped, nothing is saved."""
+
+
+# A loss this many times the first batch's is a divergence, not noise: a healthy run
+# starts at its highest loss (CE + Dice from random weights is about ln(classes) + 1).
+EXPLODED = 1000.0
+
+
+def check_loss(value: float, first: float, where: str) -> None:
+    if not math.isfinite(value) or value > EXPLODED * first:
+        raise TrainingDiverged(
+            f"{where}: loss {value:.4g} (first batch {first:.4g}); the run diverged."
+            " Lower lr, set grad_clip, or use amp: none"
+        )
+
+
 def train_epoch(
-    model, loader, criterion, optimizer, scaler, schedule, settings, device, autocast
+    model,
+    loader,
+    criterion,
+    optimizer,
+    scaler,
+    schedule,
+    settings,
+    device,
+    autocast,
+    epoch: int,
+    first_loss: list[float],
 ) -> tuple[float, int]:
-    """One pass over ``loader``; (mean training loss, images seen)."""
+    """One pass over ``loader``; (mean training loss, images seen). ``first_loss`` holds
+    the run's first batch loss once there is one: the divergence check compares to it."""
     model.train()
     seen, loss_sum = 0, 0.0
     accumulate = settings.accumulate
@@ -84,6 +114,10 @@ def train_epoch(
         with autocast():
             logits = model(batch)
         loss = criterion(logits, masks)
+        value = float(loss.detach())
+        if not first_loss:
+            first_loss.append(value)
+        check_loss(value, first_loss[0], f"epoch {epoch}, step {step + 1}")
         scaler.scale(loss / accumulate).backward()
         if (step + 1) % accumulate == 0 or step + 1 == len(loader):
             if settings.grad_clip:
@@ -93,7 +127,7 @@ def train_epoch(
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             schedule.after_step()
-        loss_sum += float(loss.detach()) * len(batch)
+        loss_sum += value * len(batch)
         seen += len(batch)
     return loss_sum / max(1, seen), seen
 
@@ -124,17 +158,14 @@ def train(
     workers = loader_workers(settings.workers, threads, device)
     pin = device == "cuda"
 
-    # The data of this fold and round.
+    # The data of this fold and round, at the side the model sees (segflow.input_size).
+    images = pd.read_parquet(images_path)
     data = fold_data(
-        pd.read_parquet(images_path),
-        pd.read_csv(folds_path),
-        fold,
-        image_root,
-        masks_dir,
-        round_labels,
+        images, pd.read_csv(folds_path), fold, image_root, masks_dir, round_labels
     )
-    check_input_size(pd.concat([data.train, data.val, data.pseudo]), settings)
-    augmented, plain = train_transform(settings, seed), eval_transform(settings)
+    side = model_side(image_sizes(images), settings.arch, settings.input_size)
+    augmented = train_transform(settings.augment, side, seed)
+    plain = eval_transform(side)
     train_set = SegmentationDataset(data.train_images, data.train_masks, augmented)
     batch_size = settings.batch_size
     # drop_last: BatchNorm (DeepLabV3/V3+) fails on a last batch of one image.
@@ -184,7 +215,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
 
     tracker = start_tracking(wandb, run_name, settings.to_dict())
-    history, best = [], {"val_miou": -1.0}
+    history, best, first_loss = [], {"val_miou": -1.0}, []
     print(
         f"{run_name}: {len(data.train)} train (+{len(data.pseudo)} pseudo-labelled)"
         f" / {len(data.val)} val images, device {device}, amp {amp}, {epochs} epochs",
@@ -202,12 +233,15 @@ def train(
             settings,
             device,
             autocast,
+            epoch,
+            first_loss,
         )
         train_seconds = time.perf_counter() - started
 
         val_loss, confusion = evaluate(
             model, val_loader, criterion, n_classes, device, autocast
         )
+        check_loss(val_loss, first_loss[0], f"epoch {epoch}, validation")
         val_miou, iou = mean_iou(confusion), iou_per_class(confusion)
         extra = {}
         if cleaned_val_loader is not None:
@@ -241,9 +275,12 @@ def train(
                 **extra,
                 "per_class_iou": per_class_iou(confusion, classes),
             }
-            save_checkpoint(
-                model_out, model, settings, classes, fold, seed, epoch, val_miou
-            )
+            # Kept in memory and written once the run is over: a killed run leaves no
+            # model.pt of an early epoch that looks finished.
+            best_state = {
+                k: v.detach().to("cpu", copy=True)
+                for k, v in model.state_dict().items()
+            }
             log_images(tracker, model, val_loader, classes, device, autocast)
         log_epoch(tracker, row)
 
@@ -267,6 +304,16 @@ def train(
     }
     write_table(pd.DataFrame(history), history_out)
     write_json(metrics, metrics_out)
+    save_checkpoint(
+        model_out,
+        best_state,
+        settings,
+        classes,
+        fold,
+        seed,
+        best["epoch"],
+        best["val_miou"],
+    )
     finish_tracking(tracker, best)
     return metrics
 
@@ -318,7 +365,7 @@ def main(argv=None) -> None:
             wandb=WandbSettings.from_json(args.wandb, "--wandb"),
             run_name=args.name,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # TrainingDiverged among them
         sys.exit(f"ERROR: {e}")
 
 
