@@ -132,6 +132,39 @@ def train_epoch(
     return loss_sum / max(1, seen), seen
 
 
+def fold_loaders(data, side, augment, batch_size, seed, workers, device):
+    """(training, validation, validation on cleaned labels or None) loaders of a fold."""
+    pin = device == "cuda"
+    train_set = SegmentationDataset(
+        data.train_images, data.train_masks, train_transform(augment, side, seed)
+    )
+    # drop_last: BatchNorm (DeepLabV3/V3+) fails on a last batch of one image.
+    train_loader = make_loader(
+        train_set,
+        batch_size,
+        shuffle=True,
+        seed=seed,
+        workers=workers,
+        drop_last=len(train_set) > batch_size,
+        pin_memory=pin,
+    )
+
+    def validation(masks: list[str] | None):
+        if masks is None:
+            return None
+        dataset = SegmentationDataset(data.val_images, masks, eval_transform(side))
+        return make_loader(
+            dataset,
+            batch_size,
+            shuffle=False,
+            seed=seed,
+            workers=workers,
+            pin_memory=pin,
+        )
+
+    return train_loader, validation(data.val_masks), validation(data.val_cleaned_masks)
+
+
 def train(
     *,
     settings: ModelSettings,
@@ -156,7 +189,6 @@ def train(
     seed_everything(seed)
     set_threads(threads)
     workers = loader_workers(settings.workers, threads, device)
-    pin = device == "cuda"
 
     # The data of this fold and round, at the side the model sees (segflow.input_size).
     images = pd.read_parquet(images_path)
@@ -164,37 +196,8 @@ def train(
         images, pd.read_csv(folds_path), fold, image_root, masks_dir, round_labels
     )
     side = model_side(image_sizes(images), settings.arch, settings.input_size)
-    augmented = train_transform(settings.augment, side, seed)
-    plain = eval_transform(side)
-    train_set = SegmentationDataset(data.train_images, data.train_masks, augmented)
-    batch_size = settings.batch_size
-    # drop_last: BatchNorm (DeepLabV3/V3+) fails on a last batch of one image.
-    train_loader = make_loader(
-        train_set,
-        batch_size,
-        shuffle=True,
-        seed=seed,
-        workers=workers,
-        drop_last=len(train_set) > batch_size,
-        pin_memory=pin,
-    )
-
-    def eval_loader(masks: list[str]):
-        dataset = SegmentationDataset(data.val_images, masks, plain)
-        return make_loader(
-            dataset,
-            batch_size,
-            shuffle=False,
-            seed=seed,
-            workers=workers,
-            pin_memory=pin,
-        )
-
-    val_loader = eval_loader(data.val_masks)
-    cleaned_val_loader = (
-        eval_loader(data.val_cleaned_masks)
-        if data.val_cleaned_masks is not None
-        else None
+    train_loader, val_loader, cleaned_val_loader = fold_loaders(
+        data, side, settings.augment, settings.batch_size, seed, workers, device
     )
 
     # The model, its loss, optimizer and schedule.
