@@ -4,6 +4,7 @@ complete, or is handled as documented."""
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -179,7 +180,7 @@ def test_diverging_run_stops_with_epoch_and_step_and_saves_nothing(
 
     settings = model_params(optimizer=optimizer, lr=1e4, scheduler="none", epochs=3)
     with pytest.raises(
-        TrainingDiverged, match=r"epoch \d, (step \d+|validation): loss"
+        TrainingDiverged, match=r"epoch \d, (validation after )?step \d+: loss"
     ):
         train_fold(tiny_dataset, tmp_path / "run", settings=settings)
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
@@ -279,3 +280,22 @@ def test_a_size_no_model_can_take_stops_before_any_job(tmp_path):
         models={"deeplab": {"arch": "DeepLabV3Plus", "input_size": 64}},
     )
     assert snakemake(tmp_path / "run", "-n").returncode == 0
+
+
+def test_a_diverging_job_fails_the_workflow_and_leaves_no_model(tmp_path):
+    """[diverging-run] through Snakemake: the job fails, its log says where, no model.pt."""
+    write_config(
+        tmp_path,
+        models={"unet": {"arch": "Unet", "lr": 1e4, "optimizer": "sgd"}},
+        cv={"folds": 2},
+        defaults={"epochs": 2, "scheduler": "none"},
+        wandb={"mode": "disabled"},
+    )
+    target = "results/r0/train/unet/f0-s0/model.pt"
+    result = snakemake(tmp_path, "--cores", "2", target, check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "results/logs/r0/train/unet/f0-s0.log").read_text()
+    assert "the run diverged" in log and re.search(r"epoch 1, .*step \d+: loss", log)
+    assert not (tmp_path / "results/r0/train/unet/f0-s0").exists() or not any(
+        (tmp_path / "results/r0/train/unet/f0-s0").iterdir()
+    )

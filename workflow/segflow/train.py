@@ -244,7 +244,8 @@ def train(
         val_loss, confusion = evaluate(
             model, val_loader, criterion, n_classes, device, autocast
         )
-        check_loss(val_loss, first_loss[0], f"epoch {epoch}, validation")
+        where = f"epoch {epoch}, validation after step {epoch * len(train_loader)}"
+        check_loss(val_loss, first_loss[0], where)
         val_miou, iou = mean_iou(confusion), iou_per_class(confusion)
         extra = {}
         if cleaned_val_loader is not None:
