@@ -179,7 +179,6 @@ def tiny_dataset(tmp_path_factory) -> dict:
     """A tiny demo dataset, indexed, with 2 folds: what train/predict read in the workflow."""
     from segflow.demo import make_demo
     from segflow.folds import make_folds
-    from segflow.index import build_index
 
     root = tmp_path_factory.mktemp("tiny")
     data = root / "demo_data"
@@ -199,20 +198,7 @@ def tiny_dataset(tmp_path_factory) -> dict:
         "masks": root / "masks",
         "folds": root / "folds.csv",
     }
-    images = build_index(
-        data / "train_all.json",
-        data / "test.json",
-        data,
-        CLASSES,
-        images_out=paths["images"],
-        annotations_out=root / "annotations.parquet",
-        skipped_out=root / "skipped.csv",
-        masks_dir=paths["masks"],
-        on_error="stop",
-        sample=None,
-        seed=0,
-        threads=1,
-    )
+    images = index_coco(data / "train_all.json", data / "test.json", data, root)
     make_folds(images, len(CLASSES), "kfold", 2, seed=0).to_csv(
         paths["folds"], index=False
     )
@@ -225,6 +211,27 @@ def validated_config(**changes) -> dict:
     from segflow.settings import validated
 
     return validated(deep_update(DEFAULT_CONFIG, changes))
+
+
+def index_coco(train, test, root, out, *, on_error="stop", sample=None):
+    """segflow.index.build_index of ``train``/``test`` into ``out`` (seed 0, 1 thread)."""
+    from segflow.index import build_index
+
+    out = Path(out)
+    return build_index(
+        train,
+        test,
+        root,
+        CLASSES,
+        images_out=out / "images.parquet",
+        annotations_out=out / "annotations.parquet",
+        skipped_out=out / "skipped.csv",
+        masks_dir=out / "masks",
+        on_error=on_error,
+        sample=sample,
+        seed=0,
+        threads=1,
+    )
 
 
 def model_params(**changes):

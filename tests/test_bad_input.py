@@ -8,26 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import CLASSES, square, write_coco
+from conftest import CLASSES, index_coco, square, write_coco
 from segflow.coco import DataError, load_coco
-from segflow.index import build_index
 
 
 def index(coco, tmp_path, on_error="stop"):
     out = tmp_path / "out"
-    return build_index(
-        coco["train"],
-        coco["test"],
-        coco["root"],
-        CLASSES,
-        images_out=out / "images.parquet",
-        annotations_out=out / "annotations.parquet",
-        skipped_out=out / "skipped.csv",
-        masks_dir=out / "masks",
-        on_error=on_error,
-        sample=None,
-        seed=0,
-        threads=1,
+    return index_coco(
+        coco["train"], coco["test"], coco["root"], out, on_error=on_error
     ), out
 
 
@@ -218,20 +206,7 @@ def test_no_usable_training_image_is_an_error(tmp_path):
     test_image = {"id": 1, "file_name": "t.png", "width": 8, "height": 8}
     test = write_coco(root, "test.json", [test_image], [])
     with pytest.raises(DataError, match="no usable training image"):
-        build_index(
-            train,
-            test,
-            root,
-            CLASSES,
-            images_out=tmp_path / "i.parquet",
-            annotations_out=tmp_path / "a.parquet",
-            skipped_out=tmp_path / "s.csv",
-            masks_dir=tmp_path / "m",
-            on_error="skip",
-            sample=None,
-            seed=0,
-            threads=1,
-        )
+        index_coco(train, test, root, tmp_path / "out", on_error="skip")
 
 
 def test_polygon_outside_the_image_is_clipped_not_an_error(small_coco, tmp_path):

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import (
-    CLASSES,
     REPO,
+    index_coco,
     model_params,
     snakemake,
     square,
@@ -26,25 +26,11 @@ from conftest import (
     write_config,
 )
 from segflow.coco import DataError
-from segflow.index import build_index
 from segflow.io import atomic_dir, atomic_path
 
 
 def index(coco, out, sample=None):
-    return build_index(
-        coco["train"],
-        coco["test"],
-        coco["root"],
-        CLASSES,
-        images_out=out / "images.parquet",
-        annotations_out=out / "annotations.parquet",
-        skipped_out=out / "skipped.csv",
-        masks_dir=out / "masks",
-        on_error="stop",
-        sample=sample,
-        seed=0,
-        threads=1,
-    )
+    return index_coco(coco["train"], coco["test"], coco["root"], out, sample=sample)
 
 
 def jpeg_dataset(root, n_train=6):

@@ -146,10 +146,9 @@ def test_mixed_image_sizes_train_at_a_side_derived_from_the_data():
 
 def test_a_dataset_of_mixed_sizes_trains_and_predicts(tmp_path):
     """Images of three sizes, no input_size: both steps resize to the derived side."""
-    from conftest import predict_fold, train_fold
+    from conftest import index_coco, predict_fold, train_fold
     from segflow.demo import make_demo
     from segflow.folds import make_folds
-    from segflow.index import build_index
 
     data = tmp_path / "data"
     make_demo(
@@ -180,22 +179,11 @@ def test_a_dataset_of_mixed_sizes_trains_and_predicts(tmp_path):
     tiny = {
         "root": data,
         "images": tmp_path / "images.parquet",
-        "masks": tmp_path / "m",
+        "masks": tmp_path / "masks",
         "folds": tmp_path / "folds.csv",
     }
-    images = build_index(
-        data / "train_all.json",
-        data / "test.json",
-        data,
-        CLASSES,
-        images_out=tiny["images"],
-        annotations_out=tmp_path / "a.parquet",
-        skipped_out=tmp_path / "s.csv",
-        masks_dir=tiny["masks"],
-        on_error="stop",
-        sample=None,
-        seed=0,
-        threads=1,
+    images = index_coco(
+        data / "train_all.json", data / "test.json", data, tmp_path, sample=None
     )
     assert images["width"].nunique() == 3
     make_folds(images, len(CLASSES), "kfold", 2, seed=0).to_csv(
