@@ -285,3 +285,20 @@ def test_a_diverging_job_fails_the_workflow_and_leaves_no_model(tmp_path):
     assert not (tmp_path / "results/r0/train/unet/f0-s0").exists() or not any(
         (tmp_path / "results/r0/train/unet/f0-s0").iterdir()
     )
+
+
+def test_a_missing_image_file_stops_before_any_job(tmp_path, small_coco):
+    """[missing-image-at-start] a stat per image when the workflow starts: no job runs
+    on a dataset whose files are known to be missing (the index still opens each)."""
+    (small_coco["root"] / "b2" / "b.png").unlink()
+    data = {"demo": False, "root": str(small_coco["root"]), "train": "train.json"}
+    write_config(tmp_path / "run", data=data, models={"unet": {"arch": "Unet"}})
+    result = snakemake(tmp_path / "run", "-n", check=False)
+    assert result.returncode != 0 and not (tmp_path / "run" / "results").exists()
+    assert "train.json: 1 image files missing under" in result.stdout + result.stderr
+    assert "b2/b.png (id 2)" in result.stdout + result.stderr
+    unet = {"unet": {"arch": "Unet"}}  # skip: the index leaves it out and lists it
+    write_config(tmp_path / "run", data=data | {"on_error": "skip"}, models=unet)
+    assert (
+        snakemake(tmp_path / "run", "-n").returncode == 0
+    )  # leaves it out and lists it

@@ -285,6 +285,22 @@ def check_test_images(train: list, test: list, paths: DataPaths) -> None:
         )
 
 
+def check_image_files(images: list, root: str, source: str) -> None:
+    """Every image file is there (a stat each; the index opens them)."""
+    missing = [
+        (image["file_name"], image.get("id"))
+        for image in images
+        if isinstance(image, dict)
+        and isinstance(image.get("file_name"), str)
+        and not (Path(root) / image["file_name"]).is_file()
+    ]
+    if missing:
+        examples = ", ".join(f"{name} (id {i})" for name, i in missing[:3])
+        raise ConfigError(
+            f"{source}: {len(missing)} image files missing under {root}, e.g. {examples}"
+        )
+
+
 def check_model_sides(config: dict, sizes: list[tuple[int, int]]) -> None:
     """Every model can take the images at the side segflow.input_size gives it."""
     if not sizes:
@@ -319,6 +335,9 @@ def check_config(config: dict) -> None:
         for key, data in coco.items():
             class_index_by_category(data["categories"], classes, getattr(paths, key))
         check_test_images(coco["train"]["images"], coco["test"]["images"], paths)
+        if config["data"]["on_error"] == "stop":
+            for key in ("train", "test"):
+                check_image_files(coco[key]["images"], paths.root, getattr(paths, key))
         sizes = [
             (image.get("height"), image.get("width"))
             for key in ("train", "test")
