@@ -132,3 +132,17 @@ def test_ids_of_another_fold_are_an_error_naming_the_fold(
         match=r"model fpn, seed 0, fold 1 .*not validation images of fold 1",
     ):
         score(tiny_dataset, tmp_path, runs_of([dirs[0], swapped]))
+
+
+def test_an_image_listed_twice_in_one_fold_is_an_error(
+    predicted, tiny_dataset, tmp_path
+):
+    """An id sidecar that lists an image twice cannot be scored: one row would be lost."""
+    _, dirs = predicted
+    copy = tmp_path / "f0-s0"
+    copy.mkdir()
+    (copy / "oof.npy").symlink_to(dirs[0] / "oof.npy")
+    ids = (dirs[0] / "oof_ids.txt").read_text().splitlines()
+    (copy / "oof_ids.txt").write_text("".join(f"{i}\n" for i in [ids[1], *ids[1:]]))
+    with pytest.raises(PredictionError, match=r"fold 0 .*an image id is listed twice"):
+        score(tiny_dataset, tmp_path, runs_of([copy, dirs[1]]))
