@@ -100,9 +100,8 @@ def write_probabilities(
                     mode="bilinear",
                     align_corners=False,
                 )
-                stored[index.numpy()] = encode_probabilities(
-                    probabilities.cpu().numpy()
-                )
+                encoded = encode_probabilities(probabilities)  # on the device
+                stored[index.numpy()] = encoded.cpu().numpy()
 
 
 def predict(
