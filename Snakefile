@@ -15,9 +15,9 @@ include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
-    round="|".join(ROUNDS),
+    round="|".join([*ROUNDS, MATCHED]),
     model="|".join(MODELS),
-    fold=r"\d+",
+    fold=rf"\d+|{FULL}",
     ensemble=r"ensemble|r\d+/ensemble",
     seed=r"\d+",
 
@@ -31,12 +31,19 @@ include: "workflow/rules/predict.smk"
 include: "workflow/rules/ensemble.smk"
 include: "workflow/rules/clean.smk"
 include: "workflow/rules/pseudo.smk"
+include: "workflow/rules/scores.smk"
 
 
 rule all:
     default_target: True
     input:
         final_targets(),
+
+
+rule baselines:
+    """The demo's single-model baselines, (a) and (b): `snakemake baselines`."""
+    input:
+        rules.demo_baselines.output.baselines,
 
 
 onsuccess:

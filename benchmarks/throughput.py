@@ -1,166 +1,236 @@
-"""Training and prediction throughput (images/s) of the models in a config.
+"""The workflow's training loop against a plain loop over the same images in memory.
 
-    python benchmarks/throughput.py                      # config.yaml's models, this machine
-    python benchmarks/throughput.py --device cuda        # on a GPU: fp32 vs AMP + channels_last
+    snakemake results/folds/folds.csv            # the index and folds it reads
+    python benchmarks/throughput.py              # config.yaml's first model, fold 0
 
-Each model is built as the workflow builds it (segflow.settings.model_settings,
-segflow.models.create_model, segflow.losses.create_loss, segflow.predict.tta_model) and
-timed on random batches of the configured size: a training step is forward + loss +
-backward + optimizer step; prediction is the TTA'd softmax of the model's ``tta``. Data
-loading is left out: it is measured by the workflow's own benchmark files
-(results/benchmarks/) and the per-epoch images/s in the training logs.
+Both loops train the same model (same initial weights), loss, optimizer and batch size on
+fold 0's training images for ``--epochs`` epochs, with the job's threads:
+
+- workflow: segflow.train's own ``fold_loaders`` and ``train_epoch``: images and masks
+  read from disk every epoch, the configured augmentations, the lr schedule;
+- in memory: the same images decoded once into tensors before timing, shuffled batches
+  with no augmentation, forward + loss + backward + optimizer step.
+
+The first epoch of each is a warm-up and not timed. It prints both images/s and their
+ratio (target: at least 0.9, i.e. data loading and augmentation cost at most a tenth of
+the training time), then a training job's fixed start-up cost: the wall time of
+``python -m segflow.train`` for one epoch minus that epoch's own time (imports, reading
+the index, building the model, writing the outputs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
+PACKAGE = Path(__file__).resolve().parents[1] / "workflow"
+sys.path.insert(0, str(PACKAGE))
 
+from segflow.data import (  # noqa: E402
+    SegmentationDataset,
+    eval_transform,
+    image_sizes,
+)
+from segflow.input_size import model_side  # noqa: E402
 from segflow.losses import create_loss  # noqa: E402
 from segflow.models import create_model  # noqa: E402
-from segflow.predict import tta_model  # noqa: E402
-from segflow.runtime import amp_autocast  # noqa: E402
+from segflow.optim import LrSchedule, create_optimizer  # noqa: E402
+from segflow.runtime import amp_autocast, seed_everything, set_threads  # noqa: E402
 from segflow.settings import (  # noqa: E402
+    data_paths,
     model_settings,
-    prediction_tta,
     validated,
+    wandb_settings,
 )
+from segflow.splits import RoundLabels, fold_data  # noqa: E402
+from segflow.train import fold_loaders, train_epoch  # noqa: E402
 
 
-def timed(step, n_steps: int, warmup: int, device: str) -> float:
-    """Seconds per call of ``step`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(n_steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / n_steps
-
-
-def measure(
-    settings,
-    tta: str,
-    n_classes: int,
-    size: int,
-    device: str,
-    amp: str,
-    channels_last: bool,
-    steps: int,
-    warmup: int,
-) -> dict:
-    torch.manual_seed(0)
-    model = create_model(settings.arch, settings.encoder, n_classes, None).to(device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    batch = settings.batch_size
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(
-        memory_format=memory_format
+def workflow_loop(settings, data, side, model, epochs: int) -> float:
+    """Images/s of segflow.train's loop over ``epochs`` epochs after one warm-up."""
+    train_loader, *_ = fold_loaders(
+        data, side, settings.augment, settings.batch_size, 0, 0, "cpu"
     )
-    y = torch.randint(0, n_classes, (batch, size, size), device=device)
     criterion = create_loss(
         settings.loss, settings.label_smoothing, settings.focal_gamma
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16" and device == "cuda")
-    autocast = amp_autocast(device, amp)
+    optimizer = create_optimizer(model, settings)
+    schedule = LrSchedule(optimizer, settings, len(train_loader))
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    autocast = amp_autocast("cpu", "none")
+    seen, seconds, first_loss = 0, 0.0, []
+    for epoch in range(epochs + 1):
+        started = time.perf_counter()
+        _, images = train_epoch(
+            model,
+            train_loader,
+            criterion,
+            optimizer,
+            scaler,
+            schedule,
+            settings,
+            "cpu",
+            autocast,
+            epoch,
+            first_loss,
+        )
+        if epoch:  # epoch 0 warms up
+            seconds += time.perf_counter() - started
+            seen += images
+    return seen / seconds
 
-    def train_step():
-        with autocast():
-            logits = model(x)
-        scaler.scale(criterion(logits, y)).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
 
+def in_memory_loop(settings, data, side, model, epochs: int) -> float:
+    """Images/s of a plain loop over the same images held as tensors."""
+    dataset = SegmentationDataset(
+        data.train_images, data.train_masks, eval_transform(side)
+    )
+    images = torch.stack([dataset[k][0] for k in range(len(dataset))])
+    masks = torch.stack([dataset[k][1] for k in range(len(dataset))])
+    criterion = create_loss(
+        settings.loss, settings.label_smoothing, settings.focal_gamma
+    )
+    optimizer = create_optimizer(model, settings)
+    batch = settings.batch_size
+    seen, seconds = 0, 0.0
     model.train()
-    train_s = timed(train_step, steps, warmup, device)
-    predictor = tta_model(model.eval(), tta, (size, size), 1)
+    for epoch in range(epochs + 1):
+        started = time.perf_counter()
+        order = torch.randperm(len(images))
+        for start in range(0, len(images) - batch + 1, batch):  # drop_last, as training
+            index = order[start : start + batch]
+            loss = criterion(model(images[index]), masks[index])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if epoch:
+                seen += len(index)
+        if epoch:
+            seconds += time.perf_counter() - started
+    return seen / seconds
 
-    def predict_step():
-        with torch.no_grad(), autocast():
-            predictor(x)
 
-    predict_s = timed(predict_step, steps, warmup, device)
-    return {
-        "train_images_per_s": batch / train_s,
-        "predict_images_per_s": batch / predict_s,
-        "batch_size": batch,
-        "tta": tta,
-    }
+def start_up_seconds(config, model_name, results: Path, threads: int) -> dict:
+    """Wall time of one `python -m segflow.train` job of one epoch, minus its epoch."""
+    settings = model_settings(config, model_name).replace(epochs=1)
+    with tempfile.TemporaryDirectory() as out:
+        out = Path(out)
+        command = [
+            sys.executable,
+            "-m",
+            "segflow.train",
+            "--settings",
+            settings.to_json(),
+            "--images",
+            str(results / "data/images.parquet"),
+            "--folds",
+            str(results / "folds/folds.csv"),
+            "--masks-dir",
+            str(results / "data/masks"),
+            "--image-root",
+            data_paths(config).root,
+            "--classes",
+            json.dumps(config["classes"]),
+            "--fold",
+            "0",
+            "--seed",
+            "0",
+            "--model-out",
+            str(out / "model.pt"),
+            "--history-out",
+            str(out / "history.csv"),
+            "--metrics-out",
+            str(out / "metrics.json"),
+            "--threads",
+            str(threads),
+            "--wandb",
+            wandb_settings(
+                {"wandb": {"mode": "disabled", "project": "x"}}, str(out)
+            ).to_json(),
+            "--name",
+            "start-up",
+        ]
+        started = time.perf_counter()
+        subprocess.run(
+            command,
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": str(PACKAGE)},
+        )
+        wall = time.perf_counter() - started
+        epoch = float(pd.read_csv(out / "history.csv")["seconds"].sum())
+    return {"job_wall_s": wall, "epoch_s": epoch, "start_up_s": wall - epoch}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="config.yaml")
-    parser.add_argument(
-        "--size", type=int, default=None, help="image side (default: demo.size)"
-    )
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument(
-        "--out", default=None, help="also write the results as JSON here"
-    )
+    parser.add_argument("--results", default="results", help="holds data/ and folds/")
+    parser.add_argument("--model", help="a key of models (default: the first)")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs of each")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
+
     config = validated(yaml.safe_load(Path(args.config).read_text()))
-    size = args.size or config["demo"]["size"]
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    # On CUDA compare plain fp32 with what training uses (AMP + channels_last); the CPU runs fp32.
-    variants = (
-        [("fp32", "none", False), ("amp+channels_last", None, True)]
-        if args.device == "cuda"
-        else [("fp32", "none", False)]
+    name = args.model or next(iter(config["models"]))
+    settings = model_settings(config, name)
+    threads = set_threads(args.threads)
+    results = Path(args.results)
+    images = pd.read_parquet(results / "data/images.parquet")
+    data = fold_data(
+        images,
+        pd.read_csv(results / "folds/folds.csv"),
+        0,
+        data_paths(config).root,
+        results / "data/masks",
+        RoundLabels.none(),
     )
-    rows = []
-    for name in config["models"]:
-        settings = model_settings(config, name)
-        for label, amp, channels_last in variants:
-            result = measure(
-                settings,
-                prediction_tta(config, name),
-                len(config["classes"]),
-                size,
-                args.device,
-                amp or settings.amp,
-                channels_last,
-                args.steps,
-                args.warmup,
-            )
-            rows.append(
-                {
-                    "model": name,
-                    "arch": settings.arch,
-                    "encoder": settings.encoder,
-                    "size": size,
-                    "device": args.device,
-                    "variant": label,
-                    **result,
-                }
-            )
-            print(
-                f"{name:14s} {settings.arch}/{settings.encoder:14s} {size}px"
-                f" {args.device} {label:18s}"
-                f" train {result['train_images_per_s']:8.1f} img/s"
-                f"   predict (tta {result['tta']})"
-                f" {result['predict_images_per_s']:8.1f} img/s",
-                flush=True,
-            )
+    side = model_side(image_sizes(images), settings.arch, settings.input_size)
+
+    def fresh_model():
+        seed_everything(0)
+        return create_model(
+            settings.arch, settings.encoder, len(config["classes"]), None
+        )
+
+    workflow = workflow_loop(settings, data, side, fresh_model(), args.epochs)
+    memory = in_memory_loop(settings, data, side, fresh_model(), args.epochs)
+    start_up = start_up_seconds(config, name, results, threads)
+    result = {
+        "model": name,
+        "arch": settings.arch,
+        "encoder": settings.encoder,
+        "threads": threads,
+        "batch_size": settings.batch_size,
+        "train_images": len(data.train_images),
+        "timed_epochs": args.epochs,
+        "workflow_images_per_s": workflow,
+        "in_memory_images_per_s": memory,
+        "ratio": workflow / memory,
+        **start_up,
+    }
+    print(
+        f"{name} ({settings.arch}/{settings.encoder}, batch {settings.batch_size},"
+        f" {threads} threads, {len(data.train_images)} images x {args.epochs} epochs)\n"
+        f"  workflow loop   {workflow:7.1f} img/s\n"
+        f"  in-memory loop  {memory:7.1f} img/s\n"
+        f"  ratio           {workflow / memory:7.3f}  (target >= 0.9)\n"
+        f"  start-up cost   {start_up['start_up_s']:7.1f} s of a"
+        f" {start_up['job_wall_s']:.1f} s one-epoch job"
+    )
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

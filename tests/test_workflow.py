@@ -10,6 +10,13 @@ import yaml
 
 from conftest import REPO, job_counts, snakemake, write_coco, write_config
 
+# Tests that name models fix them, whatever config.yaml's default models are.
+TWO_MODELS = {
+    "deeplab_r18": {"arch": "DeepLabV3Plus", "encoder": "resnet18"},
+    "fpn_r18": {"arch": "FPN", "encoder": "resnet18"},
+}
+R0_ONLY = {"clean": {"enabled": False}, "pseudo": {"enabled": False}}
+
 pytestmark = pytest.mark.workflow
 
 
@@ -115,28 +122,37 @@ def test_own_dataset_by_config_only(tmp_path):
 # --- the DAG -----------------------------------------------------------------------------
 
 
-def test_dry_run_of_the_default_config(tmp_path):
+def test_dry_run_of_the_default_config_runs_every_stage(tmp_path):
+    """The README's main job: r0 with its full fits, cleaning, pseudo labels, round r1
+    warm-started from r0, the ensembles, the submission and the demo's scores."""
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    counts = job_counts(snakemake(tmp_path, "-n").stdout)
-    runs = len(config["models"]) * config["cv"]["folds"] * len(config["cv"]["seeds"])
+    output = snakemake(tmp_path, "-n").stdout
+    counts = job_counts(output)
+    models, seeds = len(config["models"]), len(config["cv"]["seeds"])
+    runs = models * (config["cv"]["folds"] + 1) * seeds  # + the full fit
     assert counts == {
         "all": 1,
         "demo": 1,
         "eda": 1,
         "folds": 1,
         "index": 1,
-        "train": runs,
-        "predict": runs,
-        "oof_score": len(config["models"]),
-        "ensemble": 1,
+        "train": 2 * runs,
+        "predict": 2 * runs,
+        "oof_score": 2 * models,
+        "ensemble": 2,
+        "clean": 1,
+        "pseudo_labels": 1,
         "submission": 1,
         "demo_score": 1,
+        "demo_noise": 1,
+        "demo_rounds": 1,
     }
-    assert (
-        len(config["models"]) >= 2
-        and len({m.get("arch") for m in config["models"].values()}) >= 2
-    )  # a real ensemble
+    model = next(iter(config["models"]))
+    assert f"output: results/r1/train/{model}/f0-s0/model.pt" in output
+    assert f"output: results/r0/train/{model}/fall-s0/model.pt" in output
+    assert f"--init results/r0/train/{model}/f0-s0/model.pt" in output  # warm start
+    assert "--labels results/r1/ensemble/test_labels.npy" in output  # r1 submits
 
 
 def test_the_submission_target_by_name(tmp_path):
@@ -148,7 +164,7 @@ def test_the_submission_target_by_name(tmp_path):
     )
     assert (
         counts["submission"] == 1
-        and counts["ensemble"] == 1
+        and counts["ensemble"] == 2  # r0's teaches r1; r1's submits
         and "demo_score" not in counts
     )
 
@@ -159,6 +175,7 @@ def test_ensemble_members_from_config(tmp_path):
         models={"a": {}, "b": {"arch": "FPN"}},
         cv={"seeds": [0, 1]},
         ensemble={"members": ["a/s1", "b"]},
+        **R0_ONLY,
     )
     output = snakemake(tmp_path, "-n", "results/ensemble/summary.json").stdout
     submission = snakemake(tmp_path, "-n", "--", "submission").stdout
@@ -171,7 +188,7 @@ def test_ensemble_members_from_config(tmp_path):
         "results/r0/predict/b/f0-s0/oof.npy" in output
         and "results/r0/predict/b/f0-s1/oof.npy" in output
     )
-    write_config(tmp_path, ensemble={"members": ["nosuchmodel"]})
+    write_config(tmp_path, ensemble={"members": ["nosuchmodel"]}, **R0_ONLY)
     result = snakemake(tmp_path, "-n", check=False)
     assert (
         result.returncode != 0
@@ -179,8 +196,8 @@ def test_ensemble_members_from_config(tmp_path):
         in result.stdout + result.stderr
     )
     write_config(
-        tmp_path, ensemble={"members": ["r1/a"]}
-    )  # no round r1 while cleaning is off
+        tmp_path, ensemble={"members": ["r1/a"]}, **R0_ONLY
+    )  # no round r1 while cleaning and pseudo labels are off
     result = snakemake(tmp_path, "-n", check=False)
     assert (
         result.returncode != 0
@@ -189,7 +206,13 @@ def test_ensemble_members_from_config(tmp_path):
 
 
 def test_cleaning_adds_round_r1_and_the_submission_comes_from_it(tmp_path):
-    write_config(tmp_path, clean={"enabled": True})
+    write_config(
+        tmp_path,
+        models=TWO_MODELS,
+        clean={"enabled": True},
+        pseudo={"enabled": False},
+        cv={"full_fit": False},
+    )
     output = snakemake(tmp_path, "-n").stdout
     counts = job_counts(output)
     runs = 2 * 3  # 2 models x 3 folds x 1 seed per round
@@ -214,7 +237,9 @@ def test_cleaning_adds_round_r1_and_the_submission_comes_from_it(tmp_path):
         and "--train-masks-dir results/clean/masks --drop results/clean/dropped.txt"
         in output
     )
-    write_config(tmp_path, clean={"enabled": True, "source": "fpn_r18"})
+    write_config(
+        tmp_path, models=TWO_MODELS, clean={"enabled": True, "source": "fpn_r18"}
+    )
     counts = job_counts(snakemake(tmp_path, "-n", "results/clean/summary.json").stdout)
     assert counts == {
         "demo": 1,
@@ -223,7 +248,7 @@ def test_cleaning_adds_round_r1_and_the_submission_comes_from_it(tmp_path):
         "train": 3,
         "predict": 3,
         "clean": 1,
-    }  # one model's r0 runs judge
+    }  # one model's r0 fold runs judge (its full fit has no OOF)
     write_config(tmp_path, clean={"enabled": True, "source": "nosuchmodel"})
     result = snakemake(tmp_path, "-n", check=False)
     assert (
@@ -234,14 +259,26 @@ def test_cleaning_adds_round_r1_and_the_submission_comes_from_it(tmp_path):
 
 def test_dry_run_holds_models_x_folds_x_seeds_jobs(tmp_path):
     models = {"a": {}, "b": {"arch": "FPN"}, "c": {"encoder": "mobilenet_v2"}}
-    write_config(tmp_path, models=models, cv={"folds": 4, "seeds": [0, 1]})
+    write_config(
+        tmp_path,
+        models=models,
+        cv={"folds": 4, "seeds": [0, 1]},
+        clean={"enabled": False},
+        pseudo={"enabled": False},
+    )
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
-    assert counts["train"] == counts["predict"] == 3 * 4 * 2
+    assert counts["train"] == counts["predict"] == 3 * (4 + 1) * 2  # + the full fits
     assert counts["oof_score"] == 3
 
 
 def test_holdout_trains_one_fold(tmp_path):
-    write_config(tmp_path, cv={"method": "holdout", "seeds": [0, 1]})
+    write_config(
+        tmp_path,
+        models=TWO_MODELS,
+        cv={"method": "holdout", "seeds": [0, 1], "full_fit": False},
+        clean={"enabled": False},
+        pseudo={"enabled": False},
+    )
     counts = job_counts(snakemake(tmp_path, "-n").stdout)
     assert counts["train"] == 2 * 2  # 2 models x fold 0 x 2 seeds
 
@@ -337,12 +374,14 @@ TARGETS = ("all",)
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """The whole workflow so far on 16 + 6 images of 64 px, 2 models x 2 folds, 1 epoch."""
+    """Round r0 on 16 + 6 images of 64 px: 2 models x (2 folds + the full fit), 1 epoch."""
     workdir = tmp_path_factory.mktemp("run")
     config = write_config(
         workdir,
         debug={"enabled": True, "images": 16, "epochs": 1},
         cv={"folds": 2},
+        clean={"enabled": False},
+        pseudo={"enabled": False},
         models=TINY_MODELS,
         defaults={"batch_size": 4},
         predict={"size": 32},
@@ -480,12 +519,13 @@ def test_changing_one_models_lr_reruns_that_model_only(tiny_run, tmp_path):
         workdir, config, tmp_path, models={"unet": {"lr": 0.01}}
     )
     assert counts == {
-        "train": 2,
-        "predict": 2,
+        "train": 3,  # 2 folds + the full fit
+        "predict": 3,
         "oof_score": 1,
         "ensemble": 1,
         "submission": 1,
         "demo_score": 1,
+        "demo_rounds": 1,
     }
     assert "output: results/r0/train/unet/" in output
     assert (
@@ -498,11 +538,12 @@ def test_changing_tta_repredicts_without_retraining(tiny_run, tmp_path):
     workdir, config = tiny_run
     counts, _ = dry_run_with(workdir, config, tmp_path, models={"fpn": {"tta": "d4"}})
     assert counts == {
-        "predict": 2,
+        "predict": 3,
         "oof_score": 1,
         "ensemble": 1,
         "submission": 1,
         "demo_score": 1,
+        "demo_rounds": 1,
     }
 
 
@@ -511,19 +552,20 @@ def test_changing_the_fold_count_reruns_folds_and_what_follows_only(tiny_run, tm
     counts, _ = dry_run_with(workdir, config, tmp_path, cv={"folds": 3})
     assert counts == {
         "folds": 1,
-        "train": 6,
-        "predict": 6,
+        "train": 8,  # 2 models x (3 folds + the full fit)
+        "predict": 8,
         "oof_score": 2,
         "ensemble": 1,
         "submission": 1,
         "demo_score": 1,
+        "demo_rounds": 1,
     }
 
 
 def test_changing_the_submission_size_rewrites_the_submission_only(tiny_run, tmp_path):
     workdir, config = tiny_run
     counts, _ = dry_run_with(workdir, config, tmp_path, submission={"size": 128})
-    assert counts == {"submission": 1, "demo_score": 1}
+    assert counts == {"submission": 1, "demo_score": 1, "demo_rounds": 1}
 
 
 def test_tiny_run_writes_a_valid_submission_and_a_demo_score(tiny_run):
@@ -642,8 +684,8 @@ def tiny_clean_run(tiny_run, tmp_path_factory):
         "clean": 1,
         "demo_noise": 1,
         "pseudo_labels": 1,
-        "train": 4,
-        "predict": 4,
+        "train": 6,
+        "predict": 6,
         "oof_score": 2,
         "ensemble": 1,  # r1's: r0's is the copied run's final ensemble, up to date
         "submission": 1,
@@ -732,7 +774,7 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
     lines = (results / "submission" / "submission.csv").read_text().splitlines()
     assert len(lines) == 1 + 6
     rounds = json.loads((results / "demo" / "rounds.json").read_text())
-    assert set(rounds) == {"r0", "r1"} and all(
+    assert set(rounds) == {"baseline recipe/s0", "r0", "r1"} and all(
         0 <= r["test_miou"] <= 1 for r in rounds.values()
     )
     assert (results / "pseudo" / "r1" / "summary.png").is_file()
@@ -745,7 +787,7 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
             False,
             False,
             {
-                "train": 6,
+                "train": 8,
                 "ensemble": 1,
                 "clean": 0,
                 "pseudo_labels": 0,
@@ -756,7 +798,7 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
             True,
             False,
             {
-                "train": 12,
+                "train": 16,
                 "ensemble": 2,
                 "clean": 1,
                 "pseudo_labels": 0,
@@ -767,7 +809,7 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
             False,
             True,
             {
-                "train": 12,
+                "train": 16,
                 "ensemble": 2,
                 "clean": 0,
                 "pseudo_labels": 1,
@@ -778,7 +820,7 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
             True,
             True,
             {
-                "train": 12,
+                "train": 16,
                 "ensemble": 2,
                 "clean": 1,
                 "pseudo_labels": 1,
@@ -789,7 +831,7 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
             False,
             {"rounds": 2},
             {
-                "train": 18,
+                "train": 24,
                 "ensemble": 3,
                 "clean": 0,
                 "pseudo_labels": 2,
@@ -804,14 +846,16 @@ def test_each_stage_switch_shows_exactly_its_jobs_in_the_dry_run(
     pseudo_config = (
         {"enabled": True, **pseudo} if isinstance(pseudo, dict) else {"enabled": pseudo}
     )
-    write_config(tmp_path, clean={"enabled": clean}, pseudo=pseudo_config)
+    write_config(
+        tmp_path, models=TWO_MODELS, clean={"enabled": clean}, pseudo=pseudo_config
+    )
     output = snakemake(tmp_path, "-n").stdout
     counts = job_counts(output)
     assert {rule: counts.get(rule, 0) for rule in expected} == expected
     assert counts["predict"] == counts["train"] and counts.get("demo_noise", 0) == int(
         clean
     )
-    assert counts.get("demo_rounds", 0) == int(clean or bool(pseudo))
+    assert counts["demo_rounds"] == 1  # baseline (a) and every round
     if not clean and not pseudo:
         assert "results/r1/" not in output  # r0 only
     if pseudo:

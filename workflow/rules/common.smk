@@ -33,10 +33,10 @@ from segflow.settings import (
     data_paths,
     demo_settings,
     ensemble_settings,
-    model_settings,
     prediction_size,
     prediction_tta,
     pseudo_settings,
+    round_model_settings,
     validate_config,
     wandb_settings,
 )
@@ -82,9 +82,21 @@ FOLDS = (
 )
 
 
+# cv.full_fit: every model x seed of every round is also fitted on all labelled images.
+FULL = "all"  # the fold name of the full fit (segflow.splits.ALL_FOLDS)
+FULL_FIT = config["cv"]["full_fit"]
+TRAINED_FOLDS = FOLDS + [FULL] if FULL_FIT else FOLDS
+# The single-model baselines train the first model of config["models"], as a competitor's
+# one model: (a) its recipe on all labelled images, round r0's full fit of that model;
+# (b) the same, compute-matched, as a pseudo-round "matched" (results/matched/...).
+BASELINE_MODEL = next(iter(config["models"]))
+MATCHED = "matched"
+
+
 def train_settings(wildcards):
     """JSON of what training reads, keys sorted: a change reruns this model's jobs only."""
-    return model_settings(config, wildcards.model).to_json()
+    round_ = "r0" if wildcards.round == MATCHED else wildcards.round
+    return round_model_settings(config, wildcards.model, round_).to_json()
 
 
 def oof_runs(wildcards):
@@ -121,10 +133,35 @@ def previous_round(round_):
     return f"r{int(round_[1:]) - 1}"
 
 
+def pipeline_training_metrics(seed):
+    """metrics.json of every training job of the pipeline with ``seed``: every round,
+    model and fold (the full fits included). The compute-matched baseline sums their
+    presentations."""
+    return expand(
+        rules.train.output.metrics,
+        round=ROUNDS,
+        model=MODELS,
+        fold=TRAINED_FOLDS,
+        seed=seed,
+    )
+
+
 def round_training_inputs(wildcards):
-    """What a round trains on beyond the index: r1.. add the cleaned masks and the dropped
-    list (clean) and the previous round's pseudo labels (pseudo)."""
+    """What a job trains on beyond the index: r1.. add the cleaned masks and the dropped
+    list (clean), the previous round's pseudo labels (pseudo) and, on a warm start, the
+    previous round's checkpoint of the same model, fold and seed. The compute-matched
+    baseline reads the pipeline's training metrics."""
+    if wildcards.round == MATCHED:
+        return {"matched": pipeline_training_metrics(wildcards.seed)}
     inputs = {}
+    if wildcards.round != "r0" and config["retrain"]["init"] == "warm":
+        inputs["init"] = expand(
+            rules.train.output.model,
+            round=previous_round(wildcards.round),
+            model=wildcards.model,
+            fold=wildcards.fold,
+            seed=wildcards.seed,
+        )[0]
     if wildcards.round != "r0" and CLEAN:
         inputs.update(
             train_masks=rules.clean.output.masks, dropped=rules.clean.output.dropped
@@ -141,10 +178,17 @@ def round_training_inputs(wildcards):
 
 def round_training_args(wildcards, input):
     args = []
+    if "init" in input.keys():
+        args.append(f"--init {input.init}")
     if "train_masks" in input.keys():
         args.append(f"--train-masks-dir {input.train_masks} --drop {input.dropped}")
     if "pseudo" in input.keys():
-        args.append(f"--pseudo {input.pseudo} --pseudo-masks-dir {input.pseudo_masks}")
+        args.append(
+            f"--pseudo {input.pseudo} --pseudo-masks-dir {input.pseudo_masks}"
+            f" --labelled-epochs {config['pseudo']['labelled_epochs']}"
+        )
+    if "matched" in input.keys():
+        args.append(f"--match-presentations {' '.join(input.matched)}")
     return " ".join(args)
 
 
@@ -214,7 +258,7 @@ def ensemble_members(wildcards):
     return round_members(wildcards.ensemble.split("/")[0])
 
 
-def member_files(members, key):
+def member_files(members, key, folds=FOLDS):
     """Per member: its ``key`` (oof or test) probabilities, one file per fold."""
     return {
         name: [
@@ -225,7 +269,7 @@ def member_files(members, key):
                 fold=fold,
                 seed=seed,
             )[0]
-            for fold in FOLDS
+            for fold in folds
         ]
         for name, round_, model, seed in members
     }
@@ -236,7 +280,7 @@ def ensemble_inputs(wildcards):
     return [
         path
         for _, round_, model, seed in ensemble_members(wildcards)
-        for fold in FOLDS
+        for fold in TRAINED_FOLDS
         for path in expand(
             rules.predict.output, round=round_, model=model, fold=fold, seed=seed
         )
@@ -244,11 +288,21 @@ def ensemble_inputs(wildcards):
 
 
 def ensemble_members_json(wildcards):
-    """JSON: member name -> {"oof": [...], "test": [...]} (one file per fold)."""
+    """JSON: member name -> {"oof": [...], "test": [...]} (one file per fold), with
+    "full": [its full fit's test file] under cv.full_fit."""
     members = ensemble_members(wildcards)
     oof, test = member_files(members, "oof"), member_files(members, "test")
+    full = member_files(members, "test", folds=[FULL]) if FULL_FIT else {}
     return json.dumps(
-        {name: {"oof": oof[name], "test": test[name]} for name in oof}, sort_keys=True
+        {
+            name: {
+                "oof": oof[name],
+                "test": test[name],
+                **({"full": full[name]} if full else {}),
+            }
+            for name in oof
+        },
+        sort_keys=True,
     )
 
 
@@ -278,12 +332,40 @@ def previous_ensemble(wildcards):
     }
 
 
-def rounds_json():
-    """JSON: round -> the files of its ensemble that the demo's rounds score reads."""
+def rounds_entries_json():
+    """JSON, in figure order: baseline (a) of each seed -> its test probabilities (under
+    cv.full_fit, where round r0 trains it anyway), then each round -> the files of its
+    ensemble that the demo's rounds score reads."""
     keys = ("test_labels", "test_ids", "summary")
-    return json.dumps(
-        {r: {k: round_ensemble(r, k) for k in keys} for r in ROUNDS}, sort_keys=True
-    )
+    entries = {
+        f"baseline {name}": {"test": path}
+        for name, path in baselines(["recipe"] if FULL_FIT else []).items()
+    }
+    entries.update({r: {k: round_ensemble(r, k) for k in keys} for r in ROUNDS})
+    return json.dumps(entries)
+
+
+def full_fit_test(round_, seed):
+    """Test probabilities of the baseline model's full fit in ``round_`` (or matched)."""
+    return expand(
+        rules.predict.output.test,
+        round=round_,
+        model=BASELINE_MODEL,
+        fold=FULL,
+        seed=seed,
+    )[0]
+
+
+def baselines(kinds):
+    """name -> test probabilities of each single-model baseline and seed: "recipe" (a),
+    round r0's full fit of the baseline model; "matched" (b), its compute-matched twin.
+    """
+    rounds = {"recipe": "r0", "matched": MATCHED}
+    return {
+        f"{kind}/s{seed}": full_fit_test(rounds[kind], seed)
+        for kind in kinds
+        for seed in SEEDS
+    }
 
 
 def sample_submission(wildcards):
@@ -303,11 +385,9 @@ def final_targets():
     if PSEUDO:
         targets += expand(rules.pseudo_labels.output.summary, round=ROUNDS[1:])
     if config["data"]["demo"]:
-        targets.append(rules.demo_score.output.score)
+        targets += [rules.demo_score.output.score, rules.demo_rounds.output.rounds]
         if CLEAN:
             targets.append(rules.demo_noise.output.detection)
-        if len(ROUNDS) > 1:
-            targets.append(rules.demo_rounds.output.rounds)
     return targets
 
 

@@ -54,22 +54,3 @@ rule submission:
         " --test-json {input.test:q} --sample-submission={params.sample:q}"
         " --size {params.size} --n-classes {params.n_classes} --out {output.csv}"
         " {params.debug} > {log} 2>&1"
-
-
-rule demo_score:
-    """The submission scored against the demo's hidden test labels (never a training input)."""
-    input:
-        submission=rules.submission.output.csv,
-        truth=rules.demo.output.test_truth,
-    output:
-        score="results/demo/score.json",
-    log:
-        "results/logs/demo_score.log",
-    conda:
-        ENV
-    params:
-        classes=CLASSES_JSON,
-        size=config["submission"]["size"],
-    shell:
-        "python -m segflow.demo_score --submission {input.submission} --truth {input.truth}"
-        " --classes {params.classes:q} --size {params.size} --out {output.score} > {log} 2>&1"

@@ -27,24 +27,3 @@ rule pseudo_labels:
         " --images {input.images} --classes {params.classes:q}"
         " --images-out {output.images} --masks-out {output.masks}"
         " --summary-out {output.summary} --figure-out {output.figure} > {log} 2>&1"
-
-
-rule demo_rounds:
-    """Demo test mIoU of each round's own ensemble: what each round bought."""
-    input:
-        ensembles=[round_ensemble(r, "test_labels") for r in ROUNDS],
-        truth=rules.demo.output.test_truth,
-    output:
-        rounds="results/demo/rounds.json",
-    log:
-        "results/logs/demo_rounds.log",
-    conda:
-        ENV
-    params:
-        rounds=rounds_json(),
-        classes=CLASSES_JSON,
-        size=config["submission"]["size"],
-    shell:
-        "python -m segflow.demo_score --rounds {params.rounds:q} --truth {input.truth}"
-        " --classes {params.classes:q} --size {params.size} --out {output.rounds}"
-        " > {log} 2>&1"

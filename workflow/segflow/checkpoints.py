@@ -22,20 +22,20 @@ def save_checkpoint(
     state_dict: dict[str, torch.Tensor],
     settings: ModelSettings,
     classes: list[str],
-    fold: int,
+    fold: int | None,
     seed: int,
     epoch: int,
-    val_miou: float,
+    val_miou: float | None,
 ) -> None:
     """Write the checkpoint atomically; identical runs give identical bytes."""
     checkpoint = {
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
         "config": settings.to_dict(),
         "classes": list(classes),
-        "fold": int(fold),
+        "fold": None if fold is None else int(fold),  # None: the full fit
         "seed": int(seed),
         "epoch": int(epoch),
-        "val_miou": float(val_miou),
+        "val_miou": None if val_miou is None else float(val_miou),
     }
     # torch.save(obj, path) records the file's name inside the archive: saving to the
     # temporary name would make identical checkpoints differ. A buffer has no name.
@@ -43,6 +43,11 @@ def save_checkpoint(
     torch.save(checkpoint, buffer)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
+
+
+def load_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state_dict of a checkpoint, on the CPU (a warm start loads it)."""
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def load_checkpoint(

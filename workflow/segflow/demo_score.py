@@ -4,8 +4,8 @@ Reads ``truth/test.json`` (which no training or prediction step reads), rasteriz
 the same rule as every label (segflow.coco.rasterize), resizes it to the submission size
 by nearest neighbour as the competition does, and computes the competition mIoU over the
 whole test set from the submission CSV as written. ``rounds`` scores each round's own
-ensemble the same way (its test label maps, resized by nearest neighbour as the
-submission step does), so a user sees what each round bought.
+ensemble and the single-model baselines the same way (their test label maps, resized by
+nearest neighbour as the submission step does), so a user sees what each stage bought.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from segflow.coco import load_coco, rasterize
-from segflow.io import read_ids, write_json
+from segflow.io import atomic_path, read_ids, write_json
 from segflow.labels import resize_label
 from segflow.metrics import confusion_matrix, mean_iou, per_class_iou
+from segflow.probabilities import read_probability_set
 from segflow.submission_format import SubmissionError, read_submission
+from segflow.viz import plt, save_figure
 
 
 def truth_labels(
@@ -84,33 +86,68 @@ def demo_score(
     return score
 
 
+def label_maps(files: dict[str, str]):
+    """(image id, label map) of an ensemble's test labels {"test_labels", "test_ids"}, or
+    of a single model's test probabilities {"test"} (their argmax, as the model votes)."""
+    if "test_labels" in files:
+        maps = np.load(files["test_labels"], mmap_mode="r")
+        ids = read_ids(files["test_ids"])
+        return ((i, np.asarray(maps[k])) for k, i in enumerate(ids))
+    stored, ids = read_probability_set(files["test"])
+    return ((i, np.asarray(stored[k]).argmax(axis=0)) for k, i in enumerate(ids))
+
+
 def rounds_score(
     *,
-    round_files: dict[str, dict[str, str]],
+    entries: dict[str, dict[str, str]],
     truth_json: str,
     classes: list[str],
     size: int,
     out: str,
+    figure_out: str | None,
 ) -> dict:
-    """Test mIoU of each round's ensemble. ``round_files``: round -> its ensemble's
-    {"test_labels": .npy, "test_ids": .txt, "summary": .json}."""
+    """Demo test mIoU (and OOF mIoU where there is one) of each entry: a round's
+    ensemble {"test_labels", "test_ids", "summary"} or a single model {"test"}, the
+    baselines. Every map is resized by nearest neighbour to ``size``, as the submission
+    step does."""
     labels = truth_labels(truth_json, classes, size)
     result = {}
-    for round_, files in sorted(round_files.items()):
-        maps = np.load(files["test_labels"], mmap_mode="r")
-        pairs = (
-            (image_id, resize_label(np.asarray(maps[k]), size))
-            for k, image_id in enumerate(read_ids(files["test_ids"]))
-        )
-        score = score_predictions(pairs, labels, classes, size, files["test_labels"])
-        summary = json.loads(Path(files["summary"]).read_text())
-        result[round_] = {
+    for name, files in entries.items():
+        pairs = ((i, resize_label(m, size)) for i, m in label_maps(files))
+        source = files.get("test_labels") or files["test"]
+        score = score_predictions(pairs, labels, classes, size, source)
+        oof = None
+        if "summary" in files:
+            oof = json.loads(Path(files["summary"]).read_text())["oof_miou"]
+        result[name] = {
             "test_miou": score["test_miou"],
-            "oof_miou": summary["oof_miou"],
+            "oof_miou": oof,
             "per_class_iou": score["per_class_iou"],
         }
     write_json(result, out)
+    if figure_out:
+        rounds_figure(result, figure_out)
     return result
+
+
+def rounds_figure(result: dict, path: str) -> None:
+    """Bars of test and OOF mIoU per entry, in the order given (baselines, then rounds)."""
+    names = list(result)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(names), 3.6))
+    test = [result[n]["test_miou"] for n in names]
+    oof = [result[n]["oof_miou"] or np.nan for n in names]
+    ax.bar(x - 0.2, test, 0.4, label="demo test mIoU", color="#1f77b4")
+    ax.bar(x + 0.2, oof, 0.4, label="OOF mIoU", color="#ff7f0e")
+    for k, value in enumerate(test):
+        ax.annotate(f"{value:.3f}", (x[k] - 0.2, value), ha="center", va="bottom")
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set_ylabel("mIoU")
+    ax.set_ylim(0, max(1e-3, *test, *[v for v in oof if v == v]) * 1.2)
+    ax.legend(loc="lower right")
+    ax.set_title("What each stage bought (demo)")
+    with atomic_path(path) as tmp:
+        save_figure(fig, tmp)
 
 
 def main(argv=None) -> None:
@@ -121,21 +158,24 @@ def main(argv=None) -> None:
     scored.add_argument("--submission", help="score this submission CSV")
     scored.add_argument(
         "--rounds",
-        help='or JSON: round -> {"test_labels", "test_ids", "summary"} files',
+        help='or JSON: name -> a round\'s {"test_labels", "test_ids", "summary"} files'
+        ' or a single model\'s {"test"} probabilities',
     )
     parser.add_argument("--truth", required=True, help="the demo's truth/test.json")
     parser.add_argument("--classes", required=True)
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--figure-out", help="with --rounds: the rounds figure (PNG)")
     args = parser.parse_args(argv)
     try:
         if args.rounds:
             result = rounds_score(
-                round_files=json.loads(args.rounds),
+                entries=json.loads(args.rounds),
                 truth_json=args.truth,
                 classes=json.loads(args.classes),
                 size=args.size,
                 out=args.out,
+                figure_out=args.figure_out,
             )
             print(json.dumps({r: v["test_miou"] for r, v in result.items()}))
         else:

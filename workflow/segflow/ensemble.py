@@ -1,7 +1,10 @@
 """Ensemble several members' probabilities; weights and class biases tuned on OOF.
 
 A member is one model x seed (x round): its OOF probabilities are those of the fold that
-validated each image; its test probabilities are the mean over its fold models.
+validated each image; its test probabilities are the mean over its fold models, mixed
+with its full fit (trained on every labelled image, so without OOF) at
+``full_weight`` when there is one. The weights and the bias tuned on OOF then apply to
+those test probabilities as they are.
 
 - ``soft`` voting: weighted mean of probabilities, then argmax of log p + class bias.
 - ``hard`` voting: per pixel, the class with the most (weighted) member votes; ties are
@@ -159,6 +162,19 @@ def tune_bias(samples, labels, weights, n_classes: int, sweeps: int = 2) -> np.n
     return bias
 
 
+def member_test(
+    name: str, files: dict[str, list[str]], full_weight: float
+) -> MemberProbabilities:
+    """A member's test probabilities: the mean of its fold models, or, with a full fit
+    (``files["full"]``), ``full_weight`` x the full fit + the rest x that mean."""
+    folds, full = files["test"], files.get("full", [])
+    if not full:
+        return MemberProbabilities(name, folds, "test")
+    weights = [(1 - full_weight) / len(folds)] * len(folds)
+    weights += [full_weight / len(full)] * len(full)
+    return MemberProbabilities(name, folds + full, "test", weights)
+
+
 def ensemble(
     *,
     settings: EnsembleSettings,
@@ -173,7 +189,8 @@ def ensemble(
 ) -> dict:
     """Tune on OOF; write the summary, the ensemble's OOF and test sets, test labels.
 
-    ``members``: name -> {"oof": [oof.npy of each fold], "test": [test.npy of each fold]}.
+    ``members``: name -> {"oof": [oof.npy of each fold], "test": [test.npy of each fold],
+    optionally "full": [test.npy of its full fit]}.
     """
     method, weights, class_bias = settings.method, settings.weights, settings.class_bias
     tune_pixels, chunk = settings.tune_pixels, settings.chunk
@@ -182,7 +199,7 @@ def ensemble(
     n_classes = len(classes)
     names = sorted(members)
     oof = [MemberProbabilities(name, members[name]["oof"], "oof") for name in names]
-    test = [MemberProbabilities(name, members[name]["test"], "test") for name in names]
+    test = [member_test(name, members[name], settings.full_weight) for name in names]
     oof_ids = sorted(oof[0].rows)
     for member in oof[1:]:
         if sorted(member.rows) != oof_ids:
@@ -288,6 +305,9 @@ def ensemble(
         "per_class_iou": per_class_iou(confusions[final_key], classes),
         "oof_images": len(oof_ids),
         "test_images": len(test_ids),
+        "full_fit_weight": settings.full_weight
+        if any(members[n].get("full") for n in names)
+        else None,
         "size": size,
     }
     write_json(summary, summary_out)

@@ -42,10 +42,13 @@ def lr_factor(
 class LrSchedule:
     """The settings' schedule: ``after_step()`` per optimizer step, ``after_epoch(miou)``."""
 
-    def __init__(self, optimizer, settings: ModelSettings, steps_per_epoch: int):
+    def __init__(self, optimizer, settings: ModelSettings, steps_per_epoch: float):
+        """``steps_per_epoch``: optimizer steps of the whole run / epochs (a run whose
+        last epochs leave pseudo-labelled images out has shorter epochs at its end)."""
         self.per_step = self.per_epoch = None
+        self.steps = 0  # optimizer steps taken
         if settings.scheduler == "cosine":
-            total = settings.epochs * steps_per_epoch
+            total = int(round(settings.epochs * steps_per_epoch))
             warmup = int(round(settings.warmup_epochs * steps_per_epoch))
             self.per_step = torch.optim.lr_scheduler.LambdaLR(
                 optimizer,
@@ -57,6 +60,7 @@ class LrSchedule:
             )
 
     def after_step(self) -> None:
+        self.steps += 1
         if self.per_step is not None:
             self.per_step.step()
 

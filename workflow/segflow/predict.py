@@ -28,7 +28,7 @@ from segflow.device import select_device
 from segflow.input_size import model_side, size_multiple
 from segflow.probabilities import encode_probabilities, probability_writer
 from segflow.runtime import amp_autocast, loader_workers, set_threads, to_device
-from segflow.splits import fold_split
+from segflow.splits import ALL_FOLDS, fold_split, parse_fold
 
 TTA_MODES = ("none", "hflip", "d4", "multiscale")
 MULTISCALE = (0.75, 1.0, 1.25)
@@ -110,7 +110,7 @@ def predict(
     images_path: str | Path,
     folds_path: str | Path,
     image_root: str | Path,
-    fold: int,
+    fold: int | None,
     size: int,
     tta_mode: str,
     batch_size: int,
@@ -118,9 +118,10 @@ def predict(
     test_out: str | Path,
     threads: int,
 ) -> None:
-    """Write the OOF set (this fold's validation images) and the test set."""
+    """Write the OOF set (this fold's validation images; none for the full fit, fold
+    None) and the test set."""
     device = select_device()
-    set_threads(threads)
+    threads = set_threads(threads)
     model, checkpoint, settings = load_checkpoint(model_path, device)
     n_classes = len(checkpoint["classes"])
     if device == "cuda":
@@ -165,7 +166,9 @@ def main(argv=None) -> None:
     parser.add_argument("--images", required=True)
     parser.add_argument("--folds", required=True)
     parser.add_argument("--image-root", required=True)
-    parser.add_argument("--fold", type=int, required=True)
+    parser.add_argument(
+        "--fold", type=parse_fold, required=True, help=f"a fold, or {ALL_FOLDS}"
+    )
     parser.add_argument(
         "--size", type=int, required=True, help="side of the stored maps"
     )

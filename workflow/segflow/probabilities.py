@@ -82,13 +82,29 @@ class MemberProbabilities:
     """One member's probabilities by image id, read lazily from its fold models' sets.
 
     ``kind`` "oof": each image in exactly one set (the fold that validated it);
-    "test": every set holds the same images, and the member's map is their mean.
+    "test": every set holds the same images, and the member's map is their mean, or
+    their weighted mean with ``weights`` (one per set, summing to 1).
     """
 
-    def __init__(self, name: str, npy_paths: list[str | Path], kind: str):
+    def __init__(
+        self,
+        name: str,
+        npy_paths: list[str | Path],
+        kind: str,
+        weights: list[float] | None = None,
+    ):
         if kind not in ("oof", "test"):
             raise ValueError(f"kind must be oof or test, got {kind!r}")
+        if weights is not None and (
+            kind != "test"
+            or len(weights) != len(npy_paths)
+            or abs(sum(weights) - 1) > 1e-6
+        ):
+            raise ValueError(
+                f"member {name}: weights {weights} must be one per test set, summing to 1"
+            )
         self.name, self.kind = name, kind
+        self.weights = weights
         self.rows: dict[str, tuple[int, int]] = {}  # image id -> (set, row)
         self.arrays = []
         for k, path in enumerate(npy_paths):
@@ -120,8 +136,14 @@ class MemberProbabilities:
             )
         if self.kind == "test":
             rows = [self.rows[i][1] for i in image_ids]
-            summed = sum(a[rows].astype(np.float32) for a in self.arrays)
-            return decode_probabilities(summed, len(self.arrays))
+            if self.weights is None:
+                summed = sum(a[rows].astype(np.float32) for a in self.arrays)
+                return decode_probabilities(summed, len(self.arrays))
+            weighted = sum(
+                np.float32(w) * a[rows].astype(np.float32)
+                for w, a in zip(self.weights, self.arrays)
+            )
+            return decode_probabilities(weighted)
         out = np.empty((len(image_ids), *self.shape), np.float32)
         for position, image_id in enumerate(image_ids):
             k, row = self.rows[image_id]

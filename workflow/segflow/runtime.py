@@ -6,6 +6,7 @@ work: it may narrow CUDA_VISIBLE_DEVICES, which must happen before CUDA starts.
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -22,9 +23,22 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def set_threads(threads: int) -> None:
-    """Never more torch threads than the job has cores (Snakemake's ``threads``)."""
-    torch.set_num_threads(max(1, threads))
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a SLURM or taskset limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int) -> int:
+    """Never more torch threads than the job has cores: Snakemake's ``threads`` (capped
+    by --cores), and never more than the cores the process may run on, whoever started
+    it (more threads than cores is slower: 31 vs 43 img/s with 4 threads on 2 cores).
+    Returns the number set."""
+    threads = max(1, min(threads, available_cores()))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def loader_workers(workers: int | None, threads: int, device: str) -> int:

@@ -61,6 +61,10 @@ class Settings:
     def from_json(cls, text: str, section: str = ""):
         return cls.from_dict(json.loads(text), section)
 
+    def replace(self, **changes):
+        """A copy with ``changes`` (the dataclass is frozen)."""
+        return dataclasses.replace(self, **changes)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -106,6 +110,7 @@ class EnsembleSettings(Settings):
     class_bias: bool
     tune_pixels: int
     chunk: int
+    full_weight: float
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,22 @@ def model_settings(config: dict, model: str) -> ModelSettings:
     return ModelSettings.from_dict(merged, f"models.{model}")
 
 
+def round_model_settings(config: dict, model: str, round_: str) -> ModelSettings:
+    """``model``'s settings in round ``round_``: r0 and scratch rounds train as the model
+    says; a warm round (retrain.init: warm) fine-tunes with retrain's epochs and lr."""
+    settings = model_settings(config, model)
+    retrain = config["retrain"]
+    if round_ == "r0" or retrain["init"] == "scratch":
+        return settings
+    return settings.replace(
+        epochs=config["debug"]["epochs"]
+        if config["debug"]["enabled"]
+        else retrain["epochs"],
+        lr=retrain["lr"] or settings.lr,
+        warmup_epochs=retrain["warmup_epochs"],
+    )
+
+
 def prediction_tta(config: dict, model: str) -> str:
     """The test-time augmentation of ``model``'s predictions."""
     return {**config["defaults"], **config["models"][model]}["tta"]
@@ -209,7 +230,12 @@ def clean_settings(config: dict) -> CleanSettings:
 
 
 def pseudo_settings(config: dict) -> PseudoSettings:
-    return _section(config, "pseudo", PseudoSettings, wiring=("enabled", "rounds"))
+    return _section(
+        config,
+        "pseudo",
+        PseudoSettings,
+        wiring=("enabled", "rounds", "labelled_epochs"),
+    )
 
 
 def wandb_settings(config: dict, directory: str) -> WandbSettings:

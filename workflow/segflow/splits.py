@@ -6,6 +6,9 @@ it learns from), ``drop`` (images that leave training) and ``pseudo`` (pseudo-la
 test images, masks in ``pseudo_masks_dir``). Validation always scores the ORIGINAL
 labels of every labelled image of the fold, so OOF numbers compare between rounds; with
 cleaned labels, they are scored beside (``val_cleaned_masks``).
+
+The full fit (fold ``ALL_FOLDS``, ``None`` in Python) trains on every labelled image
+and validates on none: it has no OOF, only test predictions.
 """
 
 from __future__ import annotations
@@ -16,6 +19,13 @@ from pathlib import Path
 import pandas as pd
 
 from segflow.labels import mask_file
+
+ALL_FOLDS = "all"  # the fold name of the full fit, in paths and on the command line
+
+
+def parse_fold(text: str) -> int | None:
+    """``"3"`` -> 3; ``"all"`` -> None (the full fit)."""
+    return None if text == ALL_FOLDS else int(text)
 
 
 @dataclass(frozen=True)
@@ -50,18 +60,19 @@ class FoldData:
 def fold_split(
     images: pd.DataFrame,
     folds: pd.DataFrame,
-    fold: int,
+    fold: int | None,
     drop: frozenset[str] = frozenset(),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train rows, validation rows) of the labelled images for ``fold``.
+    """(train rows, validation rows) of the labelled images for ``fold``; fold None (the
+    full fit) trains on every labelled image and validates on none.
 
     ``drop`` leaves images out of training only; validation keeps every image of the fold.
     """
     labelled = images[images["split"] == "train"].merge(
         folds, on="image_id", how="inner", validate="one_to_one"
     )
-    val = labelled[labelled["fold"] == fold]
-    if val.empty:
+    val = labelled[labelled["fold"] == fold] if fold is not None else labelled[:0]
+    if val.empty and fold is not None:
         raise ValueError(
             f"fold {fold} has no validation images"
             f" (folds: {sorted(folds['fold'].unique())})"
@@ -96,7 +107,7 @@ def kept_pseudo_images(path: str | Path) -> frozenset[str]:
 def fold_data(
     images: pd.DataFrame,
     folds: pd.DataFrame,
-    fold: int,
+    fold: int | None,
     image_root: str | Path,
     masks_dir: str | Path,
     round_labels: RoundLabels,
@@ -104,6 +115,8 @@ def fold_data(
     """Everything a fold job of any round trains and validates on; see module doc."""
     train, val = fold_split(images, folds, fold, round_labels.drop)
     in_other_folds = (folds["fold"] != fold) & folds["image_id"].isin(round_labels.drop)
+    if fold is None:  # the full fit: every dropped image was a training image
+        in_other_folds = folds["image_id"].isin(round_labels.drop)
     pseudo = pseudo_rows(images, round_labels.pseudo)
 
     def files(rows: pd.DataFrame, labels_dir) -> tuple[list[str], list[str]]:

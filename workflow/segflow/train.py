@@ -6,8 +6,15 @@ with channels_last, plain fp32 on the CPU. Validation mIoU comes from one confus
 matrix over the whole fold (segflow.metrics). Which images and labels a fold job of a
 round sees is segflow.splits' business; wandb tracking is segflow.tracking's.
 
+Fold ``None`` is the full fit: every labelled image (plus the round's pseudo-labelled
+ones) is trained on and none validates, so the last epoch is kept. A later round may
+start from the previous round's checkpoint (``init``: warm start) and may end with
+``labelled_epochs`` epochs on the labelled images only (the pseudo-label scheme "train on
+labelled + pseudo, then fine-tune on labelled").
+
 Writes model.pt (segflow.checkpoints), history.csv (one row per epoch) and metrics.json
-(the best epoch).
+(the kept epoch, and the training image presentations: epochs x training images, which
+the compute-matched baseline sums).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from segflow.checkpoints import save_checkpoint
+from segflow.checkpoints import load_state, save_checkpoint
 from segflow.data import (
     SegmentationDataset,
     eval_transform,
@@ -35,7 +42,7 @@ from segflow.device import select_device
 from segflow.input_size import model_side
 from segflow.io import read_ids, write_json, write_table
 from segflow.losses import create_loss
-from segflow.metrics import confusion_matrix, iou_per_class, mean_iou, per_class_iou
+from segflow.metrics import confusion_matrix, mean_iou, per_class_iou
 from segflow.models import create_model
 from segflow.optim import LrSchedule, create_optimizer
 from segflow.runtime import (
@@ -46,7 +53,13 @@ from segflow.runtime import (
     to_device,
 )
 from segflow.settings import ModelSettings, WandbSettings
-from segflow.splits import RoundLabels, fold_data, kept_pseudo_images
+from segflow.splits import (
+    ALL_FOLDS,
+    RoundLabels,
+    fold_data,
+    kept_pseudo_images,
+    parse_fold,
+)
 from segflow.tracking import (
     finish_tracking,
     log_epoch,
@@ -133,24 +146,29 @@ def train_epoch(
 
 
 def fold_loaders(data, side, augment, batch_size, seed, workers, device):
-    """(training, validation, validation on cleaned labels or None) loaders of a fold."""
+    """Loaders of a fold: (training on labelled + pseudo-labelled images, training on the
+    labelled images only, validation or None, validation on cleaned labels or None)."""
     pin = device == "cuda"
-    train_set = SegmentationDataset(
-        data.train_images, data.train_masks, train_transform(augment, side, seed)
-    )
-    # drop_last: BatchNorm (DeepLabV3/V3+) fails on a last batch of one image.
-    train_loader = make_loader(
-        train_set,
-        batch_size,
-        shuffle=True,
-        seed=seed,
-        workers=workers,
-        drop_last=len(train_set) > batch_size,
-        pin_memory=pin,
-    )
+
+    def training(count: int):
+        train_set = SegmentationDataset(
+            data.train_images[:count],
+            data.train_masks[:count],
+            train_transform(augment, side, seed),
+        )
+        # drop_last: BatchNorm (DeepLabV3/V3+) fails on a last batch of one image.
+        return make_loader(
+            train_set,
+            batch_size,
+            shuffle=True,
+            seed=seed,
+            workers=workers,
+            drop_last=len(train_set) > batch_size,
+            pin_memory=pin,
+        )
 
     def validation(masks: list[str] | None):
-        if masks is None:
+        if not masks:
             return None
         dataset = SegmentationDataset(data.val_images, masks, eval_transform(side))
         return make_loader(
@@ -162,7 +180,21 @@ def fold_loaders(data, side, augment, batch_size, seed, workers, device):
             pin_memory=pin,
         )
 
-    return train_loader, validation(data.val_masks), validation(data.val_cleaned_masks)
+    return (
+        training(len(data.train_images)),
+        training(len(data.train)),  # labelled first in train_images, pseudo after
+        validation(data.val_masks),
+        validation(data.val_cleaned_masks),
+    )
+
+
+def matched_epochs(metrics_paths: list[str | Path], train_images: int) -> int:
+    """Epochs over ``train_images`` images that present as many training images as the
+    runs of ``metrics_paths`` together (each run's epochs x its training images)."""
+    total = sum(
+        json.loads(Path(path).read_text())["presentations"] for path in metrics_paths
+    )
+    return max(1, round(total / train_images))
 
 
 def train(
@@ -173,7 +205,7 @@ def train(
     masks_dir: str | Path,
     image_root: str | Path,
     classes: list[str],
-    fold: int,
+    fold: int | None,
     seed: int,
     model_out: str | Path,
     history_out: str | Path,
@@ -182,12 +214,19 @@ def train(
     round_labels: RoundLabels,
     wandb: WandbSettings | None,
     run_name: str,
+    init: str | Path | None = None,
+    labelled_epochs: int = 0,
+    match_presentations: list[str | Path] | None = None,
 ) -> dict:
-    """Train per ``settings`` and save the best epoch; returns metrics.json's content."""
+    """Train per ``settings`` and save the best epoch (the last without validation);
+    returns metrics.json's content. ``init``: a checkpoint to start from (warm start);
+    ``labelled_epochs``: the last epochs train on the labelled images only;
+    ``match_presentations``: metrics.json files whose presentations this run matches
+    (the epochs are chosen to match, the compute-matched baseline)."""
     n_classes = len(classes)
     device = select_device(settings.device)
     seed_everything(seed)
-    set_threads(threads)
+    threads = set_threads(threads)
     workers = loader_workers(settings.workers, threads, device)
 
     # The data of this fold and round, at the side the model sees (segflow.input_size).
@@ -196,14 +235,21 @@ def train(
         images, pd.read_csv(folds_path), fold, image_root, masks_dir, round_labels
     )
     side = model_side(image_sizes(images), settings.arch, settings.input_size)
-    train_loader, val_loader, cleaned_val_loader = fold_loaders(
+    train_loader, labelled_loader, val_loader, cleaned_val_loader = fold_loaders(
         data, side, settings.augment, settings.batch_size, seed, workers, device
     )
+    if match_presentations:
+        matched = matched_epochs(match_presentations, len(data.train_images))
+        settings = settings.replace(epochs=matched)
+        print(f"{run_name}: {matched} epochs match {match_presentations}", flush=True)
 
-    # The model, its loss, optimizer and schedule.
+    # The model (from the previous round's weights on a warm start), loss, optimizer.
     model = create_model(
         settings.arch, settings.encoder, n_classes, settings.encoder_weights
-    ).to(device)
+    )
+    if init is not None:
+        model.load_state_dict(load_state(init))
+    model = model.to(device)
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
     criterion = create_loss(
@@ -211,8 +257,16 @@ def train(
     )
     optimizer = create_optimizer(model, settings)
     epochs = settings.epochs
-    steps_per_epoch = max(1, len(train_loader) // settings.accumulate)
-    schedule = LrSchedule(optimizer, settings, steps_per_epoch)
+    labelled_epochs = min(labelled_epochs, epochs) if len(data.pseudo) else 0
+
+    def loader_of(epoch: int):
+        """The last ``labelled_epochs`` epochs leave the pseudo-labelled images out."""
+        return labelled_loader if epoch > epochs - labelled_epochs else train_loader
+
+    total_steps = sum(
+        max(1, len(loader_of(e)) // settings.accumulate) for e in range(1, epochs + 1)
+    )
+    schedule = LrSchedule(optimizer, settings, total_steps / epochs)
     amp = settings.amp if device == "cuda" else "none"
     autocast = amp_autocast(device, amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
@@ -220,15 +274,19 @@ def train(
     tracker = start_tracking(wandb, run_name, settings.to_dict())
     history, best, first_loss = [], {"val_miou": -1.0}, []
     print(
-        f"{run_name}: {len(data.train)} train (+{len(data.pseudo)} pseudo-labelled)"
-        f" / {len(data.val)} val images, device {device}, amp {amp}, {epochs} epochs",
+        f"{run_name}: {len(data.train)} train (+{len(data.pseudo)} pseudo-labelled,"
+        f" left out of the last {labelled_epochs} epochs) / {len(data.val)} val images,"
+        f" device {device}, amp {amp}, {epochs} epochs"
+        + (f", warm start from {init}" if init is not None else ""),
         flush=True,
     )
+    presentations = 0
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
+        loader = loader_of(epoch)
         train_loss, seen = train_epoch(
             model,
-            train_loader,
+            loader,
             criterion,
             optimizer,
             scaler,
@@ -240,67 +298,74 @@ def train(
             first_loss,
         )
         train_seconds = time.perf_counter() - started
+        presentations += len(loader.dataset)
 
-        val_loss, confusion = evaluate(
-            model, val_loader, criterion, n_classes, device, autocast
-        )
-        where = f"epoch {epoch}, validation after step {epoch * len(train_loader)}"
-        check_loss(val_loss, first_loss[0], where)
-        val_miou, iou = mean_iou(confusion), iou_per_class(confusion)
-        extra = {}
-        if cleaned_val_loader is not None:
-            cleaned = evaluate(
-                model, cleaned_val_loader, criterion, n_classes, device, autocast
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        row["train_loss"] = train_loss
+        scores = {}
+        if val_loader is not None:
+            val_loss, confusion = evaluate(
+                model, val_loader, criterion, n_classes, device, autocast
             )
-            extra["val_miou_cleaned"] = mean_iou(cleaned[1])
-        schedule.after_epoch(val_miou)
-        row = {
-            "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_miou": val_miou,
-            **extra,
-            **{f"iou_{name}": float(v) for name, v in zip(classes, iou)},
-            "seconds": time.perf_counter() - started,
-            "images_per_s": seen / train_seconds,
-        }
-        history.append(row)
-        print(
-            f"epoch {epoch}/{epochs} train_loss {row['train_loss']:.4f}"
-            f" val_loss {val_loss:.4f} val_miou {val_miou:.4f} lr {row['lr']:.2e}"
-            f" {row['images_per_s']:.1f} img/s {row['seconds']:.1f}s",
-            flush=True,
-        )
-        if val_miou > best["val_miou"]:
-            best = {
-                "epoch": epoch,
-                "val_miou": val_miou,
-                **extra,
+            where = f"epoch {epoch}, validation after step {schedule.steps}"
+            check_loss(val_loss, first_loss[0], where)
+            scores = {
+                "val_loss": val_loss,
+                "val_miou": mean_iou(confusion),
                 "per_class_iou": per_class_iou(confusion, classes),
             }
+            if cleaned_val_loader is not None:
+                cleaned = evaluate(
+                    model, cleaned_val_loader, criterion, n_classes, device, autocast
+                )
+                scores["val_miou_cleaned"] = mean_iou(cleaned[1])
+            schedule.after_epoch(scores["val_miou"])
+        row.update({k: v for k, v in scores.items() if k != "per_class_iou"})
+        for name, value in scores.get("per_class_iou", {}).items():
+            row[f"iou_{name}"] = value
+        row["seconds"] = time.perf_counter() - started
+        row["images_per_s"] = seen / train_seconds
+        history.append(row)
+        validated = (
+            f" val_loss {row['val_loss']:.4f} val_miou {row['val_miou']:.4f}"
+            if scores
+            else ""
+        )
+        print(
+            f"epoch {epoch}/{epochs} train_loss {train_loss:.4f}{validated}"
+            f" lr {row['lr']:.2e} {row['images_per_s']:.1f} img/s"
+            f" {row['seconds']:.1f}s",
+            flush=True,
+        )
+        # Without validation (the full fit) the last epoch is kept.
+        if not scores or scores["val_miou"] > best["val_miou"]:
+            best = {"epoch": epoch, "val_miou": None, **scores}
             # Kept in memory and written once the run is over: a killed run leaves no
             # model.pt of an early epoch that looks finished.
             best_state = {
                 k: v.detach().to("cpu", copy=True)
                 for k, v in model.state_dict().items()
             }
-            log_images(tracker, model, val_loader, classes, device, autocast)
+            if val_loader is not None:
+                log_images(tracker, model, val_loader, classes, device, autocast)
         log_epoch(tracker, row)
 
     metrics = {
         "model": run_name,
-        "fold": fold,
+        "fold": ALL_FOLDS if fold is None else fold,
         "seed": seed,
         "best_epoch": best["epoch"],
         "val_miou": best["val_miou"],
-        **({"val_miou_cleaned": best["val_miou_cleaned"]} if extra else {}),
-        "per_class_iou": best["per_class_iou"],
+        **{k: best[k] for k in ("val_miou_cleaned",) if k in best},
+        "per_class_iou": best.get("per_class_iou"),
         "epochs": epochs,
+        "warm_start": str(init) if init is not None else None,
+        "labelled_epochs": labelled_epochs,
         "train_images": len(data.train),
         "dropped_images": data.dropped,
         "pseudo_images": len(data.pseudo),
         "val_images": len(data.val),
+        "presentations": presentations,
         "train_images_per_s": float(np.mean([h["images_per_s"] for h in history])),
         "seconds": float(sum(h["seconds"] for h in history)),
         "device": device,
@@ -332,7 +397,9 @@ def main(argv=None) -> None:
     parser.add_argument("--masks-dir", required=True, help="the index's masks")
     parser.add_argument("--image-root", required=True)
     parser.add_argument("--classes", required=True, help="JSON list of class names")
-    parser.add_argument("--fold", type=int, required=True)
+    parser.add_argument(
+        "--fold", type=parse_fold, required=True, help=f"a fold, or {ALL_FOLDS}"
+    )
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--model-out", required=True)
     parser.add_argument("--history-out", required=True)
@@ -345,6 +412,17 @@ def main(argv=None) -> None:
     later.add_argument("--drop", help="file of image ids left out of training")
     later.add_argument("--pseudo", help="pseudo-label images.csv (image_id, kept)")
     later.add_argument("--pseudo-masks-dir")
+    later.add_argument("--init", help="warm start: the previous round's model.pt")
+    later.add_argument(
+        "--labelled-epochs",
+        type=int,
+        help="the last epochs on labelled images only (with --pseudo; none if unset)",
+    )
+    parser.add_argument(
+        "--match-presentations",
+        nargs="+",
+        help="metrics.json files: train as many image presentations as they did",
+    )
     args = parser.parse_args(argv)
     try:
         train(
@@ -368,6 +446,9 @@ def main(argv=None) -> None:
             ),
             wandb=WandbSettings.from_json(args.wandb, "--wandb"),
             run_name=args.name,
+            init=args.init,
+            labelled_epochs=args.labelled_epochs or 0,
+            match_presentations=args.match_presentations,
         )
     except (ValueError, FileNotFoundError) as e:  # TrainingDiverged among them
         sys.exit(f"ERROR: {e}")
