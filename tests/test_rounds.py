@@ -203,3 +203,57 @@ def test_the_ensemble_gives_the_full_fit_its_configured_share(tmp_path):
     with_full = {**files, "full": [str(tmp_path / "full.npy")]}
     assert member_test("m", files, 0.7).get(ids)[0, 1, 0, 0] == pytest.approx(1.0)
     assert member_test("m", with_full, 0.7).get(ids)[0, 1, 0, 0] == pytest.approx(0.3)
+
+
+def test_rounds_score_scores_single_models_and_round_ensembles_on_known_maps(tmp_path):
+    """Two 16 x 16 test images, each with a Paper square of 8 x 8 (a quarter): a single
+    model that predicts it exactly scores 1; an ensemble that predicts background
+    everywhere scores (background IoU 3/4 + Paper IoU 0) / 2."""
+    from conftest import square, write_coco
+    from segflow.demo_score import rounds_score
+
+    images = [
+        {"id": k, "file_name": f"t{k}.png", "width": 16, "height": 16} for k in (1, 2)
+    ]
+    annotations = [
+        {
+            "id": k,
+            "image_id": k,
+            "category_id": 2,  # Paper, class index 2
+            "segmentation": [square(0, 0, 8, 8)],
+            "area": 64,
+            "bbox": [0, 0, 8, 8],
+            "iscrowd": 0,
+        }
+        for k in (1, 2)
+    ]
+    truth = write_coco(tmp_path, "truth.json", images, annotations, write_images=False)
+    ids = ["t1.png", "t2.png"]
+    exact = np.zeros((2, len(CLASSES), 16, 16), np.float32)
+    exact[:, 0] = 1.0
+    exact[:, 0, :8, :8], exact[:, 2, :8, :8] = 0.0, 1.0
+    stored_set(tmp_path / "single.npy", ids, exact)
+    np.save(tmp_path / "labels.npy", np.zeros((2, 16, 16), np.uint8))
+    (tmp_path / "labels_ids.txt").write_text("\n".join(ids) + "\n")
+    (tmp_path / "summary.json").write_text('{"oof_miou": 0.4}')
+    result = rounds_score(
+        entries={
+            "baseline": {"test": str(tmp_path / "single.npy")},
+            "r0": {
+                "test_labels": str(tmp_path / "labels.npy"),
+                "test_ids": str(tmp_path / "labels_ids.txt"),
+                "summary": str(tmp_path / "summary.json"),
+            },
+        },
+        truth_json=str(truth),
+        classes=CLASSES,
+        size=32,  # resized by nearest neighbour, as the submission
+        out=str(tmp_path / "rounds.json"),
+        figure_out=str(tmp_path / "rounds.png"),
+    )
+    assert list(result) == ["baseline", "r0"]
+    assert result["baseline"]["test_miou"] == pytest.approx(1.0)
+    assert result["baseline"]["oof_miou"] is None
+    assert result["r0"]["test_miou"] == pytest.approx((0.75 + 0.0) / 2)
+    assert result["r0"]["oof_miou"] == 0.4
+    assert (tmp_path / "rounds.png").stat().st_size > 0

@@ -209,3 +209,17 @@ def test_wandb_offline_writes_a_local_run_and_nothing_else(
     assert len(runs) == 1 and list(
         runs[0].glob("*.wandb")
     )  # synced later with `wandb sync`
+
+
+def test_torch_never_gets_more_threads_than_the_process_has_cores():
+    import torch
+
+    from segflow.runtime import available_cores, set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(available_cores() + 6) == available_cores()
+        assert torch.get_num_threads() == available_cores()
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
