@@ -1,6 +1,6 @@
-"""What each later-round stage buys on the demo: r0 vs cleaning only, pseudo only, both.
+"""What each later-round stage buys on the demo: r0 only, cleaning only, pseudo only, both.
 
-    snakemake -- results/demo/score.json           # round r0 in the base folder first
+    snakemake                                      # the default run in the base folder first
     python benchmarks/rounds.py --base . --work /tmp/rounds
 
 Each variant is a copy of ``--base`` (file times kept, so Snakemake reuses r0 as it is)
@@ -9,7 +9,7 @@ base config. Each run writes results/demo/rounds.json (the demo test mIoU of eve
 round's own ensemble against the hidden test labels); this script collects them into
 ``--out`` (default: <base>/results/demo/rounds_variants.json) and prints a table with the
 wall time of each variant. Runs one variant after another: on a 2-core CPU each takes
-about as long as the base run's training.
+about as long as the base run's round r1.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 VARIANTS = {
+    "r0 only": {"clean": {"enabled": False}, "pseudo": {"enabled": False}},
     "clean only": {"clean": {"enabled": True}, "pseudo": {"enabled": False}},
     "pseudo only": {"clean": {"enabled": False}, "pseudo": {"enabled": True}},
     "clean + pseudo": {"clean": {"enabled": True}, "pseudo": {"enabled": True}},
@@ -100,10 +101,8 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     base = Path(args.base).resolve()
-    base_score = json.loads((base / "results" / "demo" / "score.json").read_text())[
-        "test_miou"
-    ]
-    table = {"r0 ensemble (base)": {"rounds": {"r0": {"test_miou": base_score}}}}
+    base_rounds = json.loads((base / "results" / "demo" / "rounds.json").read_text())
+    table = {"base run": {"rounds": base_rounds}}
     for name in args.variants:
         table[name] = run_variant(
             base, Path(args.work), name, VARIANTS[name], args.cores
