@@ -693,7 +693,8 @@ def tiny_clean_run(tiny_run, tmp_path_factory):
         "demo_rounds": 1,
         "all": 1,
     }
-    snakemake(workdir, "--cores", "2")
+    run = snakemake(workdir, "--cores", "2")
+    (workdir / "snakemake.out").write_text(run.stdout + run.stderr)
     return workdir, config
 
 
@@ -774,6 +775,9 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
     lines = (results / "submission" / "submission.csv").read_text().splitlines()
     assert len(lines) == 1 + 6
     rounds = json.loads((results / "demo" / "rounds.json").read_text())
+    # The run ends with where the submission is and what each stage bought.
+    printed = (workdir / "snakemake.out").read_text()
+    assert "what each stage bought (demo test mIoU): baseline recipe/s0" in printed
     assert set(rounds) == {"baseline recipe/s0", "r0", "r1"} and all(
         0 <= r["test_miou"] <= 1 for r in rounds.values()
     )

@@ -407,4 +407,12 @@ def print_run_summary():
     if config["data"]["demo"] and score_path.exists():
         score = json.loads(score_path.read_text())
         lines.append(f"  demo test mIoU {score['test_miou']:.4f} ({score_path})")
+    rounds_path = Path(rules.demo_rounds.output.rounds)
+    if config["data"]["demo"] and rounds_path.exists():
+        rounds = json.loads(rounds_path.read_text())
+        lines.append(
+            "  what each stage bought (demo test mIoU): "
+            + ", ".join(f"{k} {v['test_miou']:.4f}" for k, v in rounds.items())
+            + f" ({rounds_path})"
+        )
     print("\n".join(lines))
