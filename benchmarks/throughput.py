@@ -47,10 +47,10 @@ from segflow.models import create_model  # noqa: E402
 from segflow.optim import LrSchedule, create_optimizer  # noqa: E402
 from segflow.runtime import amp_autocast, seed_everything, set_threads  # noqa: E402
 from segflow.settings import (  # noqa: E402
+    WandbSettings,
     data_paths,
     model_settings,
     validated,
-    wandb_settings,
 )
 from segflow.splits import RoundLabels, fold_data  # noqa: E402
 from segflow.train import fold_loaders, train_epoch  # noqa: E402
@@ -154,9 +154,7 @@ def start_up_seconds(config, model_name, results: Path, threads: int) -> dict:
             "--threads",
             str(threads),
             "--wandb",
-            wandb_settings(
-                {"wandb": {"mode": "disabled", "project": "x"}}, str(out)
-            ).to_json(),
+            WandbSettings(mode="disabled", project="start-up", dir=str(out)).to_json(),
             "--name",
             "start-up",
         ]

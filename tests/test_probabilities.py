@@ -20,9 +20,10 @@ def test_numpy_and_torch_encode_to_the_same_bytes():
     assert encode_probabilities(q).tolist() == [26, 64, 255]
 
 
-def test_decode_undoes_the_encoding_and_averages_summed_sets():
+def test_decode_undoes_the_encoding_of_sets_and_of_their_weighted_means():
     stored = np.array([[0, 51, 204, 255]], np.uint8)
     np.testing.assert_allclose(decode_probabilities(stored), [[0, 0.2, 0.8, 1.0]])
-    summed = stored.astype(np.float32) + np.array([[255, 51, 0, 255]], np.float32)
-    np.testing.assert_allclose(decode_probabilities(summed, 2), [[0.5, 0.2, 0.4, 1.0]])
+    other = np.array([[255, 51, 0, 255]], np.uint8)
+    mean = np.float32(0.5) * stored.astype(np.float32) + np.float32(0.5) * other
+    np.testing.assert_allclose(decode_probabilities(mean), [[0.5, 0.2, 0.4, 1.0]])
     assert decode_probabilities(stored).dtype == np.float32

@@ -25,6 +25,7 @@ for variable, first in (
 
 from segflow.coco import DataError
 from segflow.probabilities import ids_path
+from segflow.splits import ALL_FOLDS as FULL
 from segflow.settings import (
     DEMO_ROOT,
     ConfigError,
@@ -83,7 +84,6 @@ FOLDS = (
 
 
 # cv.full_fit: every model x seed of every round is also fitted on all labelled images.
-FULL = "all"  # the fold name of the full fit (segflow.splits.ALL_FOLDS)
 FULL_FIT = config["cv"]["full_fit"]
 TRAINED_FOLDS = FOLDS + [FULL] if FULL_FIT else FOLDS
 # The single-model baselines train the first model of config["models"], as a competitor's
@@ -91,6 +91,8 @@ TRAINED_FOLDS = FOLDS + [FULL] if FULL_FIT else FOLDS
 # (b) the same, compute-matched, as a pseudo-round "matched" (results/matched/...).
 BASELINE_MODEL = next(iter(config["models"]))
 MATCHED = "matched"
+# Beside the rounds (results/demo/rounds.json) only where r0 trains (a) anyway.
+ROUND_BASELINES = ["recipe"] if FULL_FIT else []
 
 
 def train_settings(wildcards):
@@ -339,7 +341,7 @@ def rounds_entries_json():
     keys = ("test_labels", "test_ids", "summary")
     entries = {
         f"baseline {name}": {"test": path}
-        for name, path in baselines(["recipe"] if FULL_FIT else []).items()
+        for name, path in baselines(ROUND_BASELINES).items()
     }
     entries.update({r: {k: round_ensemble(r, k) for k in keys} for r in ROUNDS})
     return json.dumps(entries)

@@ -25,7 +25,7 @@ rule demo_rounds:
     """Demo test mIoU of baseline (a) and of each round's own ensemble: what each stage bought."""
     input:
         ensembles=[round_ensemble(r, "test_labels") for r in ROUNDS],
-        baseline=list(baselines(["recipe"] if FULL_FIT else []).values()),
+        baseline=list(baselines(ROUND_BASELINES).values()),
         truth=rules.demo.output.test_truth,
     output:
         rounds="results/demo/rounds.json",

@@ -42,10 +42,10 @@ def encode_probabilities(probabilities):
     return scaled.byte()  # torch: no torch import here, the steps that use it have it
 
 
-def decode_probabilities(stored: np.ndarray, summed: int = 1) -> np.ndarray:
-    """Stored uint8 maps -> float32 probabilities; ``summed``: how many sets were added up
-    (as float32) in ``stored``, whose mean is wanted."""
-    return np.asarray(stored, np.float32) / (float(SCALE) * summed)
+def decode_probabilities(stored: np.ndarray) -> np.ndarray:
+    """Stored uint8 maps (or a weighted mean of them, as float32) -> float32
+    probabilities."""
+    return np.asarray(stored, np.float32) / float(SCALE)
 
 
 @contextlib.contextmanager
@@ -104,7 +104,7 @@ class MemberProbabilities:
                 f"member {name}: weights {weights} must be one per test set, summing to 1"
             )
         self.name, self.kind = name, kind
-        self.weights = weights
+        self.weights = weights or [1.0 / len(npy_paths)] * len(npy_paths)
         self.rows: dict[str, tuple[int, int]] = {}  # image id -> (set, row)
         self.arrays = []
         for k, path in enumerate(npy_paths):
@@ -136,9 +136,6 @@ class MemberProbabilities:
             )
         if self.kind == "test":
             rows = [self.rows[i][1] for i in image_ids]
-            if self.weights is None:
-                summed = sum(a[rows].astype(np.float32) for a in self.arrays)
-                return decode_probabilities(summed, len(self.arrays))
             weighted = sum(
                 np.float32(w) * a[rows].astype(np.float32)
                 for w, a in zip(self.weights, self.arrays)

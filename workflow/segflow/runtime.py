@@ -34,7 +34,7 @@ def available_cores() -> int:
 def set_threads(threads: int) -> int:
     """Never more torch threads than the job has cores: Snakemake's ``threads`` (capped
     by --cores), and never more than the cores the process may run on, whoever started
-    it (more threads than cores is slower: 31 vs 43 img/s with 4 threads on 2 cores).
+    it: more threads than cores only contend for them and train slower.
     Returns the number set."""
     threads = max(1, min(threads, available_cores()))
     torch.set_num_threads(threads)

@@ -71,7 +71,7 @@ def fold_split(
     labelled = images[images["split"] == "train"].merge(
         folds, on="image_id", how="inner", validate="one_to_one"
     )
-    val = labelled[labelled["fold"] == fold] if fold is not None else labelled[:0]
+    val = labelled[labelled["fold"] == fold]  # fold None matches no row
     if val.empty and fold is not None:
         raise ValueError(
             f"fold {fold} has no validation images"
@@ -115,8 +115,6 @@ def fold_data(
     """Everything a fold job of any round trains and validates on; see module doc."""
     train, val = fold_split(images, folds, fold, round_labels.drop)
     in_other_folds = (folds["fold"] != fold) & folds["image_id"].isin(round_labels.drop)
-    if fold is None:  # the full fit: every dropped image was a training image
-        in_other_folds = folds["image_id"].isin(round_labels.drop)
     pseudo = pseudo_rows(images, round_labels.pseudo)
 
     def files(rows: pd.DataFrame, labels_dir) -> tuple[list[str], list[str]]:
