@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -293,3 +294,89 @@ def predict_fold(tiny_dataset, model_path, out_dir, *, fold=0, size=48, tta="hfl
         threads=2,
     )
     return out_dir
+
+
+# --- tiny real runs, shared by the workflow and the stage-contract tests -----------------
+
+TINY_MODELS = {
+    "fpn": {"arch": "FPN", "encoder": "mobilenet_v2"},
+    "unet": {"arch": "Unet", "encoder": "mobilenet_v2"},
+}
+# Cleaning on the tiny run flags exactly the worst quarter of the images by OOF IoU (no
+# object or missed region is judged on its own), and cleans their label issue pixels.
+# A 1-epoch model is unsure of every class: every class counts as learnt (the default
+# min_class_confidence, 0.2, would judge none) and a pseudo label is confident at 0.2.
+TINY_CLEAN = {
+    "enabled": True,
+    "worst_fraction": 0.25,
+    "min_region": 1.0,
+    "missed_region": 1.0,
+    "min_class_confidence": 0.0,
+    "gallery": 3,
+}
+TINY_PSEUDO = {"enabled": True, "confidence": 0.2, "min_coverage": 0.3}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """Round r0 on 16 + 6 images of 64 px: 2 models x (2 folds + the full fit), 1 epoch."""
+    workdir = tmp_path_factory.mktemp("run")
+    config = write_config(
+        workdir,
+        debug={"enabled": True, "images": 16, "epochs": 1},
+        cv={"folds": 2},
+        clean={"enabled": False},
+        pseudo={"enabled": False},
+        models=TINY_MODELS,
+        defaults={"batch_size": 4},
+        predict={"size": 32},
+        wandb={"mode": "disabled"},
+    )
+    snakemake(workdir, "--cores", "2")
+    return workdir, config
+
+
+def cleaning_run(tiny_run, tmp_path_factory, action: str):
+    """The tiny run with cleaning (``action``) and pseudo labels on, to the submission:
+    r0 is reused as it is; r1 trains on the cleaned labels and the pseudo-labelled test
+    images. The run's output is kept in snakemake.out."""
+    source, config = tiny_run
+    workdir = tmp_path_factory.mktemp(f"clean_{action}") / "run"
+    shutil.copytree(source, workdir, symlinks=True)  # copy2 keeps mtimes: r0 stays done
+    kept = {
+        k: v
+        for k, v in config.items()
+        if k not in ("demo", "threads", "clean", "pseudo")
+    }
+    config = write_config(
+        workdir, **kept, clean={**TINY_CLEAN, "action": action}, pseudo=TINY_PSEUDO
+    )
+    counts = job_counts(snakemake(workdir, "-n").stdout)
+    assert counts == {
+        "clean": 1,
+        "demo_noise": 1,
+        "pseudo_labels": 1,
+        "train": 6,
+        "predict": 6,
+        "oof_score": 2,
+        "ensemble": 1,  # r1's: r0's is the copied run's final ensemble, up to date
+        "submission": 1,
+        "demo_score": 1,
+        "demo_rounds": 1,
+        "all": 1,
+    }
+    run = snakemake(workdir, "--cores", "2")
+    (workdir / "snakemake.out").write_text(run.stdout + run.stderr)
+    return workdir, config
+
+
+@pytest.fixture(scope="session")
+def tiny_clean_run(tiny_run, tmp_path_factory):
+    """Cleaning with the default action, ``ignore``: flagged regions become 255."""
+    return cleaning_run(tiny_run, tmp_path_factory, "ignore")
+
+
+@pytest.fixture(scope="session")
+def tiny_relabel_run(tiny_run, tmp_path_factory):
+    """Cleaning with ``relabel``: flagged regions take the confident OOF class."""
+    return cleaning_run(tiny_run, tmp_path_factory, "relabel")

@@ -20,7 +20,7 @@ from segflow.labels import IGNORE_INDEX, instance_file, mask_file
 from segflow.noise_detection import annotation_detection, image_detection
 from segflow.probabilities import PredictionError
 from segflow.settings import clean_settings
-from segflow.splits import fold_split
+from segflow.splits import RoundLabels, fold_data, fold_split, label_changes
 
 
 def clean_config(**changes):
@@ -486,3 +486,88 @@ def test_detection_scores_against_the_manifest():
         and result["all"]["flagged"] == 4
         and result["missing"]["recall"] == 1.0
     )
+
+
+def test_each_class_is_judged_against_its_own_threshold():
+    """Class A is learnt but never sure (threshold 0.5), the others sure (0.9). An object
+    labelled B where the model says A at 0.6 is a swap by A's own threshold; any single
+    threshold for all classes that keeps background and B (0.9) misses it."""
+    label = box(4, 16, 4, 16, 2)
+    probabilities = confident_probabilities(np.zeros_like(label))
+    probabilities[:, 4:16, 4:16] = np.array([0.1, 0.6, 0.3])[:, None, None]
+    per_class = np.array([0.9, 0.5, 0.9])
+    _, (row,) = judged(label, None, [2], probabilities, thresholds=per_class)
+    assert row["flagged"] and row["suspected"] == "class" and row["other_class"] == 1
+    _, (row,) = judged(label, None, [2], probabilities, thresholds=np.full(3, 0.9))
+    assert not row["flagged"] and row["issue_share"] == 0.0
+
+
+def test_a_label_its_own_class_confidently_supports_is_no_issue():
+    """Where the label's own class reaches its threshold, another confident class does
+    not make the pixel an issue (both are plausible: the label stands)."""
+    label = box(4, 16, 4, 16, 1)
+    probabilities = confident_probabilities(label)
+    probabilities[:, 4:16, 4:16] = np.array([0.1, 0.45, 0.45])[:, None, None]
+    thresholds = np.array([0.9, 0.4, 0.4])
+    scores, (row,) = judged(label, None, [1], probabilities, thresholds=thresholds)
+    assert scores.supported[4:16, 4:16].all() and not scores.issue.any()
+    assert not row["flagged"] and row["issue_share"] == 0.0
+    # B alone confident: now the label is an issue, with B suggested.
+    probabilities[:, 4:16, 4:16] = np.array([0.1, 0.35, 0.55])[:, None, None]
+    scores, (row,) = judged(label, None, [1], probabilities, thresholds=thresholds)
+    assert scores.issue[4:16, 4:16].all() and (scores.suggested[4:16, 4:16] == 2).all()
+    assert row["flagged"] and row["other_class"] == 2
+
+
+def test_reported_class_thresholds_are_each_classs_mean_self_confidence(indexed):
+    root, ids = indexed
+    summary = run_clean(root, "drop")
+    stored = np.load(root / "oof" / "oof.npy").astype(np.float64) / 255
+    sums, counts = np.zeros(N_CLASSES), np.zeros(N_CLASSES)
+    for k, probabilities in enumerate(stored):
+        label = cv2.imread(str(mask_file(root / "masks", k)), cv2.IMREAD_UNCHANGED)
+        for c in range(N_CLASSES):
+            sums[c] += probabilities[c][label == c].sum()
+            counts[c] += (label == c).sum()
+    expected = sums / counts
+    # The fixture's classes differ (the missing object lowers background's), so one
+    # pooled threshold could not pass.
+    assert np.ptp(expected) > 0.01
+    assert list(summary["class_thresholds"].values()) == pytest.approx(
+        expected.tolist()
+    )
+
+
+def test_a_later_round_trains_on_the_cleaned_labels_and_says_how_they_differ(tmp_path):
+    """fold_data hands the cleaned masks to training, validation keeps the originals,
+    and label_changes counts what cleaning ignored and relabelled (known answer)."""
+    images = pd.DataFrame(
+        {
+            "image_id": ["i0", "i1", "i2", "i3"],
+            "coco_id": [0, 1, 2, 3],
+            "file_name": ["i0", "i1", "i2", "i3"],
+            "split": ["train"] * 4,
+        }
+    )
+    folds = pd.DataFrame({"image_id": ["i0", "i1", "i2", "i3"], "fold": [0, 0, 1, 1]})
+    original, cleaned = tmp_path / "masks", tmp_path / "cleaned"
+    original.mkdir()
+    cleaned.mkdir()
+    for k in range(4):
+        label = np.ones((4, 4), np.uint8)
+        cv2.imwrite(str(mask_file(original, k)), label)
+        if k == 2:  # fold 0 trains on it: 4 pixels ignored, 2 relabelled
+            label = label.copy()
+            label[0] = IGNORE_INDEX
+            label[1, :2] = 2
+        cv2.imwrite(str(mask_file(cleaned, k)), label)
+    labels = RoundLabels(cleaned, frozenset(), frozenset(), None)
+    data = fold_data(images, folds, 0, tmp_path, original, labels)
+    assert data.train_masks == [str(mask_file(cleaned, k)) for k in (2, 3)]
+    assert data.val_masks == [str(mask_file(original, k)) for k in (0, 1)]
+    assert label_changes(data, original) == {"ignored": 4 / 32, "relabelled": 2 / 32}
+    data = fold_data(images, folds, 1, tmp_path, original, labels)
+    assert label_changes(data, original) == {"ignored": 0.0, "relabelled": 0.0}
+    r0 = fold_data(images, folds, 0, tmp_path, original, RoundLabels.none())
+    assert r0.train_masks == [str(mask_file(original, k)) for k in (2, 3)]
+    assert label_changes(r0, original) == {"ignored": 0.0, "relabelled": 0.0}

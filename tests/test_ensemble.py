@@ -1,6 +1,7 @@
 """Ensemble math on hand-made probabilities; streaming equals in-memory; OOF tuning never hurts."""
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,6 +13,7 @@ from segflow.ensemble import combine, ensemble, tune_bias
 from segflow.io import read_ids
 from segflow.probabilities import PredictionError, ids_path
 from segflow.settings import ensemble_settings
+from stage_files import check_ensemble, probabilities_by_id, reference_miou
 
 C, H, W = 3, 8, 8
 
@@ -142,7 +144,32 @@ def test_oof_weighted_ensemble_never_below_the_best_member(three_members, method
     summary = run_ensemble(
         root, members, method=method, weights="oof", class_bias=False
     )
-    assert summary["oof_miou"] >= summary["best_member_oof_miou"] - 1e-12
+    # Each member's OOF mIoU from its own files, not from the summary.
+    label_of = labels_from(root)
+    best = 0.0
+    for files in members.values():
+        oof = probabilities_by_id(files["oof"])
+        ids = sorted(oof)
+        best = max(
+            best,
+            reference_miou(
+                np.stack([label_of(i, H) for i in ids]),
+                np.stack([oof[i].argmax(axis=0) for i in ids]),
+                C,
+            ),
+        )
+    assert summary["best_member_oof_miou"] == pytest.approx(best)
+    # The written OOF set scores what the summary says, at least the best member.
+    written = probabilities_by_id([root / "out" / "oof.npy"])
+    if method == "soft":
+        ids = sorted(written)
+        written_miou = reference_miou(
+            np.stack([label_of(i, H) for i in ids]),
+            np.stack([np.log(written[i] + 1e-4).argmax(axis=0) for i in ids]),
+            C,
+        )
+        assert written_miou == pytest.approx(summary["oof_miou"], abs=0.01)
+    assert summary["oof_miou"] >= best - 1e-12
     assert summary["oof_miou"] >= summary["oof_miou_equal_weights"] - 1e-12
     assert sum(m["weight"] for m in summary["members"].values()) == pytest.approx(1.0)
 
@@ -199,3 +226,127 @@ def test_members_with_different_images_are_an_error(three_members, tmp_path):
     broken["good"] = {k: v[:1] for k, v in members["good"].items()}  # one fold only
     with pytest.raises(PredictionError, match="different images"):
         run_ensemble(root, broken)
+
+
+def labels_from(root):
+    """label_of(image_id, size) as the ensemble reads it: the masks the index wrote."""
+    coco_ids = pd.read_parquet(root / "images.parquet").set_index("image_id")["coco_id"]
+
+    def label_of(image_id, size):
+        label = cv2.imread(str(root / "masks" / f"{coco_ids[image_id]}.png"), 0)
+        return cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST)
+
+    return label_of
+
+
+def test_reported_scores_weights_and_bias_are_recomputed_from_the_files(three_members):
+    root, members, _, _ = three_members
+    summary = run_ensemble(root, members, method="soft", weights="oof", class_bias=True)
+    # The fixture exercises what the report must carry: tuned unequal weights and a bias.
+    weights = [m["weight"] for m in summary["members"].values()]
+    assert summary["weights_chosen_from"] == "tuned" and len(set(weights)) == 3
+    assert summary["class_bias"] is not None and any(summary["class_bias"].values())
+    check_ensemble(summary, members, ["bg", "a", "b"], labels_from(root), root / "out")
+
+
+def test_a_full_fit_enters_the_test_probabilities_at_its_documented_share(
+    three_members,
+):
+    root, members, _, _ = three_members
+    with_full = {}
+    for name, files in members.items():
+        # The full fit of each member: its second fold model's test set, stored again.
+        full = root / "predict" / name / "fall-s0"
+        full.mkdir()
+        stored = np.load(files["test"][1])
+        np.save(full / "test.npy", 255 - stored)  # far from the folds' mean
+        (full / "test_ids.txt").write_text(Path(ids_path(files["test"][1])).read_text())
+        with_full[name] = {**files, "full": [str(full / "test.npy")]}
+    summary = run_ensemble(
+        root, with_full, method="soft", weights="oof", class_bias=True, full_weight=0.6
+    )
+    assert summary["full_fit_weight"] == 0.6
+    check_ensemble(
+        summary, with_full, ["bg", "a", "b"], labels_from(root), root / "out"
+    )
+
+
+def grid_trap(tmp_path, n_images=4, size=16, stride=2):
+    """Two members and labels where tuning on the pixel grid misleads: "grid" is right,
+    and sure, only at the tuning grid's pixels (every ``stride``-th row and column) and
+    confidently wrong elsewhere; "steady" is right, less sure, everywhere else and wrong
+    on the grid. Tuned on the grid, the ensemble leans on "grid"; on every pixel
+    "steady" alone is best."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, C, (n_images, size, size)).astype(np.uint8)
+    on_grid = np.zeros((size, size), bool)
+    on_grid[::stride, ::stride] = True
+    wrong = (labels + 1) % C
+
+    def member(class_map, sure):
+        p = np.full((n_images, C, size, size), (1 - sure) / (C - 1), np.float32)
+        np.put_along_axis(p, class_map[:, None].astype(np.int64), sure, axis=1)
+        return p
+
+    grid = member(np.where(on_grid, labels, wrong), 0.9)
+    steady = member(np.where(on_grid, wrong, labels), 0.5)
+    ids = [f"b/{i}.png" for i in range(n_images)]
+    (tmp_path / "masks").mkdir()
+    for i in range(n_images):
+        cv2.imwrite(str(tmp_path / "masks" / f"{i}.png"), labels[i])
+    pd.DataFrame(
+        {"image_id": ids, "coco_id": range(n_images), "split": "train"}
+    ).to_parquet(tmp_path / "images.parquet")
+    half = n_images // 2
+    members = {
+        name: write_member(
+            tmp_path / "predict",
+            name,
+            [p[:half], p[half:]],
+            [p[:2], p[2:4]],
+            [ids[:half], ids[half:]],
+            ["t/0.png", "t/1.png"],
+        )
+        for name, p in (("grid", grid), ("steady", steady))
+    }
+    return members
+
+
+def test_tuned_weights_that_lose_on_the_full_oof_give_way_to_the_best_member(tmp_path):
+    members = grid_trap(tmp_path)
+    # 4 images x 256 pixels, at most 1000 tuning pixels: a stride-2 grid.
+    summary = run_ensemble(
+        tmp_path,
+        members,
+        method="soft",
+        weights="oof",
+        class_bias=False,
+        tune_pixels=1000,
+    )
+    # On the grid the tuned weights are perfect; on every pixel they lose to "steady".
+    assert summary["oof_miou_tuned_weights"] < summary["best_member_oof_miou"]
+    assert summary["weights_chosen_from"] == "member:steady"
+    assert summary["members"]["steady"]["weight"] == 1.0
+    assert summary["members"]["grid"]["weight"] == 0.0
+    check_ensemble(
+        summary, members, ["bg", "a", "b"], labels_from(tmp_path), tmp_path / "out"
+    )
+    steady = probabilities_by_id(members["steady"]["oof"])
+    labels = [labels_from(tmp_path)(i, 16) for i in sorted(steady)]
+    assert summary["oof_miou"] == pytest.approx(
+        reference_miou(
+            np.stack(labels), np.stack([steady[i].argmax(0) for i in sorted(steady)]), C
+        )
+    )
+
+
+def test_an_image_in_the_oof_of_two_folds_is_an_error(three_members):
+    root, members, _, ids = three_members
+    oof_1 = Path(members["good"]["oof"][1])
+    listed = ids_path(oof_1).read_text().splitlines()
+    listed[0] = ids[0]  # fold 0 validated this image already
+    ids_path(oof_1).write_text("".join(f"{i}\n" for i in listed))
+    with pytest.raises(
+        PredictionError, match=rf"good: image {ids[0]} is in the OOF of two folds"
+    ):
+        run_ensemble(root, members)

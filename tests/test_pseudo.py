@@ -120,9 +120,20 @@ def test_pseudo_labels_keep_covered_images_at_their_own_size(test_set):
         and (half[7:] == IGNORE_INDEX).all()
     )
     assert summary["kept_images"] == 2 and summary["test_images"] == 3
-    assert summary["per_class"]["A"]["kept_share"] == pytest.approx(
-        summary["per_class"]["A"]["kept_pixels"]
-        / summary["per_class"]["A"]["predicted_pixels"]
+    # Per class: the pixels kept are those of the written masks; every pixel of the
+    # three 16x16 test images is predicted once.
+    per_class = summary["per_class"]
+    for k, name in enumerate(CLASSES):
+        assert per_class[name]["kept_pixels"] == (mask == k).sum() + (half == k).sum()
+    assert sum(c["predicted_pixels"] for c in per_class.values()) == 3 * 256
+    assert per_class["bg"]["predicted_pixels"] > per_class["A"]["predicted_pixels"] > 0
+    assert per_class["B"] == {
+        "predicted_pixels": 0,
+        "kept_pixels": 0,
+        "kept_share": None,
+    }
+    assert per_class["A"]["kept_share"] == pytest.approx(
+        ((mask == 1).sum() + (half == 1).sum()) / per_class["A"]["predicted_pixels"]
     )
     assert (test_set / "pseudo" / "summary.png").stat().st_size > 0
     assert json.loads((test_set / "pseudo" / "summary.json").read_text()) == summary

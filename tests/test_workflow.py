@@ -4,11 +4,21 @@ import json
 import re
 import shutil
 
+import cv2
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, job_counts, snakemake, write_coco, write_config
+from conftest import (
+    REPO,
+    TINY_MODELS,
+    job_counts,
+    snakemake,
+    write_coco,
+    write_config,
+)
+from stage_files import probabilities_by_id, reference_miou
 
 # Tests that name models fix them, whatever config.yaml's default models are.
 TWO_MODELS = {
@@ -363,32 +373,9 @@ def test_snakefmt_is_clean():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-# --- a tiny real run ------------------------------------------------------------------------
+# --- a tiny real run (conftest.tiny_run) ----------------------------------------------------
 
-TINY_MODELS = {
-    "fpn": {"arch": "FPN", "encoder": "mobilenet_v2"},
-    "unet": {"arch": "Unet", "encoder": "mobilenet_v2"},
-}
 TARGETS = ("all",)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """Round r0 on 16 + 6 images of 64 px: 2 models x (2 folds + the full fit), 1 epoch."""
-    workdir = tmp_path_factory.mktemp("run")
-    config = write_config(
-        workdir,
-        debug={"enabled": True, "images": 16, "epochs": 1},
-        cv={"folds": 2},
-        clean={"enabled": False},
-        pseudo={"enabled": False},
-        models=TINY_MODELS,
-        defaults={"batch_size": 4},
-        predict={"size": 32},
-        wandb={"mode": "disabled"},
-    )
-    snakemake(workdir, "--cores", "2")
-    return workdir, config
 
 
 def dry_run_with(workdir, config, tmp_path, **changes):
@@ -461,12 +448,13 @@ def test_tiny_run_eda_report_and_stats_agree_with_the_index(tiny_run):
 def test_tiny_run_trains_predicts_and_scores_every_model(tiny_run):
     workdir, _ = tiny_run
     results = workdir / "results" / "r0"
+    images = pd.read_parquet(workdir / "results" / "data" / "images.parquet")
+    images = images.set_index("image_id")
     for model in TINY_MODELS:
         summary = json.loads((results / "oof" / f"{model}.json").read_text())
-        assert (
-            summary["model"] == model
-            and 0 <= summary["miou"] <= 1
-            and summary["seeds"]["0"]["images"] == 16
+        assert summary["model"] == model and summary["seeds"]["0"]["images"] == 16
+        assert summary["miou"] == pytest.approx(
+            oof_miou_from_files(workdir / "results", images, model, "data/masks", "r0")
         )
         assert len(pd.read_csv(results / "oof" / f"{model}.csv")) == 16
         for fold in (0, 1):
@@ -506,11 +494,20 @@ def test_tiny_run_rerun_has_nothing_to_do(tiny_run, tmp_path):
     workdir, config = tiny_run
     counts, output = dry_run_with(workdir, config, tmp_path)
     assert counts == {} and "Nothing to be done" in output
-    reordered = {
-        key: config[key] for key in reversed(list(config))
-    }  # same config, keys reordered
+    # The same config with the keys of every mapping, nested ones too, in reverse order.
+    reordered = reversed_keys(config)
+    assert list(reordered["models"]["fpn"]) != list(config["models"]["fpn"])
+    assert list(reordered["cv"]) != list(config["cv"])
     counts, _ = dry_run_with(workdir, reordered, tmp_path)
     assert counts == {}
+
+
+def reversed_keys(value):
+    if isinstance(value, dict):
+        return {key: reversed_keys(value[key]) for key in reversed(list(value))}
+    if isinstance(value, list):
+        return [reversed_keys(item) for item in value]
+    return value
 
 
 def test_changing_one_models_lr_reruns_that_model_only(tiny_run, tmp_path):
@@ -584,16 +581,14 @@ def test_tiny_run_writes_a_valid_submission_and_a_demo_score(tiny_run):
         results / "submission" / "submission.csv", 256, len(config["classes"]), test_ids
     ) == len(test_ids)
     score = json.loads((results / "demo" / "score.json").read_text())
-    assert (
-        0 <= score["test_miou"] <= 1
-        and score["images"] == len(test_ids)
-        and score["size"] == 256
-    )
+    assert score["images"] == len(test_ids) and score["size"] == 256
+    # The submission's score (from the CSV) is r0's ensemble's (from its label maps).
+    rounds = json.loads((results / "demo" / "rounds.json").read_text())
+    assert score["test_miou"] == pytest.approx(rounds["r0"]["test_miou"])
     # The final ensemble is round r0's own: the same members are not ensembled twice.
     assert not (results / "ensemble").exists()
     summary = json.loads((results / "r0" / "ensemble" / "summary.json").read_text())
     assert set(summary["members"]) == {"r0/fpn/s0", "r0/unet/s0"}
-    assert summary["oof_miou"] >= summary["best_member_oof_miou"] - 1e-12
 
 
 def test_skipped_input_is_counted_in_the_report(tmp_path):
@@ -648,96 +643,117 @@ def test_skipped_input_is_counted_in_the_report(tmp_path):
 # --- label-noise cleaning and round r1 on top of the tiny run -------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_clean_run(tiny_run, tmp_path_factory):
-    """The tiny run with cleaning and pseudo labels on: r0 is reused as it is; cleaning
-    flags the worst quarter and drops it; r1 also trains on pseudo-labelled test images."""
-    source, config = tiny_run
-    workdir = tmp_path_factory.mktemp("clean") / "run"
-    shutil.copytree(
-        source, workdir, symlinks=True
-    )  # copy2 keeps mtimes: r0 stays up to date
-    clean = {
-        "enabled": True,
-        "action": "drop",
-        "worst_fraction": 0.25,
-        "min_region": 1.0,
-        "gallery": 3,
-    }
-    pseudo = {
-        "enabled": True,
-        "confidence": 0.2,
-        "min_coverage": 0.3,
-    }  # a 1-epoch model is not confident
-    config = write_config(
-        workdir,
-        **{
-            k: v
-            for k, v in config.items()
-            if k not in ("demo", "threads", "clean", "pseudo")
-        },
-        clean=clean,
-        pseudo=pseudo,
-    )
-    counts = job_counts(snakemake(workdir, "-n").stdout)
-    assert counts == {
-        "clean": 1,
-        "demo_noise": 1,
-        "pseudo_labels": 1,
-        "train": 6,
-        "predict": 6,
-        "oof_score": 2,
-        "ensemble": 1,  # r1's: r0's is the copied run's final ensemble, up to date
-        "submission": 1,
-        "demo_score": 1,
-        "demo_rounds": 1,
-        "all": 1,
-    }
-    run = snakemake(workdir, "--cores", "2")
-    (workdir / "snakemake.out").write_text(run.stdout + run.stderr)
-    return workdir, config
-
-
-def test_tiny_clean_run_drops_the_flagged_images_from_r1_training_only(tiny_clean_run):
+def test_tiny_clean_run_trains_r1_on_the_cleaned_labels(tiny_clean_run):
+    """ignore: the flagged images keep training with their flagged regions at 255."""
     workdir, _ = tiny_clean_run
     results = workdir / "results"
-    dropped = set((results / "clean" / "dropped.txt").read_text().split())
-    assert len(dropped) == 4  # a quarter of 16
-    images = pd.read_csv(results / "clean" / "images.csv")
-    assert (
-        set(images.loc[~images["train"], "image_id"]) == dropped
-        and images["flagged"].sum() == 4
-    )
+    images = pd.read_parquet(results / "data" / "images.parquet").set_index("image_id")
+    cleaned = pd.read_csv(results / "clean" / "images.csv").set_index("image_id")
+    assert cleaned["flagged"].sum() == 4 and cleaned["train"].all()  # a quarter of 16
+    assert (results / "clean" / "dropped.txt").read_text().split() == []
+    changed = set()
+    for image_id, coco_id in images.loc[cleaned.index, "coco_id"].items():
+        original, given = (
+            read_mask(results / d / f"{coco_id}.png")
+            for d in ("data/masks", "clean/masks")
+        )
+        if not np.array_equal(original, given):
+            changed.add(image_id)
+            assert set(np.unique(given[given != original])) == {255}  # only ignored
+    flagged = set(cleaned.index[cleaned["flagged"]])
+    assert changed and changed <= flagged  # cleaned masks differ visibly, flagged only
     folds = pd.read_csv(results / "folds" / "folds.csv").set_index("image_id")["fold"]
     pseudo = pd.read_csv(results / "pseudo" / "r1" / "images.csv")
     n_pseudo = int(pseudo["kept"].sum())
-    assert len(pseudo) == 6 and not set(pseudo["image_id"]) & set(
-        folds.index
-    )  # test images only
+    assert len(pseudo) == 6 and not set(pseudo["image_id"]) & set(folds.index)
     assert len(list((results / "pseudo" / "r1" / "masks").glob("*.png"))) == n_pseudo
+    ignored = []
     for model in TINY_MODELS:
-        for fold in (0, 1):
-            metrics = json.loads(
-                (
-                    results / "r1" / "train" / model / f"f{fold}-s0" / "metrics.json"
-                ).read_text()
+        for fold in (0, 1, "all"):
+            run = f"{model}/f{fold}-s0"
+            r0 = json.loads(
+                (results / "r0" / "train" / run / "metrics.json").read_text()
             )
-            in_train_folds = sum(folds[i] != fold for i in dropped)
-            assert (
-                metrics["dropped_images"] == in_train_folds
-                and metrics["train_images"] == 8 - in_train_folds
+            r1 = json.loads(
+                (results / "r1" / "train" / run / "metrics.json").read_text()
             )
-            assert (
-                metrics["val_images"] == 8
-            )  # validation keeps every labelled image of the fold
-            assert (
-                metrics["pseudo_images"] == n_pseudo > 0
-            )  # and training adds the pseudo-labelled test images
-            assert 0 <= metrics["val_miou_cleaned"] <= 1
+            assert r0["train_label_changes"] == {"ignored": 0.0, "relabelled": 0.0}
+            trained = [i for i in folds.index if fold == "all" or folds[i] != fold]
+            expected = label_changes_from_files(results, images, trained)
+            assert r1["train_label_changes"] == pytest.approx(expected)
+            ignored.append(expected["ignored"])
+            assert r1["train_images"] == len(trained) and r1["dropped_images"] == 0
+            assert r1["pseudo_images"] == n_pseudo > 0
+            if fold != "all":
+                assert r1["val_images"] == 8  # every labelled image of the fold
+    assert max(ignored) > 0
+    for model in TINY_MODELS:
         oof = json.loads((results / "r1" / "oof" / f"{model}.json").read_text())
         assert oof["miou_cleaned"] == pytest.approx(
-            oof["miou"]
-        )  # drop leaves the labels as they are
+            oof_miou_from_files(results, images, model, "clean/masks")
+        )
+        assert oof["miou"] == pytest.approx(
+            oof_miou_from_files(results, images, model, "data/masks")
+        )
+
+
+def read_mask(path):
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert mask is not None, path
+    return mask
+
+
+def label_changes_from_files(results, images, image_ids):
+    """Shares of the training pixels the cleaned masks ignore or relabel."""
+    pixels = ignored = relabelled = 0
+    for image_id in image_ids:
+        coco_id = images.loc[image_id, "coco_id"]
+        original = read_mask(results / "data" / "masks" / f"{coco_id}.png")
+        given = read_mask(results / "clean" / "masks" / f"{coco_id}.png")
+        pixels += original.size
+        ignored += ((given == 255) & (original != 255)).sum()
+        relabelled += ((given != original) & (given != 255) & (original != 255)).sum()
+    return {"ignored": ignored / pixels, "relabelled": relabelled / pixels}
+
+
+def oof_miou_from_files(results, images, model, masks, round_="r1"):
+    """A model's OOF mIoU over both folds against the labels under ``masks``."""
+    oof = probabilities_by_id(
+        [results / round_ / "predict" / model / f"f{f}-s0" / "oof.npy" for f in (0, 1)]
+    )
+    labels, predictions = [], []
+    for image_id, probabilities in oof.items():
+        label = read_mask(results / masks / f"{images.loc[image_id, 'coco_id']}.png")
+        size = probabilities.shape[-1]
+        labels.append(cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST))
+        predictions.append(probabilities.argmax(axis=0))
+    return reference_miou(np.stack(labels), np.stack(predictions), len(probabilities))
+
+
+def test_tiny_relabel_run_trains_r1_on_the_relabelled_masks(tiny_relabel_run):
+    """relabel: flagged regions take the confident OOF class, the unsure rest is 255."""
+    workdir, _ = tiny_relabel_run
+    results = workdir / "results"
+    images = pd.read_parquet(results / "data" / "images.parquet").set_index("image_id")
+    folds = pd.read_csv(results / "folds" / "folds.csv").set_index("image_id")["fold"]
+    shares = []
+    for fold in (0, 1, "all"):
+        r1 = json.loads(
+            (
+                results / "r1" / "train" / "fpn" / f"f{fold}-s0" / "metrics.json"
+            ).read_text()
+        )
+        trained = [i for i in folds.index if fold == "all" or folds[i] != fold]
+        expected = label_changes_from_files(results, images, trained)
+        assert r1["train_label_changes"] == pytest.approx(expected)
+        shares.append(expected["relabelled"])
+    assert max(shares) > 0  # some pixels really took another class
+    summary = json.loads((results / "clean" / "summary.json").read_text())
+    assert summary["settings"]["action"] == "relabel"
+    lines = (results / "submission" / "submission.csv").read_text().splitlines()
+    assert len(lines) == 1 + 6  # end to end: the submission comes from r1
+    ensemble = json.loads((results / "r1" / "ensemble" / "summary.json").read_text())
+    assert set(ensemble["members"]) == {"r1/fpn/s0", "r1/unet/s0"}
 
 
 def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r1(
@@ -778,9 +794,9 @@ def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r
     # The run ends with where the submission is and what each stage bought.
     printed = (workdir / "snakemake.out").read_text()
     assert "what each stage bought (demo test mIoU): baseline recipe/s0" in printed
-    assert set(rounds) == {"baseline recipe/s0", "r0", "r1"} and all(
-        0 <= r["test_miou"] <= 1 for r in rounds.values()
-    )
+    assert set(rounds) == {"baseline recipe/s0", "r0", "r1"}
+    score = json.loads((results / "demo" / "score.json").read_text())
+    assert rounds["r1"]["test_miou"] == pytest.approx(score["test_miou"])
     assert (results / "pseudo" / "r1" / "summary.png").is_file()
 
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
 
-from segflow.labels import mask_file
+from segflow.labels import IGNORE_INDEX, mask_file
 
 ALL_FOLDS = "all"  # the fold name of the full fit, in paths and on the command line
 
@@ -138,3 +140,35 @@ def fold_data(
         val_masks=val_masks,
         val_cleaned_masks=files(val, cleaned)[1] if cleaned is not None else None,
     )
+
+
+def label_changes(data: FoldData, masks_dir: str | Path) -> dict[str, float]:
+    """How the labels a fold job trains on differ from the index's, over its labelled
+    training images: the share of pixels ``ignored`` (IGNORE_INDEX where the index has a
+    class) and ``relabelled`` (another class). Both 0 in round r0; in a later round they
+    show what cleaning changed, and that the job really trains on the cleaned labels."""
+    pixels = ignored = relabelled = 0
+    for trained, coco_id in zip(data.train_masks, data.train["coco_id"]):
+        original = mask_file(masks_dir, coco_id)
+        if Path(trained) == original:  # round r0: nothing to compare
+            continue
+        given, original = _label(trained), _label(original)
+        if given.shape != original.shape:
+            raise ValueError(
+                f"{trained}: size {given.shape}, the index's {original.shape}"
+            )
+        pixels += given.size
+        was_labelled = original != IGNORE_INDEX
+        ignored += int(((given == IGNORE_INDEX) & was_labelled).sum())
+        relabelled += int(
+            ((given != original) & (given != IGNORE_INDEX) & was_labelled).sum()
+        )
+    pixels = max(pixels, 1)
+    return {"ignored": ignored / pixels, "relabelled": relabelled / pixels}
+
+
+def _label(path: str | Path) -> np.ndarray:
+    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise FileNotFoundError(f"{path}: label missing or unreadable")
+    return label

@@ -58,6 +58,7 @@ from segflow.splits import (
     RoundLabels,
     fold_data,
     kept_pseudo_images,
+    label_changes,
     parse_fold,
 )
 from segflow.tracking import (
@@ -368,6 +369,7 @@ def train(
         "train_images": len(data.train),
         "dropped_images": data.dropped,
         "pseudo_images": len(data.pseudo),
+        "train_label_changes": label_changes(data, masks_dir),
         "val_images": len(data.val),
         "presentations": presentations,
         "train_images_per_s": float(np.mean([h["images_per_s"] for h in history])),

@@ -1,0 +1,130 @@
+"""Independent recomputation of what a stage reports, from the files the stages write.
+
+Written from the documented file formats (README, segflow.probabilities' docstring) with
+plain numpy, never with the segflow function under test: a bug in a stage then shows as
+a difference between its report and these numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE = 255
+EPS = 1e-4  # the log-probability floor of soft voting (documented in segflow.ensemble)
+
+
+def reference_miou(labels, predictions, n_classes: int) -> float:
+    """The competition mIoU: one confusion matrix over every pixel given, 255 not
+    counted, classes absent from both label and prediction left out."""
+    labels, predictions = np.asarray(labels).ravel(), np.asarray(predictions).ravel()
+    keep = labels != IGNORE
+    labels, predictions = labels[keep].astype(int), predictions[keep].astype(int)
+    ious = []
+    for k in range(n_classes):
+        truth, predicted = labels == k, predictions == k
+        union = (truth | predicted).sum()
+        if union:
+            ious.append((truth & predicted).sum() / union)
+    return float(np.mean(ious))
+
+
+def ids_of(npy_path) -> list[str]:
+    return open(str(npy_path)[: -len(".npy")] + "_ids.txt").read().split()
+
+
+def probabilities_by_id(npy_paths) -> dict[str, np.ndarray]:
+    """Image id -> float64 probabilities (C, H, W) over the stored sets given."""
+    out = {}
+    for path in npy_paths:
+        stored = np.load(path)
+        for row, image_id in enumerate(ids_of(path)):
+            assert image_id not in out, f"{image_id} in two sets"
+            out[image_id] = stored[row].astype(np.float64) / 255
+    return out
+
+
+def member_test(files: dict, full_weight: float | None) -> dict[str, np.ndarray]:
+    """A member's test probabilities as documented: the mean of its fold models, mixed
+    with its full fit at ``full_weight`` where it has one."""
+    folds = [probabilities_by_id([path]) for path in files["test"]]
+    ids = list(folds[0])
+    mean = {i: sum(f[i] for f in folds) / len(folds) for i in ids}
+    if not files.get("full"):
+        return mean
+    full = [probabilities_by_id([path]) for path in files["full"]]
+    return {
+        i: (1 - full_weight) * mean[i]
+        + full_weight * sum(f[i] for f in full) / len(full)
+        for i in ids
+    }
+
+
+def soft_vote(probabilities: list[np.ndarray], weights, bias=None):
+    """(labels, weighted mean) of soft voting: argmax of log(mean + EPS) + bias."""
+    weights = np.asarray(weights, np.float64)
+    mean = sum(w * p for w, p in zip(weights, probabilities)) / weights.sum()
+    scores = np.log(mean + EPS)
+    if bias is not None:
+        scores = scores + np.asarray(bias, np.float64).reshape(-1, 1, 1)
+    return scores.argmax(axis=0), mean
+
+
+def check_ensemble(summary, members, classes, label_of, out_dir) -> None:
+    """Recompute an ensemble's report and its written sets from its members' files.
+
+    ``members``: name -> {"oof": [...], "test": [...], optionally "full": [...]} as the
+    ensemble rule passes them; ``label_of(image_id, size)``: the label map as read from
+    the masks; ``out_dir`` holds oof.npy, test.npy and test_labels.npy.
+    """
+    assert summary["method"] == "soft"
+    names = sorted(members)
+    n_classes = len(classes)
+    oof = {name: probabilities_by_id(members[name]["oof"]) for name in names}
+    oof_ids = sorted(oof[names[0]])
+    size = summary["size"]
+    labels = np.stack([label_of(i, size) for i in oof_ids])
+    for name in names:
+        predictions = np.stack([oof[name][i].argmax(axis=0) for i in oof_ids])
+        assert summary["members"][name]["oof_miou"] == _close(
+            reference_miou(labels, predictions, n_classes)
+        ), name
+    weights = [summary["members"][name]["weight"] for name in names]
+    bias = (
+        None
+        if summary["class_bias"] is None
+        else [summary["class_bias"][c] for c in classes]
+    )
+    voted = [soft_vote([oof[n][i] for n in names], weights, bias) for i in oof_ids]
+    predictions = np.stack([labels_ for labels_, _ in voted])
+    assert summary["oof_miou"] == _close(reference_miou(labels, predictions, n_classes))
+    assert summary["best_member_oof_miou"] == _close(
+        max(summary["members"][n]["oof_miou"] for n in names)
+    )
+    assert ids_of(out_dir / "oof.npy") == oof_ids
+    _assert_stored(out_dir / "oof.npy", np.stack([mean for _, mean in voted]))
+
+    test = {
+        name: member_test(members[name], summary["full_fit_weight"]) for name in names
+    }
+    test_ids = ids_of(out_dir / "test.npy")
+    assert sorted(test_ids) == sorted(test[names[0]])
+    voted = [soft_vote([test[n][i] for n in names], weights, bias) for i in test_ids]
+    _assert_stored(out_dir / "test.npy", np.stack([mean for _, mean in voted]))
+    test_labels = np.load(out_dir / "test_labels.npy")
+    expected = np.stack([labels_ for labels_, _ in voted])
+    # uint8 storage rounds each member's probability: a pixel whose two best classes
+    # are within that rounding may flip; nothing else may.
+    assert (test_labels == expected).mean() > 0.999
+
+
+def _close(value, tol=1e-9):
+    import pytest
+
+    return pytest.approx(value, abs=tol)
+
+
+def _assert_stored(path, mean) -> None:
+    """A stored set equals round(mean * 255) up to one step of float rounding."""
+    stored = np.load(path).astype(int)
+    assert stored.shape == mean.shape
+    assert np.abs(stored - np.round(mean * 255)).max() <= 1

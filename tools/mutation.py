@@ -1,0 +1,165 @@
+"""Mutation testing of the modules that compute or combine scores, with mutmut.
+
+    python tools/mutation.py [--work /tmp/segflow-mutation] [--max-children 2]
+
+What is mutated and which tests judge it is configured once, in pyproject.toml's
+``[tool.mutmut]``: ``only_mutate`` (the modules, by their path in this repository) and
+``pytest_add_cli_args_test_selection`` (the fast test files of those modules). mutmut
+names a module by its path under ``./`` or ``src/`` and segflow's package lives under
+``workflow/``, so this script runs mutmut in a staged copy where ``workflow/`` is
+``src/`` (schemas and templates move with it; nothing else changes), then prints the
+killed share per module and writes it, with every surviving mutant's diff, to
+``<work>/mutation.json``. The target is a killed share of at least 80% per module; the
+survivors judged harmless are listed with the reason in docs/mutation.md.
+
+Not in CI: a full run takes tens of minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = "workflow/"  # where the repository keeps segflow ...
+STAGED_ROOT = "src/"  # ... and where mutmut looks for it
+TARGET = 0.8
+
+
+def staged(path: str) -> str:
+    if not path.startswith(PACKAGE_ROOT):
+        sys.exit(f"ERROR: [tool.mutmut] path {path!r} is not under {PACKAGE_ROOT}")
+    return STAGED_ROOT + path[len(PACKAGE_ROOT) :]
+
+
+def toml_value(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return str(value)
+
+
+def stage(work: Path, config: dict) -> None:
+    """A copy of the repository where workflow/ is src/, with mutmut's staged config."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    shutil.copytree(
+        REPO / "workflow",
+        work / "src",
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "rules"),
+    )
+    shutil.copytree(
+        REPO / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy2(REPO / "config.yaml", work / "config.yaml")
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    mutmut = dict(config)
+    mutmut["source_paths"] = ["src/"]
+    mutmut["only_mutate"] = [staged(p) for p in config["only_mutate"]]
+    mutmut["also_copy"] = ["config.yaml"]
+    lines = ["[tool.pytest.ini_options]"]
+    for key, value in pyproject["tool"]["pytest"]["ini_options"].items():
+        lines.append(f"{key} = {toml_value(value)}")
+    lines.append("\n[tool.mutmut]")
+    lines += [f"{key} = {toml_value(value)}" for key, value in mutmut.items()]
+    (work / "pyproject.toml").write_text("\n".join(lines) + "\n")
+
+
+def module_of(meta_path: Path, mutants: Path) -> str:
+    relative = meta_path.relative_to(mutants).as_posix()[: -len(".meta")]
+    return PACKAGE_ROOT + relative[len(STAGED_ROOT) :]
+
+
+def results(work: Path) -> dict:
+    """Per module: mutant counts by status and the killed share; survivors' names."""
+    from mutmut.stats import status_by_exit_code
+
+    mutants = work / "mutants"
+    report = {}
+    for meta_path in sorted(mutants.rglob("*.py.meta")):
+        meta = json.loads(meta_path.read_text())
+        statuses = {
+            key: status_by_exit_code[code]
+            for key, code in meta["exit_code_by_key"].items()
+        }
+        counts = Counter(statuses.values())
+        judged = counts["killed"] + counts["survived"] + counts["timeout"]
+        killed = counts["killed"] + counts["timeout"]
+        report[module_of(meta_path, mutants)] = {
+            "mutants": len(statuses),
+            "statuses": dict(counts),
+            "killed_share": killed / judged if judged else None,
+            "survived": sorted(k for k, s in statuses.items() if s != "killed"),
+        }
+    return report
+
+
+def diff(work: Path, name: str) -> str:
+    shown = subprocess.run(
+        [sys.executable, "-m", "mutmut", "show", name],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
+    return shown.stdout
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/segflow-mutation"))
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--report-only", action="store_true", help="summarise the last run in --work"
+    )
+    args = parser.parse_args(argv)
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mutmut"]
+    if not args.report_only:
+        stage(args.work, config)
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mutmut",
+                "run",
+                "--max-children",
+                str(args.max_children),
+            ],
+            cwd=args.work,
+            env=env,
+            check=True,
+        )
+    report = results(args.work)
+    for module, row in report.items():
+        for name in row["survived"]:
+            row.setdefault("diffs", {})[name] = diff(args.work, name)
+    (args.work / "mutation.json").write_text(json.dumps(report, indent=2))
+    print(f"\n{'module':40s} {'mutants':>8s} {'killed':>7s} {'share':>6s}  statuses")
+    below = []
+    for module, row in report.items():
+        share = row["killed_share"]
+        print(
+            f"{module:40s} {row['mutants']:8d}"
+            f" {row['statuses'].get('killed', 0):7d}"
+            f" {'' if share is None else f'{share:6.1%}'}  {row['statuses']}"
+        )
+        if share is not None and share < TARGET:
+            below.append(module)
+    print(f"\nsurvivors and their diffs: {args.work / 'mutation.json'}")
+    if below:
+        print(f"below the {TARGET:.0%} target: {', '.join(below)}")
+
+
+if __name__ == "__main__":
+    main()
