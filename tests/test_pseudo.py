@@ -94,6 +94,8 @@ def run_pseudo(test_set, **settings):
 def test_pseudo_labels_keep_covered_images_at_their_own_size(test_set):
     summary = run_pseudo(test_set, confidence=0.9, min_coverage=0.3)
     table = pd.read_csv(test_set / "pseudo" / "images.csv")
+    assert table["image_id"].tolist() == ["t0.png", "t1.png", "t2.png"]
+    assert table["coco_id"].tolist() == [10, 11, 12]
     assert table["kept"].tolist() == [True, True, False] and table[
         "coverage"
     ].tolist() == pytest.approx([196 / 256, 86 / 256, 0.0])
