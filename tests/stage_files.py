@@ -1,31 +1,68 @@
 """Independent recomputation of what a stage reports, from the files the stages write.
 
 Written from the documented file formats (README, segflow.probabilities' docstring) with
-plain numpy, never with the segflow function under test: a bug in a stage then shows as
-a difference between its report and these numbers.
+numpy, OpenCV and sklearn, never with the segflow function under test: a bug in a stage
+then shows as a difference between its report and these numbers.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 IGNORE = 255
 EPS = 1e-4  # the log-probability floor of soft voting (documented in segflow.ensemble)
 
 
 def reference_miou(labels, predictions, n_classes: int) -> float:
-    """The competition mIoU: one confusion matrix over every pixel given, 255 not
-    counted, classes absent from both label and prediction left out."""
+    """The competition mIoU from sklearn's confusion matrix over every pixel given: 255
+    not counted, classes absent from both label and prediction left out."""
     labels, predictions = np.asarray(labels).ravel(), np.asarray(predictions).ravel()
     keep = labels != IGNORE
-    labels, predictions = labels[keep].astype(int), predictions[keep].astype(int)
+    cm = sk_confusion_matrix(
+        labels[keep], predictions[keep], labels=list(range(n_classes))
+    )
     ious = []
     for k in range(n_classes):
-        truth, predicted = labels == k, predictions == k
-        union = (truth | predicted).sum()
-        if union:
-            ious.append((truth & predicted).sum() / union)
+        tp, fp, fn = cm[k, k], cm[:, k].sum() - cm[k, k], cm[k, :].sum() - cm[k, k]
+        if tp + fp + fn:
+            ious.append(tp / (tp + fp + fn))
     return float(np.mean(ious))
+
+
+def read_mask(path) -> np.ndarray:
+    """A label file as written (class or instance map)."""
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert mask is not None, path
+    return mask
+
+
+def label_reader(images_path, masks_dir):
+    """label_of(image_id, size): the index's label of an image, resized (nearest) to
+    the stored probability size, as the scoring steps read it."""
+    coco_ids = pd.read_parquet(images_path).set_index("image_id")["coco_id"]
+
+    def label_of(image_id, size):
+        label = read_mask(Path(masks_dir) / f"{coco_ids[image_id]}.png")
+        return cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST)
+
+    return label_of
+
+
+def oof_miou(oof_paths, label_of, n_classes: int) -> float:
+    """A model's OOF mIoU over its folds' stored sets against ``label_of``'s labels."""
+    oof = probabilities_by_id(oof_paths)
+    ids = sorted(oof)
+    size = oof[ids[0]].shape[-1]
+    return reference_miou(
+        np.stack([label_of(i, size) for i in ids]),
+        np.stack([oof[i].argmax(axis=0) for i in ids]),
+        n_classes,
+    )
 
 
 def ids_of(npy_path) -> list[str]:

@@ -17,29 +17,20 @@ from conftest import TINY_MODELS, TINY_PSEUDO
 from stage_files import (
     check_ensemble,
     ids_of,
+    oof_miou,
     probabilities_by_id,
+    read_mask,
     reference_miou,
 )
+from stage_files import label_reader as stage_label_reader
 
 pytestmark = pytest.mark.workflow
 
 
-def read_mask(path):
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    assert mask is not None, path
-    return mask
-
-
 def label_reader(results):
-    coco_ids = pd.read_parquet(results / "data" / "images.parquet").set_index(
-        "image_id"
-    )["coco_id"]
-
-    def label_of(image_id, size):
-        label = read_mask(results / "data" / "masks" / f"{coco_ids[image_id]}.png")
-        return cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST)
-
-    return label_of
+    return stage_label_reader(
+        results / "data" / "images.parquet", results / "data" / "masks"
+    )
 
 
 def member_files(results, member):
@@ -80,18 +71,10 @@ def test_each_models_oof_score_is_recomputed_from_its_fold_files(tiny_clean_run)
             summary = json.loads(
                 (results / round_ / "oof" / f"{model}.json").read_text()
             )
-            oof = probabilities_by_id(
-                member_files(results, f"{round_}/{model}/s0")["oof"]
-            )
-            ids = sorted(oof)
-            size = oof[ids[0]].shape[-1]
-            expected = reference_miou(
-                np.stack([label_of(i, size) for i in ids]),
-                np.stack([oof[i].argmax(axis=0) for i in ids]),
-                len(config["classes"]),
-            )
+            files = member_files(results, f"{round_}/{model}/s0")["oof"]
+            expected = oof_miou(files, label_of, len(config["classes"]))
             assert summary["miou"] == pytest.approx(expected, abs=1e-9)
-            assert summary["seeds"]["0"]["images"] == len(ids) == 16
+            assert summary["seeds"]["0"]["images"] == 16
 
 
 def test_the_submission_is_the_final_ensembles_test_labels_resized(tiny_clean_run):

@@ -13,7 +13,12 @@ from segflow.ensemble import combine, ensemble, tune_bias
 from segflow.io import read_ids
 from segflow.probabilities import PredictionError, ids_path
 from segflow.settings import ensemble_settings
-from stage_files import check_ensemble, probabilities_by_id, reference_miou
+from stage_files import (
+    check_ensemble,
+    label_reader,
+    probabilities_by_id,
+    reference_miou,
+)
 
 C, H, W = 3, 8, 8
 
@@ -229,14 +234,8 @@ def test_members_with_different_images_are_an_error(three_members, tmp_path):
 
 
 def labels_from(root):
-    """label_of(image_id, size) as the ensemble reads it: the masks the index wrote."""
-    coco_ids = pd.read_parquet(root / "images.parquet").set_index("image_id")["coco_id"]
-
-    def label_of(image_id, size):
-        label = cv2.imread(str(root / "masks" / f"{coco_ids[image_id]}.png"), 0)
-        return cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST)
-
-    return label_of
+    """label_of(image_id, size) as the ensemble reads it: the masks the fixture wrote."""
+    return label_reader(root / "images.parquet", root / "masks")
 
 
 def test_reported_scores_weights_and_bias_are_recomputed_from_the_files(three_members):

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import write_coco
 from segflow.demo_score import demo_score
 from segflow.labels import mask_file
 from segflow.oof_score import oof_score
@@ -134,25 +135,12 @@ def polygon_coco(tmp_path):
         {"id": 1, "file_name": "A.png", "height": 8, "width": 8},
         {"id": 2, "file_name": "B.png", "height": 8, "width": 8},
     ]
-    annotations = [
-        {
-            "id": 1,
-            "image_id": 1,
-            "category_id": 1,
-            "segmentation": [[0, 0, 8, 0, 8, 8, 0, 8]],
-            "area": 64,
-            "bbox": [0, 0, 8, 8],
-            "iscrowd": 0,
-        }
-    ]
+    whole = {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0}
+    whole["segmentation"] = [[0, 0, 8, 0, 8, 8, 0, 8]]
     categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
-    path = tmp_path / "truth.json"
-    path.write_text(
-        json.dumps(
-            {"images": images, "annotations": annotations, "categories": categories}
-        )
+    return write_coco(
+        tmp_path, "truth.json", images, [whole], categories, write_images=False
     )
-    return path
 
 
 def test_the_demo_score_is_one_confusion_matrix_over_the_submission(tmp_path):

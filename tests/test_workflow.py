@@ -4,13 +4,13 @@ import json
 import re
 import shutil
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from conftest import (
+    DEFAULT_CONFIG,
     REPO,
     TINY_MODELS,
     job_counts,
@@ -18,7 +18,7 @@ from conftest import (
     write_coco,
     write_config,
 )
-from stage_files import probabilities_by_id, reference_miou
+from stage_files import label_reader, oof_miou, read_mask
 
 # Tests that name models fix them, whatever config.yaml's default models are.
 TWO_MODELS = {
@@ -448,13 +448,11 @@ def test_tiny_run_eda_report_and_stats_agree_with_the_index(tiny_run):
 def test_tiny_run_trains_predicts_and_scores_every_model(tiny_run):
     workdir, _ = tiny_run
     results = workdir / "results" / "r0"
-    images = pd.read_parquet(workdir / "results" / "data" / "images.parquet")
-    images = images.set_index("image_id")
     for model in TINY_MODELS:
         summary = json.loads((results / "oof" / f"{model}.json").read_text())
         assert summary["model"] == model and summary["seeds"]["0"]["images"] == 16
         assert summary["miou"] == pytest.approx(
-            oof_miou_from_files(workdir / "results", images, model, "data/masks", "r0")
+            oof_miou_from_files(workdir / "results", model, "data/masks", "r0")
         )
         assert len(pd.read_csv(results / "oof" / f"{model}.csv")) == 16
         for fold in (0, 1):
@@ -690,17 +688,11 @@ def test_tiny_clean_run_trains_r1_on_the_cleaned_labels(tiny_clean_run):
     for model in TINY_MODELS:
         oof = json.loads((results / "r1" / "oof" / f"{model}.json").read_text())
         assert oof["miou_cleaned"] == pytest.approx(
-            oof_miou_from_files(results, images, model, "clean/masks")
+            oof_miou_from_files(results, model, "clean/masks")
         )
         assert oof["miou"] == pytest.approx(
-            oof_miou_from_files(results, images, model, "data/masks")
+            oof_miou_from_files(results, model, "data/masks")
         )
-
-
-def read_mask(path):
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    assert mask is not None, path
-    return mask
 
 
 def label_changes_from_files(results, images, image_ids):
@@ -716,18 +708,13 @@ def label_changes_from_files(results, images, image_ids):
     return {"ignored": ignored / pixels, "relabelled": relabelled / pixels}
 
 
-def oof_miou_from_files(results, images, model, masks, round_="r1"):
+def oof_miou_from_files(results, model, masks, round_="r1"):
     """A model's OOF mIoU over both folds against the labels under ``masks``."""
-    oof = probabilities_by_id(
-        [results / round_ / "predict" / model / f"f{f}-s0" / "oof.npy" for f in (0, 1)]
-    )
-    labels, predictions = [], []
-    for image_id, probabilities in oof.items():
-        label = read_mask(results / masks / f"{images.loc[image_id, 'coco_id']}.png")
-        size = probabilities.shape[-1]
-        labels.append(cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST))
-        predictions.append(probabilities.argmax(axis=0))
-    return reference_miou(np.stack(labels), np.stack(predictions), len(probabilities))
+    label_of = label_reader(results / "data" / "images.parquet", results / masks)
+    files = [
+        results / round_ / "predict" / model / f"f{f}-s0" / "oof.npy" for f in (0, 1)
+    ]
+    return oof_miou(files, label_of, len(DEFAULT_CONFIG["classes"]))
 
 
 def test_tiny_relabel_run_trains_r1_on_the_relabelled_masks(tiny_relabel_run):

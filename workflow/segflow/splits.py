@@ -16,11 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pandas as pd
 
-from segflow.labels import IGNORE_INDEX, mask_file
+from segflow.labels import IGNORE_INDEX, mask_file, read_label
 
 ALL_FOLDS = "all"  # the fold name of the full fit, in paths and on the command line
 
@@ -149,10 +147,11 @@ def label_changes(data: FoldData, masks_dir: str | Path) -> dict[str, float]:
     show what cleaning changed, and that the job really trains on the cleaned labels."""
     pixels = ignored = relabelled = 0
     for trained, coco_id in zip(data.train_masks, data.train["coco_id"]):
-        original = mask_file(masks_dir, coco_id)
-        if Path(trained) == original:  # round r0: nothing to compare
+        trained_dir = Path(trained).parent
+        if trained_dir == Path(masks_dir):  # round r0: nothing to compare
             continue
-        given, original = _label(trained), _label(original)
+        given = read_label(trained_dir, coco_id)
+        original = read_label(masks_dir, coco_id)
         if given.shape != original.shape:
             raise ValueError(
                 f"{trained}: size {given.shape}, the index's {original.shape}"
@@ -165,10 +164,3 @@ def label_changes(data: FoldData, masks_dir: str | Path) -> dict[str, float]:
         )
     pixels = max(pixels, 1)
     return {"ignored": ignored / pixels, "relabelled": relabelled / pixels}
-
-
-def _label(path: str | Path) -> np.ndarray:
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if label is None:
-        raise FileNotFoundError(f"{path}: label missing or unreadable")
-    return label
