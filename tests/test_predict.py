@@ -1,6 +1,4 @@
-"""Probability export (TTA, uint8 memmaps) and OOF scoring on tiny real data."""
-
-import json
+"""Probability export (TTA, uint8 memmaps) on tiny real data: trained, then predicted."""
 
 import numpy as np
 import pandas as pd
@@ -10,9 +8,7 @@ import torch
 from conftest import CLASSES, predict_fold, train_fold
 from segflow.checkpoints import load_checkpoint
 from segflow.io import read_ids
-from segflow.oof_score import oof_score
 from segflow.predict import Softmax, tta_model
-from segflow.probabilities import PredictionError
 
 
 @pytest.fixture(scope="module")
@@ -27,27 +23,6 @@ def predicted(tiny_dataset, tmp_path_factory):
             predict_fold(tiny_dataset, model, root / f"predict/f{fold}-s0", fold=fold)
         )
     return root, dirs
-
-
-def runs_of(dirs, folds=(0, 1)):
-    """oof_score's runs: fold, seed and OOF file of each predict folder."""
-    return [
-        {"fold": f, "seed": 0, "oof": str(d / "oof.npy")} for f, d in zip(folds, dirs)
-    ]
-
-
-def score(tiny_dataset, tmp_path, runs, name="x"):
-    return oof_score(
-        model_name="fpn",
-        runs=runs,
-        images_path=tiny_dataset["images"],
-        folds_path=tiny_dataset["folds"],
-        masks_dir=tiny_dataset["masks"],
-        classes=CLASSES,
-        out_json=tmp_path / f"{name}.json",
-        out_csv=tmp_path / f"{name}.csv",
-        cleaned_masks_dir=None,
-    )
 
 
 def test_probabilities_are_uint8_memmaps_with_ids(predicted, tiny_dataset):
@@ -87,62 +62,3 @@ def test_hflip_tta_averages_probabilities_of_both_views(predicted):
     )
     with pytest.raises(ValueError, match="multiscale"):
         tta_model(model, "multiscale", (72, 72), 32)
-
-
-def test_oof_score_merges_folds_and_writes_per_image_table(
-    predicted, tiny_dataset, tmp_path
-):
-    _, dirs = predicted
-    summary = score(tiny_dataset, tmp_path, runs_of(dirs), name="fpn")
-    assert json.loads((tmp_path / "fpn.json").read_text()) == summary
-    assert 0 <= summary["miou"] <= 1 and summary["seeds"]["0"]["images"] == 24
-    table = pd.read_csv(tmp_path / "fpn.csv")
-    assert (
-        len(table) == 24
-        and table["image_id"].is_unique
-        and table["iou"].between(0, 1).all()
-    )
-    assert set(table["fold"]) == {0, 1}
-
-
-def test_a_missing_fold_is_an_error_naming_model_and_seed(
-    predicted, tiny_dataset, tmp_path
-):
-    _, dirs = predicted
-    with pytest.raises(
-        PredictionError,
-        match=r"model fpn, seed 0: 12 validation images have no OOF prediction",
-    ):
-        score(tiny_dataset, tmp_path, runs_of(dirs[:1]))
-    assert not (tmp_path / "x.json").exists()
-
-
-def test_ids_of_another_fold_are_an_error_naming_the_fold(
-    predicted, tiny_dataset, tmp_path
-):
-    _, dirs = predicted
-    swapped = tmp_path / "f1-s0"
-    swapped.mkdir()
-    (swapped / "oof.npy").symlink_to(dirs[0] / "oof.npy")
-    (swapped / "oof_ids.txt").write_text(
-        (dirs[0] / "oof_ids.txt").read_text()
-    )  # fold 0's images, named fold 1
-    with pytest.raises(
-        PredictionError,
-        match=r"model fpn, seed 0, fold 1 .*not validation images of fold 1",
-    ):
-        score(tiny_dataset, tmp_path, runs_of([dirs[0], swapped]))
-
-
-def test_an_image_listed_twice_in_one_fold_is_an_error(
-    predicted, tiny_dataset, tmp_path
-):
-    """An id sidecar that lists an image twice cannot be scored: one row would be lost."""
-    _, dirs = predicted
-    copy = tmp_path / "f0-s0"
-    copy.mkdir()
-    (copy / "oof.npy").symlink_to(dirs[0] / "oof.npy")
-    ids = (dirs[0] / "oof_ids.txt").read_text().splitlines()
-    (copy / "oof_ids.txt").write_text("".join(f"{i}\n" for i in [ids[1], *ids[1:]]))
-    with pytest.raises(PredictionError, match=r"fold 0 .*an image id is listed twice"):
-        score(tiny_dataset, tmp_path, runs_of([copy, dirs[1]]))
