@@ -58,7 +58,11 @@ def write_config(workdir: Path, **changes) -> dict:
 
 
 def snakemake(
-    workdir: Path, *args: str, check: bool = True
+    workdir: Path,
+    *args: str,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
 ) -> subprocess.CompletedProcess:
     """Run the Snakemake CLI (which reads the workflow profile) on the repo's Snakefile."""
     command = [
@@ -71,7 +75,9 @@ def snakemake(
         str(workdir),
         *args,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=env
+    )
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"

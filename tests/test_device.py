@@ -33,3 +33,83 @@ def test_no_gpu_means_cpu(monkeypatch):
     assert device.select_device() == "cpu"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert device.select_device() == "cpu"
+
+
+# A job as train and predict start one: select the device, say which, then work until
+# told to stop (a file appears) or killed.
+JOB = """
+import os, sys, time
+from pathlib import Path
+from segflow.device import select_device
+select_device()
+Path(sys.argv[1]).write_text(os.environ["CUDA_VISIBLE_DEVICES"])
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.05)
+"""
+
+
+def start_job(tmp_path, name: str, devices: str) -> tuple:
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": devices,
+        "SEGFLOW_GPU_LOCK_DIR": str(tmp_path / "locks"),
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    chosen, stop = tmp_path / f"{name}.device", tmp_path / f"{name}.stop"
+    process = subprocess.Popen([sys.executable, "-c", JOB, chosen, stop], env=env)
+    return process, chosen, stop
+
+
+def wait_for(path, process, timeout_s=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert process.poll() is None, f"job exited with {process.returncode}"
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout_s} s"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def test_concurrent_jobs_on_a_multi_gpu_node_each_take_their_own_device(tmp_path):
+    """Four simulated GPUs, four jobs at once: four different devices. A fifth job waits
+    until one frees: when a job ends, and when a job is killed (kill -9)."""
+    import signal
+    import time
+
+    devices = "0,1,2,3"
+    jobs = [start_job(tmp_path, f"job{i}", devices) for i in range(4)]
+    try:
+        taken = [wait_for(chosen, process) for process, chosen, _ in jobs]
+        assert sorted(taken) == ["0", "1", "2", "3"]
+
+        waiting, waiting_chosen, waiting_stop = start_job(tmp_path, "job4", devices)
+        jobs.append((waiting, waiting_chosen, waiting_stop))
+        time.sleep(4.0)  # longer than the 2 s between its tries: it must still wait
+        assert not waiting_chosen.exists()
+        assert waiting.poll() is None
+
+        ended, _, ended_stop = jobs[1]
+        ended_stop.touch()  # job 1 ends normally
+        ended.wait(timeout=30)
+        assert wait_for(waiting_chosen, waiting) == taken[1]
+
+        late, late_chosen, _ = start_job(tmp_path, "job5", devices)
+        jobs.append((late, late_chosen, tmp_path / "job5.stop"))
+        time.sleep(4.0)
+        assert not late_chosen.exists()
+        killed = jobs[2][0]
+        killed.send_signal(signal.SIGKILL)  # job 2 dies without cleaning up
+        killed.wait(timeout=30)
+        assert wait_for(late_chosen, late) == taken[2]
+    finally:
+        for _, _, stop in jobs:
+            stop.touch()
+        for process, _, _ in jobs:
+            try:
+                process.wait(timeout=30)
+            except Exception:
+                process.kill()

@@ -31,6 +31,9 @@ rule clean:
         "results/benchmarks/clean.tsv"
     conda:
         ENV
+    resources:
+        mem_mb=job_memory_mb(config, "clean"),
+        runtime=job_runtime_minutes(config, "clean"),
     params:
         settings=clean_settings(config).to_json(),
         sources=json.dumps(clean_sources(), sort_keys=True),
@@ -60,6 +63,9 @@ rule demo_noise:
         "results/logs/demo_noise.log",
     conda:
         ENV
+    resources:
+        mem_mb=job_memory_mb(config, "demo_noise"),
+        runtime=job_runtime_minutes(config, "demo_noise"),
     shell:
         "python -m segflow.noise_detection --flags {input.flags} --images {input.images}"
         " --noise {input.noise} --clean-truth {input.truth} --out {output.detection}"

@@ -34,6 +34,8 @@ from segflow.settings import (
     data_paths,
     demo_settings,
     ensemble_settings,
+    job_memory_mb,
+    job_runtime_minutes,
     prediction_size,
     prediction_tta,
     pseudo_settings,
@@ -99,6 +101,21 @@ def train_settings(wildcards):
     """JSON of what training reads, keys sorted: a change reruns this model's jobs only."""
     round_ = "r0" if wildcards.round == MATCHED else wildcards.round
     return round_model_settings(config, wildcards.model, round_).to_json()
+
+
+def train_runtime_minutes(wildcards):
+    """A training job's time limit on a cluster: it grows with the epochs it trains. The
+    compute-matched baseline trains as long as every training job of the pipeline."""
+    if wildcards.round == MATCHED:
+        epochs = sum(
+            round_model_settings(config, model, round_).epochs
+            for round_ in ROUNDS
+            for model in MODELS
+            for fold in TRAINED_FOLDS
+        )
+    else:
+        epochs = round_model_settings(config, wildcards.model, wildcards.round).epochs
+    return job_runtime_minutes(config, "train", epochs)
 
 
 def oof_runs(wildcards):

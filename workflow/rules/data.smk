@@ -14,6 +14,9 @@ rule index:
     conda:
         ENV
     threads: config["threads"]["index"]
+    resources:
+        mem_mb=job_memory_mb(config, "index"),
+        runtime=job_runtime_minutes(config, "index"),
     params:
         root=DATA.root,
         classes=CLASSES_JSON,

@@ -14,6 +14,9 @@ rule demo:
         "results/logs/demo.log",
     conda:
         ENV
+    resources:
+        mem_mb=job_memory_mb(config, "demo"),
+        runtime=job_runtime_minutes(config, "demo"),
     params:
         root=lambda wildcards, output: os.path.dirname(output.train),
         classes=CLASSES_JSON,

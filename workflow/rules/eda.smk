@@ -26,6 +26,9 @@ rule eda:
         "results/benchmarks/eda.tsv"
     conda:
         ENV
+    resources:
+        mem_mb=job_memory_mb(config, "eda"),
+        runtime=job_runtime_minutes(config, "eda"),
     params:
         root=DATA.root,
         classes=CLASSES_JSON,

@@ -19,6 +19,9 @@ rule ensemble:
         "results/benchmarks/{ensemble}.tsv"
     conda:
         ENV
+    resources:
+        mem_mb=job_memory_mb(config, "ensemble"),
+        runtime=job_runtime_minutes(config, "ensemble"),
     params:
         settings=ensemble_settings(config).to_json(),
         members=ensemble_members_json,
@@ -44,6 +47,9 @@ rule submission:
         "results/logs/submission.log",
     conda:
         ENV
+    resources:
+        mem_mb=job_memory_mb(config, "submission"),
+        runtime=job_runtime_minutes(config, "submission"),
     params:
         size=config["submission"]["size"],
         n_classes=len(config["classes"]),

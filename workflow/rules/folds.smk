@@ -9,6 +9,9 @@ rule folds:
         "results/logs/folds.log",
     conda:
         ENV
+    resources:
+        mem_mb=job_memory_mb(config, "folds"),
+        runtime=job_runtime_minutes(config, "folds"),
     params:
         method=config["cv"]["method"],
         folds=config["cv"]["folds"],

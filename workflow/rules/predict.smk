@@ -18,6 +18,8 @@ rule predict:
     threads: config["threads"]["predict"]
     resources:
         gpu=1,
+        mem_mb=job_memory_mb(config, "predict"),
+        runtime=job_runtime_minutes(config, "predict"),
     params:
         root=DATA.root,
         size=prediction_size(config),
@@ -50,6 +52,9 @@ rule oof_score:
         "results/benchmarks/{round}/oof/{model}.tsv"
     conda:
         ENV
+    resources:
+        mem_mb=job_memory_mb(config, "oof_score"),
+        runtime=job_runtime_minutes(config, "oof_score"),
     params:
         classes=CLASSES_JSON,
         runs=oof_runs,

@@ -19,6 +19,9 @@ rule pseudo_labels:
         "results/benchmarks/{round}/pseudo_labels.tsv"
     conda:
         ENV
+    resources:
+        mem_mb=job_memory_mb(config, "pseudo_labels"),
+        runtime=job_runtime_minutes(config, "pseudo_labels"),
     params:
         classes=CLASSES_JSON,
         settings=pseudo_settings(config).to_json(),

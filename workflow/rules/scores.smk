@@ -13,6 +13,9 @@ rule demo_score:
         "results/logs/demo_score.log",
     conda:
         ENV
+    resources:
+        mem_mb=job_memory_mb(config, "demo_score"),
+        runtime=job_runtime_minutes(config, "demo_score"),
     params:
         classes=CLASSES_JSON,
         size=config["submission"]["size"],
@@ -38,6 +41,9 @@ rule demo_rounds:
         "results/logs/demo_rounds.log",
     conda:
         ENV
+    resources:
+        mem_mb=job_memory_mb(config, "demo_rounds"),
+        runtime=job_runtime_minutes(config, "demo_rounds"),
     params:
         entries=rounds_entries_json(),
         classes=CLASSES_JSON,
@@ -61,6 +67,9 @@ rule demo_baselines:
         "results/logs/demo_baselines.log",
     conda:
         ENV
+    resources:
+        mem_mb=job_memory_mb(config, "demo_baselines"),
+        runtime=job_runtime_minutes(config, "demo_baselines"),
     params:
         entries=json.dumps(
             {k: {"test": v} for k, v in baselines(["recipe", "matched"]).items()}

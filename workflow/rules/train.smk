@@ -18,6 +18,8 @@ rule train:
     threads: config["threads"]["train"]
     resources:
         gpu=1,
+        mem_mb=job_memory_mb(config, "train"),
+        runtime=train_runtime_minutes,
     params:
         settings=train_settings,
         root=DATA.root,

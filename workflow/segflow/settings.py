@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,6 +210,23 @@ def round_model_settings(config: dict, model: str, round_: str) -> ModelSettings
         lr=retrain["lr"] or settings.lr,
         warmup_epochs=retrain["warmup_epochs"],
     )
+
+
+def job_memory_mb(config: dict, rule: str) -> int:
+    """Memory a job of ``rule`` asks a cluster scheduler for (``resources.mem_mb``)."""
+    memory = config["resources"]["mem_mb"]
+    return memory.get(rule, memory["default"])
+
+
+def job_runtime_minutes(config: dict, rule: str, epochs: int | None = None) -> int:
+    """Time limit of a job of ``rule`` (``resources.runtime``): a training job's grows with
+    the ``epochs`` it trains, the others take their rule's value or the default."""
+    runtime = config["resources"]["runtime"]
+    if rule == "train":
+        if epochs is None:
+            raise ValueError("a training job's runtime needs its epochs")
+        return math.ceil(runtime["train_start"] + runtime["train_per_epoch"] * epochs)
+    return runtime.get(rule, runtime["default"])
 
 
 def prediction_tta(config: dict, model: str) -> str:
