@@ -50,3 +50,46 @@ def test_every_case_of_the_robustness_page_names_an_existing_test():
     for path in (REPO / "tests").glob("test_*.py"):
         defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), flags=re.M))
     assert len(named) >= 40 and named <= defined, sorted(named - defined)
+
+
+def test_readme_wandb_sync_path_is_where_offline_runs_land():
+    """wandb writes its runs into a wandb/ folder inside the directory it is given (see
+    test_train's offline test); the README's sync command must name that folder."""
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    wandb_dir = re.search(r'^WANDB_DIR = "([^"]+)"', common, flags=re.M).group(1)
+    readme = (REPO / "README.md").read_text()
+    assert f"`wandb sync {wandb_dir}/wandb/offline-run-*`" in readme
+
+
+def test_readme_debug_one_liner_runs_the_debug_sample(tmp_path):
+    """The README's one line runs debug mode: the index samples debug.images images per
+    split and every model trains debug.epochs epochs; everything else is config.yaml's."""
+    import json
+    import shutil
+
+    from conftest import snakemake, write_config
+
+    line = re.search(r"`snakemake (--configfile debug\.yaml) -- submission`", readme())
+    assert line, "README: no debug one-liner"
+    config = write_config(tmp_path)
+    assert not config["debug"]["enabled"]
+    shutil.copy(REPO / "debug.yaml", tmp_path / "debug.yaml")
+    run = snakemake(tmp_path, "-n", "-p", *line.group(1).split(), "--", "submission")
+    printed = run.stdout + run.stderr
+    assert "--sample 16 " in printed
+    trained = re.findall(r"segflow\.train --settings '(\{.*?\})'", printed)
+    assert trained and all(json.loads(s)["epochs"] == 1 for s in trained)
+    # Without the overlay: the full data and the config's epochs.
+    plain = snakemake(tmp_path, "-n", "-p", "--", "submission")
+    assert "--sample 0 " in plain.stdout + plain.stderr
+    epochs = {
+        json.loads(s)["epochs"]
+        for s in re.findall(
+            r"segflow\.train --settings '(\{.*?\})'", plain.stdout + plain.stderr
+        )
+    }
+    assert epochs and 1 not in epochs
+
+
+def readme() -> str:
+    return (REPO / "README.md").read_text()
