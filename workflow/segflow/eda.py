@@ -16,6 +16,7 @@ import jinja2
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from segflow.io import atomic_dir, atomic_path, write_json
 from segflow.labels import mask_file
@@ -126,21 +127,20 @@ def make_eda(
     )
     stats = dataset_stats(images, annotations, skipped, classes)
     palette = class_palette(len(classes))
-    short = [name if len(name) <= 12 else name[:11] + "." for name in classes]
 
     figures = {
         "splits": ("Images per split and group", _fig_splits(images, annotations)),
         "class_share": (
             "Class share by pixels and by instances",
-            _fig_class_share(stats, short, palette),
+            _fig_class_share(stats, classes, palette),
         ),
         "images_per_class": (
             "Images containing each class",
-            _fig_images_per_class(stats, short, palette),
+            _fig_images_per_class(stats, classes, palette),
         ),
         "object_size": (
             "Object size per class (sqrt of area / image area)",
-            _fig_object_size(images, annotations, short, palette),
+            _fig_object_size(images, annotations, classes, palette),
         ),
         "objects_per_image": (
             "Objects per training image",
@@ -150,7 +150,7 @@ def make_eda(
         "cooccurrence": (
             "Class co-occurrence: share of images with the row class that also hold"
             " the column class",
-            _fig_cooccurrence(stats, short),
+            _fig_cooccurrence(stats, classes),
         ),
         "gallery": (
             "Sample training images with their masks",
@@ -184,6 +184,22 @@ def make_eda(
     return stats
 
 
+def _slanted_class_names(ax) -> None:
+    """Whole class names under the bars, slanted to end at their tick: never cut."""
+    plt.setp(ax.get_xticklabels(), rotation=40, ha="right", rotation_mode="anchor")
+
+
+def _plain_log_ticks(ax) -> None:
+    """A log axis labelled 0.01, 0.1, 1, 10 (not 10^-2 in small superscripts)."""
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+# One colour per split in every figure (the two panels of the splits figure once disagreed).
+SPLIT_COLORS = {"train": "#4c72b0", "test": "#dd8452"}
+ANNOTATION_COLOR = "#8172b3"
+
+
 def _bar_colors(palette: np.ndarray, n: int):
     return [palette[k] / 255 if k else (0.6, 0.6, 0.6) for k in range(n)]
 
@@ -192,7 +208,7 @@ def _fig_splits(images: pd.DataFrame, annotations: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     counts = images.groupby(["group", "split"]).size().unstack(fill_value=0)
     counts.plot.bar(
-        stacked=True, ax=axes[0], color=["#4c72b0", "#dd8452"][: counts.shape[1]]
+        stacked=True, ax=axes[0], color=[SPLIT_COLORS[s] for s in counts.columns]
     )
     axes[0].set(title="images per group (folder) and split", xlabel="", ylabel="images")
     per_split = pd.Series(
@@ -203,8 +219,11 @@ def _fig_splits(images: pd.DataFrame, annotations: pd.DataFrame):
         }
     )
     axes[1].bar(
-        per_split.index, per_split.to_numpy(), color=["#4c72b0", "#dd8452", "#55a868"]
+        per_split.index,
+        per_split.to_numpy(),
+        color=[SPLIT_COLORS["train"], SPLIT_COLORS["test"], ANNOTATION_COLOR],
     )
+    axes[1].set(ylabel="count")
     axes[1].set(title="totals")
     for i, v in enumerate(per_split.to_numpy()):
         axes[1].text(i, v, str(v), ha="center", va="bottom")
@@ -227,7 +246,8 @@ def _fig_class_share(stats: dict, names: list[str], palette: np.ndarray):
     )
     axes[1].set(title="share of object instances (%)")
     for ax in axes:
-        ax.tick_params(axis="x", rotation=60)
+        _slanted_class_names(ax)
+    _plain_log_ticks(axes[0])
     return fig
 
 
@@ -243,7 +263,7 @@ def _fig_images_per_class(stats: dict, names: list[str], palette: np.ndarray):
     for i, r in enumerate(rows):
         ax.text(i, r["images"], str(r["images"]), ha="center", va="bottom", fontsize=8)
     ax.set(ylabel="training images")
-    ax.tick_params(axis="x", rotation=60)
+    _slanted_class_names(ax)
     return fig
 
 
@@ -267,12 +287,12 @@ def _fig_object_size(
         boxes = ax.boxplot(
             [data[k] for k in present], patch_artist=True, showfliers=True
         )
-        ax.set_xticks(
-            range(1, len(present) + 1), [names[k + 1] for k in present], rotation=60
-        )
+        ax.set_xticks(range(1, len(present) + 1), [names[k + 1] for k in present])
+        _slanted_class_names(ax)
         for patch, k in zip(boxes["boxes"], present):
             patch.set_facecolor(palette[k + 1] / 255)
     ax.set(yscale="log", ylabel="sqrt(object area / image area)")
+    _plain_log_ticks(ax)
     return fig
 
 
@@ -293,17 +313,23 @@ def _fig_image_stats(images: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.2))
     sizes = images.groupby(["width", "height", "split"]).size().unstack(fill_value=0)
     sizes.index = [f"{w}x{h}" for w, h in sizes.index]
-    sizes.plot.bar(
-        ax=axes[0],
-        color=["#dd8452", "#4c72b0"][-sizes.shape[1] :]
-        if sizes.shape[1] == 1
-        else None,
-    )
+    sizes.plot.bar(ax=axes[0], color=[SPLIT_COLORS[s] for s in sizes.columns])
     axes[0].set(title="image sizes (width x height)", ylabel="images")
     axes[0].tick_params(axis="x", rotation=0)
     for split, part in images.groupby("split"):
-        axes[1].hist(part["brightness"], bins=30, alpha=0.6, label=split, density=True)
-    axes[1].set(title="mean grey level per image", xlabel="brightness (0-255)")
+        axes[1].hist(
+            part["brightness"],
+            bins=30,
+            alpha=0.6,
+            label=split,
+            density=True,
+            color=SPLIT_COLORS[split],
+        )
+    axes[1].set(
+        title="mean grey level per image",
+        xlabel="brightness (0-255)",
+        ylabel="share of the split's images (density)",
+    )
     axes[1].legend()
     return fig
 
@@ -328,7 +354,8 @@ def _fig_cooccurrence(stats: dict, names: list[str]):
                     fontsize=7,
                     color="white" if share[i, j] > 0.6 else "black",
                 )
-        ax.set_xticks(range(len(share)), names[1:], rotation=60)
+        ax.set_xticks(range(len(share)), names[1:])
+        _slanted_class_names(ax)
         ax.set_yticks(range(len(share)), names[1:])
     ax.set_title("colour: P(column class | row class); number: images with both")
     return fig

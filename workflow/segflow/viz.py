@@ -15,16 +15,31 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from segflow.labels import IGNORE_INDEX  # noqa: E402
 
+# Object classes' colours: tab10 with its grey swapped for gold, then tab20's light
+# shades (its light grey left out). Grey is what photos of objects are made of: a grey
+# class vanished in the overlays (Plastic bag). Each colour blended at the overlay's alpha
+# stands out over black, mid-grey and white (tests/test_viz.py measures it in CIELAB).
+_GREY_IN_TAB10 = 7
+_GOLD = (1.0, 215 / 255, 0.0)
+_LIGHT_GREY_IN_TAB20 = 15
+
 
 def class_palette(n_classes: int) -> np.ndarray:
-    """(n_classes, 3) uint8 RGB colours; background black, the rest from tab20 (then hsv)."""
+    """(n_classes, 3) uint8 RGB colours; background black, the rest as above (then hsv)."""
+    tab10 = list(plt.get_cmap("tab10").colors)
+    tab10[_GREY_IN_TAB10] = _GOLD
+    light = [
+        c
+        for i, c in enumerate(plt.get_cmap("tab20").colors)
+        if i % 2 == 1 and i != _LIGHT_GREY_IN_TAB20
+    ]
+    named = tab10 + light
     colors = [(0, 0, 0)]
-    tab = plt.get_cmap("tab20").colors
     for k in range(1, n_classes):
         rgb = (
-            tab[(2 * (k - 1)) % 20 + ((k - 1) // 10) % 2]
-            if k <= 20
-            else plt.get_cmap("hsv")(k / n_classes)[:3]
+            named[k - 1]
+            if k <= len(named)
+            else plt.get_cmap("hsv")((k * 0.618034) % 1.0)[:3]
         )
         colors.append(tuple(int(round(255 * c)) for c in rgb))
     return np.array(colors, np.uint8)
