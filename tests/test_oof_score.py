@@ -134,3 +134,93 @@ def test_an_image_listed_twice_in_one_fold_is_an_error(
     (copy / "oof_ids.txt").write_text("".join(f"{i}\n" for i in [ids[1], *ids[1:]]))
     with pytest.raises(PredictionError, match=r"fold 0 .*an image id is listed twice"):
         score(tiny_dataset, tmp_path, runs_of([copy, oof_sets[1]]))
+
+
+def test_each_images_row_names_its_seed_and_pixel_accuracy(
+    oof_sets, tiny_dataset, tmp_path
+):
+    summary = score(tiny_dataset, tmp_path, runs_of(oof_sets), name="fpn")
+    assert summary["model"] == "fpn" and "miou_cleaned" not in summary
+    table = pd.read_csv(tmp_path / "fpn.csv")
+    assert list(table.columns) == ["image_id", "fold", "seed", "iou", "pixel_accuracy"]
+    assert (table["seed"] == 0).all()
+    label_of = label_reader(tiny_dataset["images"], tiny_dataset["masks"])
+    for d in oof_sets:
+        for row, image_id in zip(np.load(d / "oof.npy"), read_ids(d / "oof_ids.txt")):
+            label = label_of(image_id, SIZE)
+            expected = (row.argmax(axis=0) == label).mean()
+            got = table.loc[table["image_id"] == image_id, "pixel_accuracy"].item()
+            assert got == pytest.approx(expected), image_id
+
+
+def test_a_later_round_is_also_scored_against_its_cleaned_labels(
+    oof_sets, tiny_dataset, tmp_path
+):
+    """With cleaned masks, ``miou_cleaned`` is the OOF mIoU against them (ignored pixels
+    left out), beside ``miou`` against the original labels."""
+    import shutil
+
+    import cv2
+
+    from segflow.labels import IGNORE_INDEX
+
+    cleaned = tmp_path / "cleaned"
+    shutil.copytree(tiny_dataset["masks"], cleaned)
+    for k, path in enumerate(sorted(cleaned.glob("*.png"))):
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if k % 3 == 0:
+            mask[: mask.shape[0] // 2] = IGNORE_INDEX  # the ignore action
+        elif k % 3 == 1:
+            mask[mask > 0] = 1  # the relabel action
+        cv2.imwrite(str(path), mask)
+    summary = oof_score(
+        model_name="fpn",
+        runs=runs_of(oof_sets),
+        images_path=tiny_dataset["images"],
+        folds_path=tiny_dataset["folds"],
+        masks_dir=tiny_dataset["masks"],
+        classes=CLASSES,
+        out_json=tmp_path / "c.json",
+        out_csv=tmp_path / "c.csv",
+        cleaned_masks_dir=cleaned,
+    )
+    paths = [d / "oof.npy" for d in oof_sets]
+    original = oof_miou(
+        paths, label_reader(tiny_dataset["images"], tiny_dataset["masks"]), len(CLASSES)
+    )
+    against_cleaned = oof_miou(
+        paths, label_reader(tiny_dataset["images"], cleaned), len(CLASSES)
+    )
+    assert abs(against_cleaned - original) > 0.01  # the cleaning changed the answer
+    assert summary["miou"] == pytest.approx(original, abs=1e-9)
+    assert summary["miou_cleaned"] == pytest.approx(against_cleaned, abs=1e-9)
+    assert summary["seeds"]["0"]["miou_cleaned"] == pytest.approx(
+        against_cleaned, abs=1e-9
+    )
+
+
+@pytest.mark.parametrize("present", [0, 1])
+def test_either_fold_missing_is_an_error(present, oof_sets, tiny_dataset, tmp_path):
+    with pytest.raises(PredictionError, match=r"12 validation images have no OOF"):
+        score(tiny_dataset, tmp_path, runs_of([oof_sets[present]], folds=(present,)))
+
+
+def test_one_fold_listed_twice_is_an_error(oof_sets, tiny_dataset, tmp_path):
+    """Two runs of one fold and seed predict the same images twice: which one counts?"""
+    runs = runs_of([oof_sets[0], oof_sets[0], oof_sets[1]], folds=(0, 0, 1))
+    with pytest.raises(
+        PredictionError,
+        match=r"model fpn, seed 0, fold 0 .*: images predicted by two folds, e\.g\. \['",
+    ):
+        score(tiny_dataset, tmp_path, runs)
+
+
+def test_a_set_with_another_class_count_is_an_error(oof_sets, tiny_dataset, tmp_path):
+    other = tmp_path / "f0-s0"
+    other.mkdir()
+    np.save(other / "oof.npy", np.load(oof_sets[0] / "oof.npy")[:, :-1])
+    (other / "oof_ids.txt").write_text((oof_sets[0] / "oof_ids.txt").read_text())
+    with pytest.raises(
+        PredictionError, match=rf"{len(CLASSES) - 1} classes, expected {len(CLASSES)}"
+    ):
+        score(tiny_dataset, tmp_path, runs_of([other, oof_sets[1]]))
