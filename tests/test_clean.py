@@ -84,7 +84,7 @@ def judged(label, truth, classes, probabilities=None, thresholds=THRESHOLDS):
         annotations(*classes),
         thresholds,
         SETTINGS,
-        scale=(2.0, 2.0),
+        scale=(2.0, 3.0),  # (x, y): the image is 64 x 96 pixels
     )
     return scores, scores.annotations
 
@@ -107,6 +107,9 @@ def test_swapped_class_is_flagged_as_class():
         and row["agreement"] == 0.0
         and row["other_class"] == 1
     )
+    assert row["own_probability"] == pytest.approx(0.05)
+    assert row["other_probability"] == pytest.approx(0.9)
+    assert (row["annotation_id"], row["class_index"], row["pixels"]) == (100, 2, 144)
     assert not scores.regions  # the object is labelled, only with the wrong class
 
 
@@ -121,8 +124,27 @@ def test_missing_object_is_flagged_as_missed_region_with_its_box():
         and region["suspected"] == "missing"
         and region["class_index"] == 1
     )
-    assert region["bbox"] == "8 8 24 24"  # in image pixels (scale 2)
+    assert region["bbox"] == "8 12 24 36"  # x y w h in image pixels (scale 2, 3)
+    assert region["pixels"] == 144 and region["region"] == 0
+    assert region["other_class"] == 1
+    assert region["other_probability"] == pytest.approx(0.9)
     assert scores.missed[4:16, 4:16].all() and scores.missed.sum() == 144
+    assert scores.image["pixels"] == SIZE * SIZE
+    assert scores.image["issue_share"] == pytest.approx(144 / SIZE**2)
+    assert not scores.image["flagged"] and scores.image["suspected"] is None
+
+
+def test_missed_regions_thinner_than_three_pixels_or_smaller_than_missed_region_are_not():
+    """A 2-pixel-wide streak is opened away (a mask's edge, not an object); a 4 x 4 blob
+    is under missed_region (2% of 32 x 32 = 20.5 pixels); a 5 x 5 one is reported."""
+    truth = box(2, 30, 2, 4, 1)  # streak
+    truth = box(10, 14, 10, 14, 1, base=truth)  # 16 pixels
+    truth = box(20, 25, 20, 25, 2, base=truth)  # 25 pixels
+    scores, _ = judged(np.zeros((SIZE, SIZE), np.uint8), truth, [])
+    (region,) = scores.regions
+    assert region["class_index"] == 2 and region["pixels"] == 25
+    assert region["bbox"] == "40 60 10 15"
+    assert scores.missed.sum() == 25
 
 
 def test_bloated_polygon_is_flagged_as_region():
