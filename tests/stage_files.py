@@ -18,20 +18,27 @@ IGNORE = 255
 EPS = 1e-4  # the log-probability floor of soft voting (documented in segflow.ensemble)
 
 
-def reference_miou(labels, predictions, n_classes: int) -> float:
-    """The competition mIoU from sklearn's confusion matrix over every pixel given: 255
-    not counted, classes absent from both label and prediction left out."""
+def reference_class_ious(labels, predictions, n_classes: int) -> dict[int, float]:
+    """Each class's IoU from sklearn's confusion matrix over every pixel given (255 not
+    counted); a class absent from both label and prediction has none."""
     labels, predictions = np.asarray(labels).ravel(), np.asarray(predictions).ravel()
     keep = labels != IGNORE
     cm = sk_confusion_matrix(
         labels[keep], predictions[keep], labels=list(range(n_classes))
     )
-    ious = []
+    ious = {}
     for k in range(n_classes):
         tp, fp, fn = cm[k, k], cm[:, k].sum() - cm[k, k], cm[k, :].sum() - cm[k, k]
         if tp + fp + fn:
-            ious.append(tp / (tp + fp + fn))
-    return float(np.mean(ious))
+            ious[k] = float(tp / (tp + fp + fn))
+    return ious
+
+
+def reference_miou(labels, predictions, n_classes: int) -> float:
+    """The competition mIoU: the mean of the classes' IoU over the set."""
+    return float(
+        np.mean(list(reference_class_ious(labels, predictions, n_classes).values()))
+    )
 
 
 def read_mask(path) -> np.ndarray:
@@ -134,6 +141,10 @@ def check_ensemble(summary, members, classes, label_of, out_dir) -> None:
     voted = [soft_vote([oof[n][i] for n in names], weights, bias) for i in oof_ids]
     predictions = np.stack([labels_ for labels_, _ in voted])
     assert summary["oof_miou"] == _close(reference_miou(labels, predictions, n_classes))
+    class_ious = reference_class_ious(labels, predictions, n_classes)
+    for k, iou in class_ious.items():
+        assert summary["per_class_iou"][classes[k]] == _close(iou), classes[k]
+    assert summary["oof_images"] == len(oof_ids)
     assert summary["best_member_oof_miou"] == _close(
         max(summary["members"][n]["oof_miou"] for n in names)
     )
@@ -145,6 +156,7 @@ def check_ensemble(summary, members, classes, label_of, out_dir) -> None:
     }
     test_ids = ids_of(out_dir / "test.npy")
     assert sorted(test_ids) == sorted(test[names[0]])
+    assert summary["test_images"] == len(test_ids)
     voted = [soft_vote([test[n][i] for n in names], weights, bias) for i in test_ids]
     _assert_stored(out_dir / "test.npy", np.stack([mean for _, mean in voted]))
     test_labels = np.load(out_dir / "test_labels.npy")

@@ -311,7 +311,10 @@ def grid_trap(tmp_path, n_images=4, size=16, stride=2):
     return members
 
 
-def test_tuned_weights_that_lose_on_the_full_oof_give_way_to_the_best_member(tmp_path):
+@pytest.mark.parametrize("class_bias", [False, True])
+def test_tuned_weights_that_lose_on_the_full_oof_give_way_to_the_best_member(
+    tmp_path, class_bias
+):
     members = grid_trap(tmp_path)
     # 4 images x 256 pixels, at most 1000 tuning pixels: a stride-2 grid.
     summary = run_ensemble(
@@ -319,9 +322,12 @@ def test_tuned_weights_that_lose_on_the_full_oof_give_way_to_the_best_member(tmp
         members,
         method="soft",
         weights="oof",
-        class_bias=False,
+        class_bias=class_bias,
         tune_pixels=1000,
     )
+    # A bias is tuned on top of the tuned weights: with those weights gone, so is it.
+    assert summary["class_bias"] is None
+    assert summary["weights_mode"] == "oof"
     # On the grid the tuned weights are perfect; on every pixel they lose to "steady".
     assert summary["oof_miou_tuned_weights"] < summary["best_member_oof_miou"]
     assert summary["weights_chosen_from"] == "member:steady"
