@@ -323,21 +323,23 @@ TINY_CLEAN = {
 TINY_PSEUDO = {"enabled": True, "confidence": 0.2, "min_coverage": 0.3}
 
 
+# Round r0 only, on 16 + 6 images of 64 px: 2 folds + the full fit, 1 epoch.
+TINY_R0 = {
+    "debug": {"enabled": True, "images": 16, "epochs": 1},
+    "cv": {"folds": 2},
+    "clean": {"enabled": False},
+    "pseudo": {"enabled": False},
+    "defaults": {"batch_size": 4},
+    "predict": {"size": 32},
+    "wandb": {"mode": "disabled"},
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """Round r0 on 16 + 6 images of 64 px: 2 models x (2 folds + the full fit), 1 epoch."""
+    """TINY_R0 with the 2 tiny models."""
     workdir = tmp_path_factory.mktemp("run")
-    config = write_config(
-        workdir,
-        debug={"enabled": True, "images": 16, "epochs": 1},
-        cv={"folds": 2},
-        clean={"enabled": False},
-        pseudo={"enabled": False},
-        models=TINY_MODELS,
-        defaults={"batch_size": 4},
-        predict={"size": 32},
-        wandb={"mode": "disabled"},
-    )
+    config = write_config(workdir, **TINY_R0, models=TINY_MODELS)
     snakemake(workdir, "--cores", "2")
     return workdir, config
 

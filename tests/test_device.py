@@ -1,6 +1,10 @@
 """Each GPU job locks its own device (Snakemake counts GPUs but never assigns one)."""
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -49,9 +53,6 @@ while not Path(sys.argv[2]).exists():
 
 
 def start_job(tmp_path, name: str, devices: str) -> tuple:
-    import subprocess
-    import sys
-
     env = {
         **os.environ,
         "CUDA_VISIBLE_DEVICES": devices,
@@ -64,8 +65,6 @@ def start_job(tmp_path, name: str, devices: str) -> tuple:
 
 
 def wait_for(path, process, timeout_s=60.0):
-    import time
-
     deadline = time.monotonic() + timeout_s
     while not path.exists():
         assert process.poll() is None, f"job exited with {process.returncode}"
@@ -77,9 +76,6 @@ def wait_for(path, process, timeout_s=60.0):
 def test_concurrent_jobs_on_a_multi_gpu_node_each_take_their_own_device(tmp_path):
     """Four simulated GPUs, four jobs at once: four different devices. A fifth job waits
     until one frees: when a job ends, and when a job is killed (kill -9)."""
-    import signal
-    import time
-
     devices = "0,1,2,3"
     jobs = [start_job(tmp_path, f"job{i}", devices) for i in range(4)]
     try:

@@ -1,14 +1,18 @@
 """The README tells the truth about how to run things."""
 
+import json
 import re
+import shutil
 
-from conftest import REPO
+from conftest import REPO, snakemake, write_config
+
+
+def readme() -> str:
+    return (REPO / "README.md").read_text()
 
 
 def readme_commands() -> list[str]:
-    return re.findall(
-        r"```bash\n(.*?)\n```", (REPO / "README.md").read_text(), flags=re.S
-    )
+    return re.findall(r"```bash\n(.*?)\n```", readme(), flags=re.S)
 
 
 def test_ci_runs_the_readme_test_command():
@@ -28,9 +32,7 @@ def test_every_yaml_block_of_the_readme_is_a_valid_config_section():
     from conftest import DEFAULT_CONFIG, deep_update
     from segflow.settings import validate_config
 
-    blocks = re.findall(
-        r"```yaml\n(.*?)\n```", (REPO / "README.md").read_text(), flags=re.S
-    )
+    blocks = re.findall(r"```yaml\n(.*?)\n```", readme(), flags=re.S)
     assert len(blocks) >= 4
     for block in blocks:
         section = yaml.safe_load(block)
@@ -57,39 +59,29 @@ def test_readme_wandb_sync_path_is_where_offline_runs_land():
     test_train's offline test); the README's sync command must name that folder."""
     common = (REPO / "workflow" / "rules" / "common.smk").read_text()
     wandb_dir = re.search(r'^WANDB_DIR = "([^"]+)"', common, flags=re.M).group(1)
-    readme = (REPO / "README.md").read_text()
-    assert f"`wandb sync {wandb_dir}/wandb/offline-run-*`" in readme
+    assert f"`wandb sync {wandb_dir}/wandb/offline-run-*`" in readme()
+
+
+def trained_epochs(printed: str) -> list[int]:
+    """The epochs of each training job a `snakemake -n -p` printed."""
+    settings = re.findall(r"segflow\.train --settings '(\{.*?\})'", printed)
+    return [json.loads(s)["epochs"] for s in settings]
 
 
 def test_readme_debug_one_liner_runs_the_debug_sample(tmp_path):
     """The README's one line runs debug mode: the index samples debug.images images per
     split and every model trains debug.epochs epochs; everything else is config.yaml's."""
-    import json
-    import shutil
-
-    from conftest import snakemake, write_config
-
     line = re.search(r"`snakemake (--configfile debug\.yaml) -- submission`", readme())
     assert line, "README: no debug one-liner"
     config = write_config(tmp_path)
     assert not config["debug"]["enabled"]
     shutil.copy(REPO / "debug.yaml", tmp_path / "debug.yaml")
     run = snakemake(tmp_path, "-n", "-p", *line.group(1).split(), "--", "submission")
-    printed = run.stdout + run.stderr
-    assert "--sample 16 " in printed
-    trained = re.findall(r"segflow\.train --settings '(\{.*?\})'", printed)
-    assert trained and all(json.loads(s)["epochs"] == 1 for s in trained)
+    assert "--sample 16 " in run.stdout + run.stderr
+    epochs = trained_epochs(run.stdout + run.stderr)
+    assert epochs and set(epochs) == {1}
     # Without the overlay: the full data and the config's epochs.
     plain = snakemake(tmp_path, "-n", "-p", "--", "submission")
     assert "--sample 0 " in plain.stdout + plain.stderr
-    epochs = {
-        json.loads(s)["epochs"]
-        for s in re.findall(
-            r"segflow\.train --settings '(\{.*?\})'", plain.stdout + plain.stderr
-        )
-    }
+    epochs = trained_epochs(plain.stdout + plain.stderr)
     assert epochs and 1 not in epochs
-
-
-def readme() -> str:
-    return (REPO / "README.md").read_text()

@@ -6,13 +6,16 @@ recomputed from those files by tests/stage_files.py.
 """
 
 import json
+import shutil
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import CLASSES
 from segflow.io import read_ids
+from segflow.labels import IGNORE_INDEX
 from segflow.oof_score import oof_score
 from segflow.probabilities import PredictionError
 from stage_files import label_reader, oof_miou, reference_miou
@@ -158,12 +161,6 @@ def test_a_later_round_is_also_scored_against_its_cleaned_labels(
 ):
     """With cleaned masks, ``miou_cleaned`` is the OOF mIoU against them (ignored pixels
     left out), beside ``miou`` against the original labels."""
-    import shutil
-
-    import cv2
-
-    from segflow.labels import IGNORE_INDEX
-
     cleaned = tmp_path / "cleaned"
     shutil.copytree(tiny_dataset["masks"], cleaned)
     for k, path in enumerate(sorted(cleaned.glob("*.png"))):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, TINY_MODELS, job_counts, snakemake, write_config
+from conftest import REPO, TINY_MODELS, TINY_R0, job_counts, snakemake, write_config
 from segflow.settings import job_memory_mb, job_runtime_minutes, validated
 from slurm_cluster import PARTITION, LocalSlurm, why_not_available
 
@@ -83,14 +83,8 @@ def test_tiny_pipeline_runs_to_the_submission_through_the_slurm_profile(tmp_path
     workdir = tmp_path / "run"
     config = write_config(
         workdir,
-        debug={"enabled": True, "images": 16, "epochs": 1},
-        cv={"folds": 2},
-        clean={"enabled": False},
-        pseudo={"enabled": False},
+        **TINY_R0,
         models={"fpn": TINY_MODELS["fpn"]},
-        defaults={"batch_size": 4},
-        predict={"size": 32},
-        wandb={"mode": "disabled"},
         threads={"index": 1, "train": 1, "predict": 1},
         resources={"mem_mb": {"train": 3000}, "runtime": {"train_per_epoch": 7}},
     )

@@ -2,9 +2,12 @@
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
 
 from conftest import CLASSES
+from segflow.eda import _fig_splits
 from segflow.viz import class_palette, overlay
 
 
@@ -37,11 +40,6 @@ def test_each_class_shows_over_black_grey_and_white_and_apart_from_the_others(
 
 def test_the_splits_figure_gives_each_split_one_colour_in_both_panels():
     """Its two panels once drew train and test in each other's colours."""
-    import pandas as pd
-    from matplotlib.colors import to_hex
-
-    from segflow.eda import _fig_splits
-
     images = pd.DataFrame(
         {"group": ["a", "a", "b", "b", "b"], "split": ["test", "train"] * 2 + ["train"]}
     )

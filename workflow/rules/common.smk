@@ -107,11 +107,10 @@ def train_runtime_minutes(wildcards):
     """A training job's time limit on a cluster: it grows with the epochs it trains. The
     compute-matched baseline trains as long as every training job of the pipeline."""
     if wildcards.round == MATCHED:
-        epochs = sum(
+        epochs = len(TRAINED_FOLDS) * sum(
             round_model_settings(config, model, round_).epochs
             for round_ in ROUNDS
             for model in MODELS
-            for fold in TRAINED_FOLDS
         )
     else:
         epochs = round_model_settings(config, wildcards.model, wildcards.round).epochs
