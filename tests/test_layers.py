@@ -41,7 +41,7 @@ def test_every_step_is_a_module_with_a_command_line():
     steps = steps_called_by_rules()
     assert steps and steps <= set(MODULES)
     for step in steps:
-        assert 'if __name__ == "__main__":' in (PACKAGE / f"{step}.py").read_text()
+        assert has_command_line(step)
 
 
 def test_no_step_imports_another_step_and_no_library_imports_a_step():
@@ -54,13 +54,32 @@ def test_no_step_imports_another_step_and_no_library_imports_a_step():
     assert wrong == {}, f"modules importing a step: {wrong}"
 
 
+def has_command_line(module: str) -> bool:
+    return 'if __name__ == "__main__":' in (PACKAGE / f"{module}.py").read_text()
+
+
 def test_the_module_map_names_every_module_in_its_layer():
+    """Steps (a rule runs them), commands (a user runs them) and libraries, each in its
+    own part of the map."""
     doc = segflow.__doc__
-    steps_part, libraries_part = doc.split("Libraries", 1)
+    steps_part, rest = doc.split("Commands", 1)
+    commands_part, libraries_part = rest.split("Libraries", 1)
     steps = steps_called_by_rules()
     for module in MODULES:
-        part = steps_part if module in steps else libraries_part
+        if module in steps:
+            part = steps_part
+        elif has_command_line(module):
+            part = commands_part
+        else:
+            part = libraries_part
         assert re.search(rf"\b{module}\b", part), f"{module} missing from the map"
+
+
+def test_commands_import_no_step():
+    commands = {m for m in MODULES if has_command_line(m)} - steps_called_by_rules()
+    assert "status" in commands
+    for command in commands:
+        assert not segflow_imports(command) & steps_called_by_rules(), command
 
 
 def test_the_import_reader_sees_every_form_of_import(tmp_path):

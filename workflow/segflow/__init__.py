@@ -5,7 +5,10 @@ Two kinds of module, and imports run one way (tests/test_layers.py holds it):
 Steps, each a plain function with a thin ``python -m segflow.<step>`` command line that
 one rule calls; no step imports another step:
   demo, index, eda, folds, train, predict, oof_score, clean, pseudo, ensemble,
-  submission, demo_score, noise_detection.
+  submission, demo_score, noise_detection, leaderboard.
+
+Commands a user runs, which no rule calls (they import libraries only):
+  status         where the whole run stands: every training job's progress
 
 Libraries, shared by the steps; a library never imports a step:
   settings       the validated config as typed settings; config checks; data paths
@@ -24,6 +27,7 @@ Libraries, shared by the steps; a library never imports a step:
   runtime        seeds, threads, autocast, batches on the device
   device         which GPU a job takes (a lock per device)
   tracking       wandb runs
+  progress       a training job's live progress.json and curves.png
   label_noise    scoring labels against OOF probabilities (confident learning)
   submission_format  the competition CSV: encode, decode, check
   viz            palette, overlays, figure encoding

@@ -45,6 +45,7 @@ from segflow.losses import create_loss
 from segflow.metrics import confusion_matrix, mean_iou, per_class_iou
 from segflow.models import create_model
 from segflow.optim import LrSchedule, create_optimizer
+from segflow.progress import Progress, write_curves, write_progress
 from segflow.runtime import (
     amp_autocast,
     loader_workers,
@@ -93,6 +94,10 @@ class TrainingDiverged(ValueError):
 # A loss this many times the first batch's is a divergence, not noise: a healthy run
 # starts at its highest loss (CE + Dice from random weights is about ln(classes) + 1).
 EXPLODED = 1000.0
+
+
+# How often (seconds) curves.png is redrawn during a run.
+CURVES_EVERY_S = 20.0
 
 
 def check_loss(value: float, first: float, where: str) -> None:
@@ -281,6 +286,11 @@ def train(
         + (f", warm start from {init}" if init is not None else ""),
         flush=True,
     )
+    # Live progress for segflow.status and a curves.png a user can open mid-run.
+    job_dir = Path(model_out).parent
+    progress = Progress(run=run_name, epochs=epochs, history=history)
+    write_progress(job_dir, progress)
+    curves_written = 0.0
     presentations = 0
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
@@ -345,6 +355,12 @@ def train(
             if val_loader is not None:
                 log_images(tracker, model, val_loader, classes, device, autocast)
         log_epoch(tracker, row)
+        write_progress(job_dir, progress)
+        # The figure costs about a tenth of a second: on short CPU epochs it is redrawn
+        # at most every CURVES_EVERY_S seconds, and always after the last epoch.
+        if epoch == epochs or time.time() - curves_written > CURVES_EVERY_S:
+            write_curves(job_dir, progress)
+            curves_written = time.time()
 
     if cleaned_val_loader is not None:
         # The kept epoch scored on the cleaned labels too, once: an extra validation
@@ -390,6 +406,8 @@ def train(
         best["val_miou"],
     )
     finish_tracking(tracker, best)
+    progress.finished = True
+    write_progress(job_dir, progress)
     return metrics
 
 

@@ -79,3 +79,46 @@ def save_figure(fig, path) -> bytes:
 
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def training_curves_figure(histories: dict[str, list[dict]], title: str):
+    """Loss, val mIoU and lr over the epochs, one colour per run (label -> history.csv's
+    rows): train loss solid, val loss dashed. A full fit has no validation curves."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    loss_ax, miou_ax, lr_ax = axes
+    colors = plt.get_cmap("tab10").colors
+    for k, (label, rows) in enumerate(histories.items()):
+        color = colors[k % len(colors)]
+        epochs = [row["epoch"] for row in rows]
+
+        def values(key, rows=rows):
+            return [np.nan if row.get(key) is None else row[key] for row in rows]
+
+        loss_ax.plot(epochs, values("train_loss"), "-o", ms=3, color=color, label=label)
+        if any(row.get("val_loss") is not None for row in rows):
+            loss_ax.plot(epochs, values("val_loss"), "--", color=color)
+            miou_ax.plot(
+                epochs, values("val_miou"), "-o", ms=3, color=color, label=label
+            )
+        lr_ax.plot(epochs, values("lr"), "-", color=color, label=label)
+    loss_ax.set(title="loss (train solid, val dashed)", xlabel="epoch", ylabel="loss")
+    miou_ax.set(title="validation mIoU", xlabel="epoch", ylabel="mIoU")
+    lr_ax.set(title="learning rate", xlabel="epoch", ylabel="lr")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    if not miou_ax.lines:
+        miou_ax.text(
+            0.5,
+            0.5,
+            "no validation (full fit)",
+            ha="center",
+            va="center",
+            transform=miou_ax.transAxes,
+            color="grey",
+        )
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    loss_ax.legend(fontsize=8, loc="upper right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

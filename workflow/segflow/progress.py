@@ -1,0 +1,104 @@
+"""A training job's live progress, kept in its own folder while it runs.
+
+After each epoch the job rewrites ``progress.json`` (its epochs so far, the planned
+total, who runs it) and ``curves.png`` (loss, val mIoU and lr over the epochs so far),
+as nnU-Net keeps progress.png: ``segflow.status`` reads the first for the whole run, a
+user opens the second. Both are rewritten whole under a temporary name, so a reader never
+sees half a file. Neither is a rule output: a rerun starts them over.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from segflow.io import atomic_path, write_json
+
+PROGRESS_FILE = "progress.json"
+CURVES_FILE = "curves.png"
+
+
+def progress_path(job_dir: str | os.PathLike) -> Path:
+    return Path(job_dir) / PROGRESS_FILE
+
+
+def curves_path(job_dir: str | os.PathLike) -> Path:
+    return Path(job_dir) / CURVES_FILE
+
+
+@dataclass
+class Progress:
+    """What a training job has done so far; ``history`` holds history.csv's rows."""
+
+    run: str
+    epochs: int
+    started: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    finished: bool = False
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    @property
+    def latest(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+    def epoch_seconds(self) -> float | None:
+        """Mean seconds per finished epoch (validation included), None before the first."""
+        seconds = [row["seconds"] for row in self.history]
+        return sum(seconds) / len(seconds) if seconds else None
+
+    def alive(self) -> bool | None:
+        """Whether the job's process still runs: None where it cannot be told (another
+        host, as on a cluster)."""
+        if self.host != socket.gethostname():
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process: it exists
+            return True
+        return True
+
+
+def write_progress(job_dir: str | os.PathLike, progress: Progress) -> None:
+    progress.updated = time.time()
+    rows = [
+        {k: (None if _nan(v) else v) for k, v in row.items()}
+        for row in progress.history
+    ]
+    write_json({**progress.__dict__, "history": rows}, progress_path(job_dir))
+
+
+def read_progress(job_dir: str | os.PathLike) -> Progress | None:
+    """The job's progress, or None if it never started (or wrote nothing readable)."""
+    path = progress_path(job_dir)
+    try:
+        return Progress(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"{path}: not a segflow progress file ({e})") from e
+
+
+def write_curves(job_dir: str | os.PathLike, progress: Progress) -> None:
+    """curves.png: this job's curves so far (segflow.viz.training_curves_figure)."""
+    from segflow.viz import save_figure, training_curves_figure
+
+    fig = training_curves_figure({progress.run: progress.history}, progress.run)
+    with atomic_path(curves_path(job_dir)) as tmp:
+        save_figure(fig, tmp)
+
+
+def _nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
