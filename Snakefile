@@ -11,6 +11,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 
 
@@ -32,6 +35,7 @@ include: "workflow/rules/ensemble.smk"
 include: "workflow/rules/clean.smk"
 include: "workflow/rules/pseudo.smk"
 include: "workflow/rules/scores.smk"
+include: "workflow/rules/results.smk"
 
 
 rule all:

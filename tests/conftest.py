@@ -371,6 +371,7 @@ def cleaning_run(tiny_run, tmp_path_factory, action: str):
         "submission": 1,
         "demo_score": 1,
         "demo_rounds": 1,
+        "leaderboard": 1,
         "all": 1,
     }
     run = snakemake(workdir, "--cores", "2")

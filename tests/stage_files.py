@@ -149,6 +149,10 @@ def check_ensemble(summary, members, classes, label_of, out_dir) -> None:
         max(summary["members"][n]["oof_miou"] for n in names)
     )
     assert ids_of(out_dir / "oof.npy") == oof_ids
+    # The OOF label maps (what the results report scores) are these votes, in that order.
+    oof_labels = np.load(out_dir / "oof_labels.npy")
+    assert oof_labels.shape == predictions.shape
+    assert (oof_labels == predictions).mean() > 0.999
     _assert_stored(out_dir / "oof.npy", np.stack([mean for _, mean in voted]))
 
     test = {

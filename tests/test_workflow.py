@@ -157,6 +157,7 @@ def test_dry_run_of_the_default_config_runs_every_stage(tmp_path):
         "demo_score": 1,
         "demo_noise": 1,
         "demo_rounds": 1,
+        "leaderboard": 1,
     }
     model = next(iter(config["models"]))
     assert f"output: results/r1/train/{model}/f0-s0/model.pt" in output
@@ -241,6 +242,7 @@ def test_cleaning_adds_round_r1_and_the_submission_comes_from_it(tmp_path):
         "submission": 1,
         "demo_score": 1,
         "demo_rounds": 1,
+        "leaderboard": 1,
     }  # one ensemble per round: r0's judges the labels, r1's is the submission's
     assert (
         "results/r1/predict/fpn_r18/f0-s0/oof.npy" in output
@@ -521,6 +523,7 @@ def test_changing_one_models_lr_reruns_that_model_only(tiny_run, tmp_path):
         "submission": 1,
         "demo_score": 1,
         "demo_rounds": 1,
+        "leaderboard": 1,
     }
     assert "output: results/r0/train/unet/" in output
     assert (
@@ -539,6 +542,7 @@ def test_changing_tta_repredicts_without_retraining(tiny_run, tmp_path):
         "submission": 1,
         "demo_score": 1,
         "demo_rounds": 1,
+        "leaderboard": 1,
     }
 
 
@@ -554,6 +558,7 @@ def test_changing_the_fold_count_reruns_folds_and_what_follows_only(tiny_run, tm
         "submission": 1,
         "demo_score": 1,
         "demo_rounds": 1,
+        "leaderboard": 1,
     }
 
 

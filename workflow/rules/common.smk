@@ -386,6 +386,61 @@ def baselines(kinds):
     }
 
 
+# --- the results report ------------------------------------------------------------------
+
+
+def report_ensembles():
+    """Ensemble name -> summary.json: each round's, then the final one if it differs."""
+    names = [f"{r}/ensemble" for r in ROUNDS]
+    if FINAL_ENSEMBLE not in names:
+        names.append(FINAL_ENSEMBLE)
+    return {name: ensemble_output(name, "summary") for name in names}
+
+
+def report_runs():
+    """Per round x model: its OOF score and every training job (the full fits among them)."""
+    return [
+        {
+            "round": round_,
+            "model": model,
+            "oof": expand(rules.oof_score.output.json, round=round_, model=model)[0],
+            "jobs": [
+                {
+                    "fold": fold,
+                    "seed": seed,
+                    **{
+                        key: expand(
+                            getattr(rules.train.output, key),
+                            round=round_,
+                            model=model,
+                            fold=fold,
+                            seed=seed,
+                        )[0]
+                        for key in ("metrics", "history")
+                    },
+                }
+                for seed in SEEDS
+                for fold in TRAINED_FOLDS
+            ],
+        }
+        for round_ in ROUNDS
+        for model in MODELS
+    ]
+
+
+def report_inputs(wildcards):
+    """Every file the leaderboard reads."""
+    runs = report_runs()
+    return {
+        "oof_scores": [run["oof"] for run in runs],
+        "metrics": [job["metrics"] for run in runs for job in run["jobs"]],
+        "histories": [job["history"] for run in runs for job in run["jobs"]],
+        "ensembles": list(report_ensembles().values()),
+        "final_oof": final_ensemble("oof"),
+        "final_oof_labels": final_ensemble("oof_labels"),
+    }
+
+
 def sample_submission(wildcards):
     return {"sample": DATA.sample_submission} if DATA.sample_submission else {}
 
@@ -397,6 +452,7 @@ def final_targets():
         rules.eda.output.report,
         final_ensemble("summary"),
         *expand(rules.oof_score.output.json, round=ROUNDS, model=MODELS),
+        rules.leaderboard.output.csv,
     ]
     if CLEAN:
         targets += [rules.clean.output.summary, rules.clean.output.gallery]

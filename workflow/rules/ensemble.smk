@@ -10,6 +10,7 @@ rule ensemble:
         summary="results/{ensemble}/summary.json",
         oof="results/{ensemble}/oof.npy",
         oof_ids="results/{ensemble}/oof_ids.txt",
+        oof_labels="results/{ensemble}/oof_labels.npy",
         test="results/{ensemble}/test.npy",
         test_ids="results/{ensemble}/test_ids.txt",
         test_labels="results/{ensemble}/test_labels.npy",
@@ -31,7 +32,8 @@ rule ensemble:
         " --members {params.members:q} --images {input.images} --masks-dir {input.masks}"
         " --classes {params.classes:q} --summary-out {output.summary}"
         " --oof-out {output.oof} --test-out {output.test}"
-        " --test-labels-out {output.test_labels} > {log} 2>&1"
+        " --test-labels-out {output.test_labels} --oof-labels-out {output.oof_labels}"
+        " > {log} 2>&1"
 
 
 rule submission:

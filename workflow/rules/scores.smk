@@ -36,6 +36,7 @@ rule demo_rounds:
             "results/demo/rounds.png",
             caption="../report/rounds.rst",
             category="Results",
+            labels={"figure": "rounds (demo hidden test)"},
         ),
     log:
         "results/logs/demo_rounds.log",

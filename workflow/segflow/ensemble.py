@@ -186,8 +186,10 @@ def ensemble(
     oof_out: str | Path,
     test_out: str | Path,
     test_labels_out: str | Path,
+    oof_labels_out: str | Path | None = None,
 ) -> dict:
-    """Tune on OOF; write the summary, the ensemble's OOF and test sets, test labels.
+    """Tune on OOF; write the summary, the ensemble's OOF and test sets, test labels
+    (and, with ``oof_labels_out``, its OOF label maps: what the results report scores).
 
     ``members``: name -> {"oof": [oof.npy of each fold], "test": [test.npy of each fold],
     optionally "full": [test.npy of its full fit]}.
@@ -280,7 +282,7 @@ def ensemble(
         bias=final_bias,
         chunk=chunk,
     )
-    combined(oof, oof_ids, oof_out)
+    combined(oof, oof_ids, oof_out, labels_out=oof_labels_out)
     combined(test, test_ids, test_out, labels_out=test_labels_out)
 
     summary = {
@@ -363,6 +365,7 @@ def main(argv=None) -> None:
         "--test-out", required=True, help="test.npy (ids written beside)"
     )
     parser.add_argument("--test-labels-out", required=True)
+    parser.add_argument("--oof-labels-out", help="the OOF label maps (uint8 .npy)")
     args = parser.parse_args(argv)
     try:
         summary = ensemble(
@@ -375,6 +378,7 @@ def main(argv=None) -> None:
             oof_out=args.oof_out,
             test_out=args.test_out,
             test_labels_out=args.test_labels_out,
+            oof_labels_out=args.oof_labels_out,
         )
     except (PredictionError, ValueError) as e:
         sys.exit(f"ERROR: {e}")
