@@ -223,3 +223,94 @@ def test_torch_never_gets_more_threads_than_the_process_has_cores():
         assert set_threads(1) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+# One training job as the workflow runs it, in its own process: argv = the tiny dataset
+# (JSON), the job folder, the epochs.
+TRAINING_JOB = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from conftest import model_params, train_fold
+augment = [{{"HorizontalFlip": {{"p": 0.5}}}}, {{"RandomBrightnessContrast": {{}}}}]
+settings = model_params(epochs=int(sys.argv[3]), augment=augment)
+train_fold(json.loads(sys.argv[1]), sys.argv[2], settings=settings, run_name="r0/m/f0",
+           resume_every_s=0)
+"""
+
+
+def test_a_killed_training_job_resumes_and_ends_with_the_uninterrupted_weights(
+    tiny_dataset, tmp_path
+):
+    """kill -9 after an epoch, run again: it goes on from the last saved epoch (not from
+    the start) and ends with the same weights, history and metrics as a run never
+    killed (CPU), then leaves no resume state behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+    from segflow.checkpoints import RESUME_FILE
+    from segflow.progress import read_progress
+
+    script = TRAINING_JOB.format(tests=str(REPO / "tests"))
+    dataset = json.dumps({k: str(v) for k, v in tiny_dataset.items()})
+
+    def job(out_dir, **kwargs):
+        command = [sys.executable, "-c", script, dataset, str(out_dir), "4"]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, **kwargs)
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert job(whole).wait(timeout=300) == 0
+    first = job(killed)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # until epoch 2 is done and a state is saved
+        progress = (
+            read_progress(killed) if (killed / "progress.json").exists() else None
+        )
+        if (
+            progress is not None
+            and progress.epoch >= 2
+            and (killed / RESUME_FILE).exists()
+        ):
+            break
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (killed / "model.pt").exists() and (killed / RESUME_FILE).exists()
+    second = job(killed)
+    output, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, output
+    resumed_after = int(output.split("resumed after epoch ")[1].split()[0])
+    assert 1 <= resumed_after < 4
+    assert (
+        f"epoch {resumed_after}/4" not in output
+    )  # the saved epochs were not retrained
+    expected, got = (
+        torch.load(d / "model.pt", weights_only=True) for d in (whole, killed)
+    )
+    assert expected["state_dict"].keys() == got["state_dict"].keys()
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(value, got["state_dict"][name]), name
+    columns = ["epoch", "lr", "train_loss", "val_loss", "val_miou"]
+    assert pd.read_csv(whole / "history.csv")[columns].equals(
+        pd.read_csv(killed / "history.csv")[columns]
+    )
+    assert not (killed / RESUME_FILE).exists() and not (whole / RESUME_FILE).exists()
+
+
+def test_a_saved_state_of_another_job_is_not_resumed(tmp_path):
+    """A rerun after a config or data change (another fingerprint) starts over."""
+    from segflow.checkpoints import (
+        RESUME_FILE,
+        load_training_state,
+        save_training_state,
+    )
+
+    state = {"fingerprint": "job A", "epoch": 1, "model": {"w": torch.ones(2)}}
+    save_training_state(tmp_path / RESUME_FILE, state)
+    assert load_training_state(tmp_path / RESUME_FILE, "job B") is None
+    loaded = load_training_state(tmp_path / RESUME_FILE, "job A")
+    assert loaded["epoch"] == 1 and torch.equal(loaded["model"]["w"], torch.ones(2))
+    assert load_training_state(tmp_path / "missing.pt", "job A") is None

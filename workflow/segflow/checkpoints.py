@@ -61,3 +61,32 @@ def load_checkpoint(
     )
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(device).eval(), checkpoint, settings
+
+
+# A training job's resumable state, beside its outputs: written after every epoch, read
+# when the job is rerun after a kill, deleted once the job's outputs are written.
+RESUME_FILE = "resume.pt"
+
+
+def save_training_state(path: str | Path, state: dict) -> None:
+    """Write ``state`` (plain types and tensors only) atomically."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def load_training_state(path: str | Path, fingerprint: str) -> dict | None:
+    """The state saved at ``path`` if it is this job's (same ``fingerprint``: settings,
+    fold, seed, images and inputs), else None: a state of other settings or other data is
+    never resumed from."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        print(
+            f"{path}: saved by another version of this job; starting over", flush=True
+        )
+        return None
+    return state

@@ -178,3 +178,29 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
     )
+
+
+def _random_transforms(transform) -> list:
+    """Every transform of a pipeline that holds random generators, in a fixed order."""
+    found = [transform] if hasattr(transform, "random_generator") else []
+    for child in getattr(transform, "transforms", []):
+        found += _random_transforms(child)
+    return found
+
+
+def transform_random_state(transform: A.Compose) -> list:
+    """The random generators' states of every transform in ``transform`` (plain types):
+    in the main process (no workers) they run on across epochs, so a resumed run must
+    restore them to draw the augmentations an uninterrupted run would."""
+    return [
+        [t.random_generator.bit_generator.state, t.py_random.getstate()]
+        for t in _random_transforms(transform)
+    ]
+
+
+def set_transform_random_state(transform: A.Compose, state: list) -> None:
+    for t, (numpy_state, python_state) in zip(
+        _random_transforms(transform), state, strict=True
+    ):
+        t.random_generator.bit_generator.state = numpy_state
+        t.py_random.setstate(python_state)

@@ -67,3 +67,17 @@ class LrSchedule:
     def after_epoch(self, val_miou: float) -> None:
         if self.per_epoch is not None:
             self.per_epoch.step(val_miou)
+
+    def state_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "per_step": self.per_step.state_dict() if self.per_step else None,
+            "per_epoch": self.per_epoch.state_dict() if self.per_epoch else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        if self.per_step is not None:
+            self.per_step.load_state_dict(state["per_step"])
+        if self.per_epoch is not None:
+            self.per_epoch.load_state_dict(state["per_epoch"])

@@ -23,6 +23,26 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def global_random_state() -> dict:
+    """The process's global random states (torch, CUDA, numpy, python), plain types."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [name, keys.tolist(), position, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def set_global_random_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, np.uint32), position, has_gauss, cached))
+    random.setstate(state["python"])
+
+
 def available_cores() -> int:
     """Cores this process may run on (its CPU affinity, e.g. a SLURM or taskset limit)."""
     try:
