@@ -140,6 +140,7 @@ def run_ensemble(root, members, **changes):
         oof_out=out / "oof.npy",
         test_out=out / "test.npy",
         test_labels_out=out / "test_labels.npy",
+        oof_labels_out=out / "oof_labels.npy",
     )
 
 

@@ -157,6 +157,18 @@ def test_named_weights_without_cache_fail_at_once_in_a_training_process(tmp_path
     assert float(seconds) < 5 and time.perf_counter() - started < 60
 
 
+def outputs_left(job_dir) -> set[str]:
+    """What a failed training job left in its folder besides its live progress (which
+    says how far it came, and that it never finished)."""
+    from segflow.progress import CURVES_FILE, PROGRESS_FILE, read_progress
+
+    if not job_dir.exists():
+        return set()
+    progress = read_progress(job_dir)
+    assert progress is None or not progress.finished
+    return {p.name for p in job_dir.iterdir()} - {PROGRESS_FILE, CURVES_FILE}
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_diverging_run_stops_with_epoch_and_step_and_saves_nothing(
     tiny_dataset, tmp_path, optimizer
@@ -169,7 +181,7 @@ def test_diverging_run_stops_with_epoch_and_step_and_saves_nothing(
         TrainingDiverged, match=r"epoch \d, (validation after )?step \d+: loss"
     ):
         train_fold(tiny_dataset, tmp_path / "run", settings=settings)
-    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    assert outputs_left(tmp_path / "run") == set()
 
 
 def test_checkpoint_is_written_once_after_the_run(tiny_dataset, tmp_path, monkeypatch):
@@ -282,9 +294,7 @@ def test_a_diverging_job_fails_the_workflow_and_leaves_no_model(tmp_path):
     assert result.returncode != 0
     log = (tmp_path / "results/logs/r0/train/unet/f0-s0.log").read_text()
     assert "the run diverged" in log and re.search(r"epoch 1, .*step \d+: loss", log)
-    assert not (tmp_path / "results/r0/train/unet/f0-s0").exists() or not any(
-        (tmp_path / "results/r0/train/unet/f0-s0").iterdir()
-    )
+    assert outputs_left(tmp_path / "results/r0/train/unet/f0-s0") == set()
 
 
 def test_a_missing_image_file_stops_before_any_job(tmp_path, small_coco):

@@ -258,7 +258,7 @@ def test_a_killed_training_job_resumes_and_ends_with_the_uninterrupted_weights(
     dataset = json.dumps({k: str(v) for k, v in tiny_dataset.items()})
 
     def job(out_dir, **kwargs):
-        command = [sys.executable, "-c", script, dataset, str(out_dir), "4"]
+        command = [sys.executable, "-c", script, dataset, str(out_dir), "3"]
         return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, **kwargs)
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"

@@ -463,6 +463,8 @@ def test_tiny_run_trains_predicts_and_scores_every_model(tiny_run):
                 "model.pt",
                 "history.csv",
                 "metrics.json",
+                "progress.json",  # live progress, not rule outputs (segflow.progress)
+                "curves.png",
             }
             assert (results / "predict" / run / "test.npy").is_file()
             assert (

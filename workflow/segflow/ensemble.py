@@ -186,10 +186,10 @@ def ensemble(
     oof_out: str | Path,
     test_out: str | Path,
     test_labels_out: str | Path,
-    oof_labels_out: str | Path | None = None,
+    oof_labels_out: str | Path,
 ) -> dict:
     """Tune on OOF; write the summary, the ensemble's OOF and test sets, test labels
-    (and, with ``oof_labels_out``, its OOF label maps: what the results report scores).
+    and OOF label maps (what the results report scores).
 
     ``members``: name -> {"oof": [oof.npy of each fold], "test": [test.npy of each fold],
     optionally "full": [test.npy of its full fit]}.
@@ -365,7 +365,9 @@ def main(argv=None) -> None:
         "--test-out", required=True, help="test.npy (ids written beside)"
     )
     parser.add_argument("--test-labels-out", required=True)
-    parser.add_argument("--oof-labels-out", help="the OOF label maps (uint8 .npy)")
+    parser.add_argument(
+        "--oof-labels-out", required=True, help="the OOF label maps (uint8 .npy)"
+    )
     args = parser.parse_args(argv)
     try:
         summary = ensemble(
