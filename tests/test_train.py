@@ -283,9 +283,9 @@ def test_a_killed_training_job_resumes_and_ends_with_the_uninterrupted_weights(
     output, _ = second.communicate(timeout=300)
     assert second.returncode == 0, output
     resumed_after = int(output.split("resumed after epoch ")[1].split()[0])
-    assert 1 <= resumed_after < 4
+    assert 1 <= resumed_after < 3
     assert (
-        f"epoch {resumed_after}/4" not in output
+        f"epoch {resumed_after}/3" not in output
     )  # the saved epochs were not retrained
     expected, got = (
         torch.load(d / "model.pt", weights_only=True) for d in (whole, killed)
