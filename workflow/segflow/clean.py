@@ -43,9 +43,9 @@ from segflow.labels import mask_file, read_instances, read_label, write_label
 from segflow.probabilities import MemberProbabilities, PredictionError
 from segflow.settings import CleanSettings
 from segflow.viz import (
+    class_legend,
     class_palette,
     data_uri,
-    legend_handles,
     overlay,
     plt,
     save_figure,
@@ -374,13 +374,7 @@ def write_gallery(
                 f"{image_id}  IoU {image_row['iou']:.2f}  flags: {image_row['suspected']}",
                 fontsize=9,
             )
-            fig.legend(
-                handles=legend_handles(classes, palette),
-                loc="lower center",
-                ncol=min(6, len(classes)),
-                fontsize=7,
-                bbox_to_anchor=(0.5, -0.08),
-            )
+            class_legend(fig, classes, palette, fontsize=7, below=0.08)
             # The batch folder stays in the name: file names repeat across batches.
             stem = re.sub(r"[^A-Za-z0-9]+", "_", str(Path(image_id).with_suffix("")))
             name = f"{rank:02d}_{stem}.png"

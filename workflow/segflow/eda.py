@@ -21,7 +21,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 from segflow.io import atomic_dir, atomic_path, write_json
 from segflow.labels import mask_file
 from segflow.tables import pixel_columns
-from segflow.viz import class_palette, data_uri, legend_handles, overlay, save_figure
+from segflow.viz import class_legend, class_palette, data_uri, overlay, save_figure
 
 
 def dataset_stats(
@@ -397,13 +397,7 @@ def _fig_gallery(images, masks_dir, image_root, classes, palette, size: int, see
         )
         ax.imshow(np.concatenate([picture, overlay(picture, mask, palette)], axis=1))
         ax.set_title(row["file_name"], fontsize=8)
-    fig.legend(
-        handles=legend_handles(classes, palette),
-        loc="lower center",
-        ncol=min(6, len(classes)),
-        fontsize=8,
-        bbox_to_anchor=(0.5, -0.02),
-    )
+    class_legend(fig, classes, palette)
     return fig
 
 

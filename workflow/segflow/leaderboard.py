@@ -27,31 +27,33 @@ import numpy as np
 import pandas as pd
 
 from segflow.data import read_rgb
-from segflow.io import atomic_dir, atomic_path, read_ids, write_table
+from segflow.io import atomic_dir, read_ids, write_table
 from segflow.labels import read_label
-from segflow.metrics import confusion_matrix, image_iou
+from segflow.metrics import confusion_matrix, mean_iou
 from segflow.probabilities import ids_path
+from segflow.tables import class_iou_column
 from segflow.viz import (
+    annotate_cells,
+    class_legend,
     class_palette,
-    legend_handles,
     overlay,
     plt,
     save_figure,
     training_curves_figure,
 )
 
-IOU_PREFIX = "iou_"
+# What the step writes (--<name>-out each): the CSV, the figures, the curves' folder.
+OUTPUTS = ("csv", "leaderboard", "ensembles", "rounds", "confusion", "worst", "curves")
 
 
 def leaderboard_table(
-    runs: list[dict], ensembles: dict[str, str], classes
+    runs: list[dict], summaries: dict[str, dict], classes
 ) -> pd.DataFrame:
     """One row per model x seed x round and per ensemble, best OOF mIoU first.
 
     ``runs``: {"round", "model", "oof": oof_score JSON, "jobs": [{"fold", "seed",
-    "metrics"}]} (the full fit among the jobs, fold "all"); ``ensembles``: name ->
-    summary.json."""
-    summaries = {name: json.loads(Path(p).read_text()) for name, p in ensembles.items()}
+    "metrics"}]} (the full fit among the jobs, fold "all"); ``summaries``: ensemble
+    name -> its summary.json's content."""
     rows = []
     for run in runs:
         score = json.loads(Path(run["oof"]).read_text())
@@ -81,7 +83,7 @@ def leaderboard_table(
                     "ensemble_weight": members.get(name, {}).get("weight"),
                     "train_seconds": sum(m["seconds"] for m in seed_jobs),
                     **{
-                        f"{IOU_PREFIX}{c}": seed_score["per_class_iou"].get(c)
+                        class_iou_column(c): seed_score["per_class_iou"].get(c)
                         for c in classes
                     },
                 }
@@ -95,7 +97,8 @@ def leaderboard_table(
                 "oof_miou": summary["oof_miou"],
                 "ensemble_weight": None,
                 **{
-                    f"{IOU_PREFIX}{c}": summary["per_class_iou"].get(c) for c in classes
+                    class_iou_column(c): summary["per_class_iou"].get(c)
+                    for c in classes
                 },
             }
         )
@@ -107,21 +110,11 @@ def leaderboard_table(
 
 def leaderboard_figure(table: pd.DataFrame, classes: list[str]):
     """Heatmap: one row per entry (best first), OOF mIoU then each class's IoU."""
-    columns = ["oof_miou"] + [f"{IOU_PREFIX}{c}" for c in classes]
+    columns = ["oof_miou"] + [class_iou_column(c) for c in classes]
     values = table[columns].astype(float).to_numpy()
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(columns), 1.2 + 0.42 * len(table)))
     image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    for (i, j), value in np.ndenumerate(values):
-        if not math.isnan(value):
-            ax.text(
-                j,
-                i,
-                f"{value:.2f}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="black" if value > 0.6 else "white",
-            )
+    annotate_cells(ax, values, lambda v: f"{v:.2f}", white_above=False)
     labels = []
     for row in table.itertuples():
         spread = (
@@ -141,9 +134,8 @@ def leaderboard_figure(table: pd.DataFrame, classes: list[str]):
     return fig
 
 
-def ensembles_figure(ensembles: dict[str, str], classes: list[str]):
+def ensembles_figure(summaries: dict[str, dict], classes: list[str]):
     """Per ensemble: its members' weights (left) and the class biases it kept (right)."""
-    summaries = {name: json.loads(Path(p).read_text()) for name, p in ensembles.items()}
     fig, (weights_ax, bias_ax) = plt.subplots(
         1,
         2,
@@ -251,17 +243,10 @@ def confusion_figure(confusion: np.ndarray, classes: list[str], title: str):
     n = len(classes)
     fig, ax = plt.subplots(figsize=(1.6 + 0.6 * n, 1.2 + 0.55 * n))
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for (i, j), value in np.ndenumerate(share):
-        if not math.isnan(value) and value >= 0.005:
-            ax.text(
-                j,
-                i,
-                f"{100 * value:.0f}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if value > 0.6 else "black",
-            )
+    # Percent, left blank under 0.5 %: a full grid of zeros hides the confusions.
+    annotate_cells(
+        ax, share, lambda v: f"{100 * v:.0f}" if v >= 0.005 else None, white_above=True
+    )
     ax.set_xticks(range(n), classes, rotation=35, ha="right", fontsize=8)
     ax.set_yticks(
         range(n),
@@ -298,13 +283,7 @@ def worst_images_figure(worst: list[dict], classes: list[str], title: str):
                 fontsize=8,
             )
             ax.axis("off")
-    fig.legend(
-        handles=legend_handles(classes, palette),
-        loc="lower center",
-        ncol=min(6, len(classes)),
-        fontsize=7,
-        bbox_to_anchor=(0.5, -0.02),
-    )
+    class_legend(fig, classes, palette, fontsize=7)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.03, 1, 0.98))
     return fig
@@ -328,14 +307,15 @@ def final_ensemble_oof(
     size = labels_set.shape[-1]
     n_classes = len(classes)
     confusion = np.zeros((n_classes, n_classes), np.int64)
-    scored = []
-    for image_id, prediction in zip(ids, labels_set):
+    scored = []  # (image mIoU, image id, position)
+    for position, (image_id, prediction) in enumerate(zip(ids, labels_set)):
         label = read_label(masks_dir, images.at[image_id, "coco_id"], size)
-        confusion += confusion_matrix(label, prediction, n_classes)
-        scored.append((image_iou(label, prediction, n_classes), image_id))
-    scored.sort(key=lambda pair: (-1.0 if math.isnan(pair[0]) else pair[0], pair[1]))
+        image_confusion = confusion_matrix(label, prediction, n_classes)
+        confusion += image_confusion
+        scored.append((mean_iou(image_confusion), image_id, position))
+    scored.sort(key=lambda s: (-1.0 if math.isnan(s[0]) else s[0], s[1]))
     worst = []
-    for iou, image_id in scored[:worst_count]:
+    for iou, image_id, position in scored[:worst_count]:
         picture = read_rgb(Path(image_root) / images.at[image_id, "file_name"])
         worst.append(
             {
@@ -345,7 +325,7 @@ def final_ensemble_oof(
                     picture, (size, size), interpolation=cv2.INTER_AREA
                 ),
                 "label": read_label(masks_dir, images.at[image_id, "coco_id"], size),
-                "prediction": np.asarray(labels_set[ids.index(image_id)]),
+                "prediction": np.asarray(labels_set[position]),
             }
         )
     return confusion, worst
@@ -364,16 +344,12 @@ def leaderboard(
     outputs,
 ) -> pd.DataFrame:
     """Write the leaderboard CSV and every results figure (``outputs``: paths by name)."""
-    table = leaderboard_table(runs, ensembles, classes)
+    summaries = {name: json.loads(Path(p).read_text()) for name, p in ensembles.items()}
+    table = leaderboard_table(runs, summaries, classes)
     write_table(table, outputs["csv"])
-
-    def save(fig, path):
-        with atomic_path(path) as tmp:
-            save_figure(fig, tmp)
-
-    save(leaderboard_figure(table, classes), outputs["leaderboard"])
-    save(ensembles_figure(ensembles, classes), outputs["ensembles"])
-    save(rounds_figure(table), outputs["rounds"])
+    save_figure(leaderboard_figure(table, classes), outputs["leaderboard"])
+    save_figure(ensembles_figure(summaries, classes), outputs["ensembles"])
+    save_figure(rounds_figure(table), outputs["rounds"])
     confusion, worst = final_ensemble_oof(
         final["oof"],
         final["oof_labels"],
@@ -383,13 +359,13 @@ def leaderboard(
         classes,
         worst_count,
     )
-    save(
+    save_figure(
         confusion_figure(
             confusion, classes, f"OOF confusion of the final ensemble ({final['name']})"
         ),
         outputs["confusion"],
     )
-    save(
+    save_figure(
         worst_images_figure(
             worst, classes, f"Worst OOF images of the final ensemble ({final['name']})"
         ),
@@ -398,10 +374,9 @@ def leaderboard(
     with atomic_dir(outputs["curves"]) as curves_dir:
         for run in runs:
             histories = {
-                f"f{job['fold']} s{job['seed']}": pd.read_csv(job["history"])
-                .astype(object)
-                .where(lambda t: t.notna(), None)
-                .to_dict("records")
+                f"f{job['fold']} s{job['seed']}": pd.read_csv(job["history"]).to_dict(
+                    "records"
+                )
                 for job in run["jobs"]
             }
             fig = training_curves_figure(histories, f"{run['round']} {run['model']}")
@@ -429,15 +404,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--worst", type=int, required=True, help="worst OOF images shown"
     )
-    for name in (
-        "csv",
-        "leaderboard",
-        "ensembles",
-        "rounds",
-        "confusion",
-        "worst",
-        "curves",
-    ):
+    for name in OUTPUTS:
         parser.add_argument(f"--{name}-out", required=True)
     args = parser.parse_args(argv)
     try:
@@ -450,18 +417,7 @@ def main(argv=None) -> None:
             image_root=args.image_root,
             classes=json.loads(args.classes),
             worst_count=args.worst,
-            outputs={
-                name: getattr(args, f"{name}_out")
-                for name in (
-                    "csv",
-                    "leaderboard",
-                    "ensembles",
-                    "rounds",
-                    "confusion",
-                    "worst",
-                    "curves",
-                )
-            },
+            outputs={name: getattr(args, f"{name}_out") for name in OUTPUTS},
         )
     except (ValueError, FileNotFoundError, KeyError) as e:
         sys.exit(f"ERROR: {e}")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segflow.io import atomic_path, write_json
+from segflow.io import write_json
 
 PROGRESS_FILE = "progress.json"
 CURVES_FILE = "curves.png"
@@ -96,8 +96,7 @@ def write_curves(job_dir: str | os.PathLike, progress: Progress) -> None:
     from segflow.viz import save_figure, training_curves_figure
 
     fig = training_curves_figure({progress.run: progress.history}, progress.run)
-    with atomic_path(curves_path(job_dir)) as tmp:
-        save_figure(fig, tmp)
+    save_figure(fig, curves_path(job_dir))
 
 
 def _nan(value) -> bool:

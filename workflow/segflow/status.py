@@ -114,18 +114,17 @@ def read_job(job_dir: Path, up_to_date: bool, epochs: int | None) -> TrainingJob
     progress = read_progress(job_dir)
     metrics_path = job_dir / "metrics.json"
     if up_to_date:  # (its files may be gone where nothing downstream needs them again)
-        metrics = (
-            json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-        )
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        trained = metrics.get("epochs", 0)
         return TrainingJob(
             job_dir,
             name,
             "done",
-            metrics["epochs"] if metrics else 0,
-            metrics["epochs"] if metrics else epochs,
-            metrics["val_miou"] if metrics else None,
-            metrics["train_images_per_s"] if metrics else None,
-            metrics["seconds"] / max(1, metrics["epochs"]) if metrics else None,
+            trained,
+            metrics.get("epochs", epochs),
+            metrics.get("val_miou"),
+            metrics.get("train_images_per_s"),
+            metrics["seconds"] / trained if trained else None,
             model,
         )
     if progress is None or progress.finished:  # a finished one is stale: to rerun

@@ -1,4 +1,4 @@
-"""Column names of the tables the index writes, for every step that reads them."""
+"""Column names of the tables the steps write, for every step that reads them."""
 
 from __future__ import annotations
 
@@ -34,3 +34,8 @@ def image_columns(n_classes: int) -> list[str]:
         "classes_present",
         *pixel_columns(n_classes),
     ]
+
+
+def class_iou_column(class_name: str) -> str:
+    """The per-class IoU column of history.csv and leaderboard.csv."""
+    return f"iou_{class_name}"

@@ -74,6 +74,7 @@ from segflow.splits import (
     label_changes,
     parse_fold,
 )
+from segflow.tables import class_iou_column
 from segflow.tracking import (
     finish_tracking,
     log_epoch,
@@ -420,7 +421,7 @@ def train(
             schedule.after_epoch(scores["val_miou"])
         row.update({k: v for k, v in scores.items() if k != "per_class_iou"})
         for name, value in scores.get("per_class_iou", {}).items():
-            row[f"iou_{name}"] = value
+            row[class_iou_column(name)] = value
         row["seconds"] = time.perf_counter() - started
         row["images_per_s"] = seen / train_seconds
         history.append(row)

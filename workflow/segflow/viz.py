@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from segflow.io import atomic_path  # noqa: E402
 from segflow.labels import IGNORE_INDEX  # noqa: E402
 
 # Object classes' colours: tab10 with its grey swapped for gold, then tab20's light
@@ -66,14 +67,48 @@ def legend_handles(classes: list[str], palette: np.ndarray) -> list[Patch]:
     ]
 
 
+def class_legend(
+    fig, classes: list[str], palette: np.ndarray, fontsize: int = 8, below: float = 0.02
+) -> None:
+    """The class colours as a legend under the figure's panels (``below``: how far under
+    the figure's bottom edge, as a share of its height)."""
+    fig.legend(
+        handles=legend_handles(classes, palette),
+        loc="lower center",
+        ncol=min(6, len(classes)),
+        fontsize=fontsize,
+        bbox_to_anchor=(0.5, -below),
+    )
+
+
+def annotate_cells(ax, values: np.ndarray, text, white_above: bool) -> None:
+    """Write ``text(value)`` in each cell of a heatmap with values in [0, 1] (NaN and
+    ``text`` None: no text), white where the colour map is dark: above 0.6 when
+    ``white_above``, else below it."""
+    for (i, j), value in np.ndenumerate(values):
+        label = None if np.isnan(value) else text(value)
+        if label is not None:
+            dark = value > 0.6 if white_above else value <= 0.6
+            ax.text(
+                j,
+                i,
+                label,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
+            )
+
+
 def save_figure(fig, path) -> bytes:
-    """Write ``fig`` as PNG to ``path`` and return the bytes (for embedding), then close it."""
+    """Write ``fig`` as PNG to ``path`` (atomically) and return the bytes (for
+    embedding), then close it."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     data = buffer.getvalue()
-    with open(path, "wb") as f:
-        f.write(data)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return data
 
 
@@ -92,10 +127,10 @@ def training_curves_figure(histories: dict[str, list[dict]], title: str):
         epochs = [row["epoch"] for row in rows]
 
         def values(key, rows=rows):
-            return [np.nan if row.get(key) is None else row[key] for row in rows]
+            return np.array([row.get(key) for row in rows], dtype=float)  # None: NaN
 
         loss_ax.plot(epochs, values("train_loss"), "-o", ms=3, color=color, label=label)
-        if any(row.get("val_loss") is not None for row in rows):
+        if not np.isnan(values("val_loss")).all():  # a full fit has no validation
             loss_ax.plot(epochs, values("val_loss"), "--", color=color)
             miou_ax.plot(
                 epochs, values("val_miou"), "-o", ms=3, color=color, label=label
