@@ -112,9 +112,9 @@ EXPLODED = 1000.0
 # How often (seconds) curves.png is redrawn during a run.
 CURVES_EVERY_S = 20.0
 # How often (seconds) the resumable state is saved, at the end of an epoch: a kill loses
-# at most this and an epoch. Saving costs about half a second on 2 CPU cores for the
-# demo's DeepLabV3+/ResNet-18 (200 MB with AdamW's moments and the best epoch's weights):
-# every epoch, that would be a tenth of the demo's training time.
+# at most this and an epoch. Saving costs about 0.6 s on 2 CPU cores for the demo's
+# DeepLabV3+/ResNet-18 (198 MB with AdamW's moments and the best epoch's weights;
+# benchmarks/progress_cost.py): every epoch, an eighth of a 4.6 s demo epoch.
 RESUME_EVERY_S = 60.0
 
 
@@ -449,8 +449,8 @@ def train(
                 log_images(tracker, model, val_loader, classes, device, autocast)
         log_epoch(tracker, row)
         write_progress(job_dir, progress)
-        # The figure costs about a tenth of a second: on short CPU epochs it is redrawn
-        # at most every CURVES_EVERY_S seconds, and always after the last epoch.
+        # The figure costs about 0.2 s (benchmarks/progress_cost.py): on short CPU epochs
+        # it is redrawn at most every CURVES_EVERY_S seconds, and after the last epoch.
         if epoch == epochs or time.time() - curves_written > CURVES_EVERY_S:
             write_curves(job_dir, progress)
             curves_written = time.time()
