@@ -281,7 +281,9 @@ def train_fold(tiny_dataset, out_dir, *, fold=0, seed=0, settings=None, **option
     )
 
 
-def predict_fold(tiny_dataset, model_path, out_dir, *, fold=0, size=48, tta="hflip"):
+def predict_fold(
+    tiny_dataset, model_path, out_dir, *, fold=0, size=48, tta="hflip", overlap=0.5
+):
     """segflow.predict.predict into ``out_dir``: oof.npy and test.npy with their ids."""
     from segflow.predict import predict
 
@@ -298,6 +300,7 @@ def predict_fold(tiny_dataset, model_path, out_dir, *, fold=0, size=48, tta="hfl
         oof_out=out_dir / "oof.npy",
         test_out=out_dir / "test.npy",
         threads=2,
+        window_overlap=overlap,
     )
     return out_dir
 

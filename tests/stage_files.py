@@ -149,7 +149,17 @@ def check_ensemble(summary, members, classes, label_of, out_dir) -> None:
         max(summary["members"][n]["oof_miou"] for n in names)
     )
     assert ids_of(out_dir / "oof.npy") == oof_ids
-    # The OOF label maps (what the results report scores) are these votes, in that order.
+    # The OOF label maps (what the results report scores) are these votes, in that
+    # order, with the post-processing's small components removed.
+    min_area = postprocess_areas(summary, classes)
+    if summary.get("postprocess"):
+        assert summary["postprocess"]["oof_miou_before"] == _close(summary["oof_miou"])
+        processed = np.stack([without_small(p, min_area) for p in predictions])
+        assert summary["postprocess"]["oof_miou"] == _close(
+            reference_miou(labels, processed, n_classes)
+        )
+        assert summary["postprocess"]["oof_miou"] >= summary["oof_miou"] - 1e-12
+        predictions = processed
     oof_labels = np.load(out_dir / "oof_labels.npy")
     assert oof_labels.shape == predictions.shape
     assert (oof_labels == predictions).mean() > 0.999
@@ -164,10 +174,30 @@ def check_ensemble(summary, members, classes, label_of, out_dir) -> None:
     voted = [soft_vote([test[n][i] for n in names], weights, bias) for i in test_ids]
     _assert_stored(out_dir / "test.npy", np.stack([mean for _, mean in voted]))
     test_labels = np.load(out_dir / "test_labels.npy")
-    expected = np.stack([labels_ for labels_, _ in voted])
+    expected = np.stack([without_small(labels_, min_area) for labels_, _ in voted])
     # uint8 storage rounds each member's probability: a pixel whose two best classes
     # are within that rounding may flip; nothing else may.
     assert (test_labels == expected).mean() > 0.999
+
+
+def postprocess_areas(summary, classes) -> dict[int, int]:
+    """The ensemble's post-processing areas in pixels by class index ({} when off)."""
+    areas = (summary.get("postprocess") or {}).get("min_area_pixels", {})
+    return {classes.index(name): area for name, area in areas.items()}
+
+
+def without_small(label_map: np.ndarray, min_area: dict[int, int]) -> np.ndarray:
+    """Reference removal of small components (scipy's labelling, 8-connectivity): each
+    component of class c below min_area[c] pixels becomes background."""
+    from scipy import ndimage
+
+    out = label_map.copy()
+    for cls, area in min_area.items():
+        components, count = ndimage.label(label_map == cls, structure=np.ones((3, 3)))
+        sizes = np.bincount(components.ravel(), minlength=count + 1)
+        small = np.flatnonzero(sizes < area)
+        out[np.isin(components, small[small > 0])] = 0
+    return out
 
 
 def _close(value, tol=1e-9):

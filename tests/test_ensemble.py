@@ -356,3 +356,65 @@ def test_an_image_in_the_oof_of_two_folds_is_an_error(three_members):
         PredictionError, match=rf"good: image {ids[0]} is in the OOF of two folds"
     ):
         run_ensemble(root, members)
+
+
+def speckled(rng, n=12, side=32, classes=4):
+    """(truth, prediction) label maps: objects found, plus small false speckles of
+    class 1 and 3, and true small objects of class 2 that a removal would lose."""
+    truth = np.zeros((n, side, side), np.uint8)
+    predicted = np.zeros_like(truth)
+    for i in range(n):
+        truth[i, 4:14, 4:14] = 1
+        truth[i, 20:30, 18:28] = 3
+        truth[i, 28:30, 2:4] = 2  # small and real
+        truth[i, 0, :] = IGNORE  # ignored pixels count for nothing
+        predicted[i] = truth[i]
+        predicted[i, 0, :] = 0
+        for _ in range(4):  # false speckles
+            y, x = rng.integers(16, 30), rng.integers(2, 14)
+            predicted[i, y : y + 2, x : x + 1] = rng.choice([1, 3])
+    return truth, predicted
+
+
+IGNORE = 255
+
+
+def test_small_component_removal_is_tuned_on_oof_and_never_lowers_it():
+    from segflow.postprocess import (
+        min_areas_in_pixels,
+        remove_small_components,
+        tune_min_areas,
+    )
+    from stage_files import without_small
+
+    truth, predicted = speckled(np.random.default_rng(0))
+    shares, before, after = tune_min_areas(predicted, truth, 4)
+    assert after > before + 0.01  # the false speckles go
+    assert shares[2] == 0.0  # class 2's real small objects stay
+    assert shares[1] > 0 and shares[3] > 0
+    areas = min_areas_in_pixels(shares, (32, 32))
+    removed = np.stack([remove_small_components(p, areas) for p in predicted])
+    assert np.array_equal(
+        removed, np.stack([without_small(p, areas) for p in predicted])
+    )
+    assert reference_miou(truth, removed, 4) == pytest.approx(after)
+    # Where every small component is real, nothing is removed and nothing is lost.
+    shares, before, after = tune_min_areas(truth, truth, 4)
+    assert after == before and not any(shares.values())
+    # Random label maps: whatever it picks, OOF mIoU does not fall.
+    rng = np.random.default_rng(1)
+    noisy = np.where(
+        rng.random(truth.shape) < 0.1, rng.integers(0, 4, truth.shape), truth
+    )
+    shares, before, after = tune_min_areas(noisy.astype(np.uint8), truth, 4)
+    assert after >= before
+
+
+def test_the_ensemble_post_processes_its_oof_and_test_labels(three_members):
+    root, members, _, _ = three_members
+    summary = run_ensemble(
+        root, members, method="soft", weights="oof", class_bias=True, remove_small=True
+    )
+    post = summary["postprocess"]
+    assert post is not None and post["oof_miou"] >= post["oof_miou_before"]
+    check_ensemble(summary, members, ["bg", "a", "b"], labels_from(root), root / "out")

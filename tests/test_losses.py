@@ -16,7 +16,7 @@ def batch(seed=0, classes=5):
     return logits, target
 
 
-@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("name", [n for n in LOSS_NAMES if n != "aux"])
 def test_every_term_ignores_label_255(name):
     logits, target = batch()
     loss = create_loss({name: 1.0})
@@ -65,3 +65,35 @@ def test_unknown_or_empty_terms_are_errors():
         create_loss({"tversky": 1.0})
     with pytest.raises(ValueError, match="every weight is zero"):
         create_loss({"ce": 0.0})
+
+
+def test_class_weighted_ce_is_torch_weighted_cross_entropy():
+    logits, target = batch()
+    weights = [0.5, 1.0, 2.0, 1.0, 3.0]
+    value = create_loss({"ce": 1.0}, class_weights=weights)(logits, target)
+    expected = F.cross_entropy(
+        logits, target, weight=torch.tensor(weights), ignore_index=IGNORE_INDEX
+    )
+    assert value == pytest.approx(float(expected), rel=1e-6)
+    assert value != pytest.approx(float(create_loss({"ce": 1.0})(logits, target)))
+
+
+def test_aux_term_is_bce_on_the_classes_present():
+    logits, target = batch()
+    target[1] = 2
+    target[1, :4] = IGNORE_INDEX  # ignored pixels are no class
+    target[0][target[0] == 4] = 1  # class 4 absent from image 0
+    class_logits = torch.randn(2, 5, generator=torch.Generator().manual_seed(1))
+    present = torch.tensor([[1.0, 1, 1, 1, 0], [0, 0, 1, 0, 0]])
+    loss = create_loss({"ce": 1.0, "aux": 0.4})
+    value = loss((logits, class_logits), target)
+    expected = F.cross_entropy(
+        logits, target, ignore_index=IGNORE_INDEX
+    ) + 0.4 * F.binary_cross_entropy_with_logits(class_logits, present)
+    assert value == pytest.approx(float(expected), rel=1e-6)
+    with pytest.raises(ValueError, match="no auxiliary head"):
+        loss(logits, target)
+    # Validation (eval mode, masks only): the pixels' loss.
+    assert loss.eval()(logits, target) == pytest.approx(
+        float(F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)), rel=1e-6
+    )

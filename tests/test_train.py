@@ -9,7 +9,7 @@ import torch
 
 from conftest import CLASSES, model_params, train_fold
 from segflow.checkpoints import load_checkpoint
-from segflow.optim import lr_factor
+from segflow.optim import LrSchedule, create_optimizer
 from segflow.settings import WandbSettings
 from segflow.splits import fold_split
 
@@ -100,11 +100,53 @@ def test_other_optimizers_schedulers_and_losses_run(tiny_dataset, tmp_path, chan
     assert 0.0 <= metrics["val_miou"] <= 1.0
 
 
+def schedule_lrs(steps=100, **changes) -> list[float]:
+    """The lr of each optimizer step of a 10-epoch run of 10 steps per epoch."""
+    settings = model_params(epochs=10, lr=1.0, min_lr_ratio=0.01, **changes)
+    model = torch.nn.Linear(2, 2)
+    optimizer = create_optimizer(model, settings)
+    schedule = LrSchedule(optimizer, settings, steps_per_epoch=10)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        schedule.after_step()
+    return lrs
+
+
 def test_warmup_then_cosine():
-    factors = [lr_factor(s, 100, 10, 0.01) for s in range(100)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
-    assert factors[-1] == pytest.approx(0.01, abs=0.002)
+    lrs = schedule_lrs(scheduler="cosine", warmup_epochs=1)
+    # Linear from lr / warmup steps, the peak once the 10 warmup steps are done.
+    assert lrs[:10] == pytest.approx([0.1 + 0.09 * t for t in range(10)])
+    assert lrs[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.01, abs=0.002)
+
+
+def test_cosine_restarts_and_poly():
+    restarts = schedule_lrs(
+        scheduler="cosine_restarts", warmup_epochs=0, restart_epochs=3
+    )
+    # Each 30-step cycle starts again at the peak and falls to about the floor.
+    assert [restarts[i] for i in (0, 30, 60, 90)] == pytest.approx([1.0] * 4)
+    assert restarts[29] < 0.02 and restarts[59] < 0.02
+    assert all(a >= b for a, b in zip(restarts[30:59], restarts[31:60]))
+    poly = schedule_lrs(scheduler="poly", warmup_epochs=0, poly_power=2.0)
+    # (1 - t/T)^2 from 1 to 0.01: at a quarter of the run 0.01 + 0.99 x 0.5625.
+    assert poly[25] == pytest.approx(0.01 + 0.99 * 0.75**2, abs=1e-6)
+    assert all(a > b for a, b in zip(poly, poly[1:]))
+
+
+@pytest.mark.parametrize("name", ["lookahead_adamw", "sgd", "radam"])
+def test_timm_optimizers(name):
+    """timm's factory: the named optimizer, weight decay kept off biases."""
+    settings = model_params(optimizer=name, weight_decay=0.05)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    optimizer = create_optimizer(model, settings)
+    inner = getattr(optimizer, "_base_optimizer", optimizer)  # timm's Lookahead wraps
+    assert type(inner).__name__.lower() == name.removeprefix("lookahead_")
+    assert name.startswith("lookahead") == (type(optimizer).__name__ == "Lookahead")
+    decays = sorted(g["weight_decay"] for g in optimizer.param_groups)
+    assert decays == [0.0, 0.05]  # biases and norm weights, then the conv weight
 
 
 def test_fold_split_keeps_validation_out_of_training(tiny_dataset):
@@ -232,7 +274,9 @@ import json, sys
 sys.path.insert(0, {tests!r})
 from conftest import model_params, train_fold
 augment = [{{"HorizontalFlip": {{"p": 0.5}}}}, {{"RandomBrightnessContrast": {{}}}}]
-settings = model_params(epochs=int(sys.argv[3]), augment=augment)
+# EMA and CutMix: their states (the average, the mixing's random stream) resume too.
+settings = model_params(epochs=int(sys.argv[3]), augment=augment, averaging="ema",
+                        mix="cutmix")
 train_fold(json.loads(sys.argv[1]), sys.argv[2], settings=settings, run_name="r0/m/f0",
            resume_every_s=0)
 """

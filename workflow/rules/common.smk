@@ -36,6 +36,7 @@ from segflow.settings import (
     ensemble_settings,
     job_memory_mb,
     job_runtime_minutes,
+    prediction_overlap,
     prediction_size,
     prediction_tta,
     pseudo_settings,

@@ -24,13 +24,14 @@ rule predict:
         root=DATA.root,
         size=prediction_size(config),
         tta=lambda wildcards: prediction_tta(config, wildcards.model),
+        overlap=lambda wildcards: prediction_overlap(config, wildcards.model),
         batch_size=config["predict"]["batch_size"],
     shell:
         "python -m segflow.predict --model {input.model} --images {input.images}"
         " --folds {input.folds} --image-root {params.root:q} --fold {wildcards.fold}"
         " --size {params.size} --tta {params.tta} --batch-size {params.batch_size}"
-        " --oof-out {output.oof} --test-out {output.test} --threads {threads}"
-        " > {log} 2>&1"
+        " --window-overlap {params.overlap} --oof-out {output.oof}"
+        " --test-out {output.test} --threads {threads} > {log} 2>&1"
 
 
 rule oof_score:

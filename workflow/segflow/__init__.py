@@ -20,6 +20,11 @@ Libraries, shared by the steps; a library never imports a step:
   models         the model factory (smp), offline-safe encoder weights
   checkpoints    save/load a state_dict with the settings that rebuild the model
   losses         the weighted loss terms
+  mixing         batch mixing augmentations: MixUp, CutMix, Copy-Paste
+  averaging      weight averaging of a run: EMA, SWA, top-k epochs
+  class_balance  rare classes: ce class weights, repeat-factor sampling
+  sliding_window overlapping tiles blended toward their centres, for large images
+  postprocess    small connected components removed, the areas tuned on OOF
   data           datasets, albumentations pipelines, loaders
   input_size     the side a model sees its images at (arch multiples, mixed sizes)
   splits         which images and labels a fold job of a round trains and validates on

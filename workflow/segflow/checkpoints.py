@@ -57,7 +57,11 @@ def load_checkpoint(
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     settings = ModelSettings.from_dict(checkpoint["config"], f"{path}: config")
     model = create_model(
-        settings.arch, settings.encoder, len(checkpoint["classes"]), None
+        settings.arch,
+        settings.encoder,
+        len(checkpoint["classes"]),
+        None,
+        settings.model_args,
     )
     model.load_state_dict(checkpoint["state_dict"])
     return model.to(device).eval(), checkpoint, settings

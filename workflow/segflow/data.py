@@ -26,8 +26,9 @@ import cv2
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from segflow.labels import IGNORE_INDEX
 from segflow.models import IMAGENET_MEAN, IMAGENET_STD
 
 COMPOSITES = {
@@ -59,9 +60,23 @@ def resize_steps(side: int | None) -> list[dict]:
     return [{"Resize": {"height": side, "width": side}}] if side else []
 
 
-def train_transform(augment: list[dict], side: int | None, seed: int) -> A.Compose:
-    """The model's augmentations, then its resize (segflow.input_size)."""
-    return build_transform(list(augment) + resize_steps(side), seed=seed)
+def crop_steps(crop: int | None) -> list[dict]:
+    """A random ``crop`` x ``crop`` crop, padded first where the image is smaller (the
+    padding's labels ignored), if there is a crop."""
+    if not crop:
+        return []
+    pad = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": IGNORE_INDEX}
+    return [
+        {"RandomCrop": {"height": crop, "width": crop, "pad_if_needed": True, **pad}}
+    ]
+
+
+def train_transform(
+    augment: list[dict], side: int | None, seed: int, crop: int | None = None
+) -> A.Compose:
+    """The model's augmentations, its resize (segflow.input_size), its random crop."""
+    steps = list(augment) + resize_steps(side) + crop_steps(crop)
+    return build_transform(steps, seed=seed)
 
 
 def image_sizes(images) -> list[tuple[int, int]]:
@@ -164,13 +179,26 @@ def make_loader(
     workers: int,
     drop_last: bool = False,
     pin_memory: bool = False,
+    sample_weights=None,
 ) -> DataLoader:
-    """A DataLoader whose order and augmentations are fixed by ``seed``."""
+    """A DataLoader whose order and augmentations are fixed by ``seed``.
+    ``sample_weights``: draw len(dataset) images per epoch with replacement, each with
+    its weight's probability (oversampling; segflow.class_balance), instead of shuffling."""
     generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if sample_weights is not None:
+        sampler = WeightedRandomSampler(
+            torch.as_tensor(sample_weights, dtype=torch.float64),
+            num_samples=len(dataset),
+            replacement=True,
+            generator=generator,
+        )
+        shuffle = False
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=workers,
         worker_init_fn=seed_worker,
         generator=generator,

@@ -38,6 +38,11 @@ import pandas as pd
 from segflow.io import atomic_path, write_json
 from segflow.labels import IGNORE_INDEX, read_label
 from segflow.metrics import confusion_matrix, mean_iou, per_class_iou
+from segflow.postprocess import (
+    min_areas_in_pixels,
+    remove_small_components,
+    tune_min_areas,
+)
 from segflow.probabilities import (
     MemberProbabilities,
     PredictionError,
@@ -283,7 +288,27 @@ def ensemble(
         chunk=chunk,
     )
     combined(oof, oof_ids, oof_out, labels_out=oof_labels_out)
-    combined(test, test_ids, test_out, labels_out=test_labels_out)
+
+    # 4. Post-processing tuned on the OOF labels just written (segflow.postprocess):
+    # small components become background where that raises OOF mIoU.
+    postprocess, min_area = None, None
+    if settings.remove_small:
+        written = np.load(oof_labels_out, mmap_mode="r")
+        shares, before, after = tune_min_areas(
+            written, (labels_of(i) for i in oof_ids), n_classes
+        )
+        min_area = min_areas_in_pixels(shares, written.shape[1:])
+        del written
+        postprocess = {
+            "min_area_share": {classes[c]: s for c, s in shares.items()},
+            "min_area_pixels": {classes[c]: a for c, a in min_area.items()},
+            "oof_miou_before": before,
+            "oof_miou": after,
+        }
+        if min_area:
+            rewrite_labels(oof_labels_out, min_area)
+        print(f"small components removed: OOF mIoU {before:.4f} -> {after:.4f}")
+    combined(test, test_ids, test_out, labels_out=test_labels_out, min_area=min_area)
 
     summary = {
         "method": method,
@@ -301,6 +326,7 @@ def ensemble(
         else None,
         "class_bias_oof_gain": bias_gain,
         "oof_miou": scores[final_key],
+        "postprocess": postprocess,
         "oof_miou_equal_weights": scores["equal"],
         "oof_miou_tuned_weights": scores["tuned"] if weights == "oof" else None,
         "best_member_oof_miou": max(scores[f"member:{n}"] for n in names),
@@ -317,10 +343,20 @@ def ensemble(
 
 
 def write_combined(
-    members, image_ids, out, *, weights, method, bias, chunk, labels_out=None
+    members,
+    image_ids,
+    out,
+    *,
+    weights,
+    method,
+    bias,
+    chunk,
+    labels_out=None,
+    min_area=None,
 ) -> None:
     """The members' combined probabilities of ``image_ids`` as a stored set at ``out``;
-    with ``labels_out``, their label maps too (uint8 (N, H, W) .npy)."""
+    with ``labels_out``, their label maps too (uint8 (N, H, W) .npy), with ``min_area``
+    (class -> pixels) small components removed from them."""
     shape = members[0].shape
     with contextlib.ExitStack() as stack:
         stored = stack.enter_context(probability_writer(out, image_ids, shape))
@@ -340,10 +376,28 @@ def write_combined(
             )
             stored[start : start + len(ids)] = encode_probabilities(mean)
             if labels is not None:
+                if min_area:
+                    chunk_labels = np.stack(
+                        [remove_small_components(m, min_area) for m in chunk_labels]
+                    )
                 labels[start : start + len(ids)] = chunk_labels
         if labels is not None:
             labels.flush()
             del labels
+
+
+def rewrite_labels(path, min_area: dict[int, int]) -> None:
+    """The label maps at ``path`` with small components removed, renamed into place."""
+    source = np.load(path, mmap_mode="r")
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=source.shape
+        )
+        for i in range(len(source)):
+            out[i] = remove_small_components(np.asarray(source[i]), min_area)
+        out.flush()
+        del out
+    del source
 
 
 def main(argv=None) -> None:

@@ -10,6 +10,10 @@ sees one size:
   data, the most common longer side (the larger on a tie) rounded up to the arch's
   multiple.
 
+A model trained on random crops (``crop``) sees its images at their own size, or resized
+to ``input_size`` when that is set, tile by tile through a sliding window: only the crop
+must fit the arch.
+
 Training and prediction derive the side from the whole index (labelled and test
 images), so both see the same size; the workflow checks the configured models against
 the COCO files' sizes before any job starts.
@@ -39,14 +43,24 @@ def round_up(side: int, multiple: int) -> int:
 
 
 def model_side(
-    sizes: list[tuple[int, int]], arch: str, input_size: int | None
+    sizes: list[tuple[int, int]],
+    arch: str,
+    input_size: int | None,
+    crop: int | None = None,
 ) -> int | None:
     """The square side images are resized to, or None to use them as they are.
 
     ``sizes``: (height, width) of every image. Raises ValueError naming the sizes when
-    the images' one size, or ``input_size``, does not fit ``arch``.
+    the images' one size, or ``input_size``, or ``crop``, does not fit ``arch``.
     """
     multiple = size_multiple(arch)
+    if crop:
+        if crop % multiple:
+            raise ValueError(
+                f"crop {crop} does not fit {arch}, which needs multiples of"
+                f" {multiple} (e.g. {round_up(crop, multiple)})"
+            )
+        return input_size or None
     if input_size:
         if input_size % multiple:
             raise ValueError(

@@ -8,6 +8,10 @@
 - ``dice``, ``jaccard``, ``lovasz``: smp.losses in multiclass mode with ignore_index.
 - ``focal``: softmax focal loss (below). smp's FocalLoss in multiclass mode is a
   one-vs-all sigmoid loss, not the softmax focal loss people expect.
+- ``aux``: for a model with an auxiliary classification head (``model_args.aux_params``):
+  binary cross-entropy of its class logits against the classes present in the label map.
+
+``class_weights`` (segflow.class_balance) weigh the ``ce`` term's classes.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from torch import nn
 
 from segflow.labels import IGNORE_INDEX
 
-LOSS_NAMES = ("ce", "dice", "focal", "lovasz", "jaccard")
+LOSS_NAMES = ("ce", "dice", "focal", "lovasz", "jaccard", "aux")
 
 
 class SoftmaxFocalLoss(nn.Module):
@@ -39,8 +43,20 @@ class SoftmaxFocalLoss(nn.Module):
         return (loss * keep).sum() / keep.sum().clamp(min=1)
 
 
+def classes_present(target: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(N, C) float: 1 where class c has a pixel in image n's label map (255 left out)."""
+    labelled = torch.where(target == IGNORE_INDEX, n_classes, target).flatten(1)
+    one_hot = torch.zeros(len(target), n_classes + 1, device=target.device)
+    return one_hot.scatter_(1, labelled, 1.0)[:, :n_classes]
+
+
 class CompoundLoss(nn.Module):
-    """Weighted sum of loss terms; ``parts`` holds the last value of each term for logging."""
+    """Weighted sum of loss terms; ``parts`` holds the last value of each term for logging.
+
+    ``output`` is the logits, or (logits, class logits) from a model with an auxiliary
+    head (segflow.models.AuxiliaryHeadModel while training). In eval mode the aux term
+    is left out: a model in eval mode returns no class logits (the validation loss is
+    the pixels' loss)."""
 
     def __init__(self, terms: dict[str, nn.Module], weights: dict[str, float]):
         super().__init__()
@@ -48,25 +64,43 @@ class CompoundLoss(nn.Module):
         self.weights = dict(weights)
         self.parts: dict[str, float] = {}
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, output, target: torch.Tensor) -> torch.Tensor:
+        logits, class_logits = output if isinstance(output, tuple) else (output, None)
         total = 0.0
         for name, term in self.terms.items():
-            value = term(logits.float(), target)
+            if name == "aux":
+                if class_logits is None and not self.training:
+                    continue
+                if class_logits is None:
+                    raise ValueError(
+                        "loss aux: the model has no auxiliary head"
+                        " (set model_args: {aux_params: {}})"
+                    )
+                present = classes_present(target, class_logits.shape[1])
+                value = term(class_logits.float(), present)
+            else:
+                value = term(logits.float(), target)
             self.parts[name] = float(value.detach())
             total = total + self.weights[name] * value
         return total
 
 
 def create_loss(
-    weights: dict[str, float], label_smoothing: float = 0.0, focal_gamma: float = 2.0
+    weights: dict[str, float],
+    label_smoothing: float = 0.0,
+    focal_gamma: float = 2.0,
+    class_weights: list[float] | None = None,
 ) -> CompoundLoss:
-    """The compound loss of ``weights`` (term name -> weight; zero weights are left out)."""
+    """The compound loss of ``weights`` (term name -> weight; zero weights are left out);
+    ``class_weights`` weigh the ce term's classes."""
     unknown = sorted(set(weights) - set(LOSS_NAMES))
     if unknown:
         raise ValueError(f"loss: unknown terms {unknown}; choose from {LOSS_NAMES}")
     factories = {
         "ce": lambda: nn.CrossEntropyLoss(
-            ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
+            weight=None if class_weights is None else torch.tensor(class_weights),
+            ignore_index=IGNORE_INDEX,
+            label_smoothing=label_smoothing,
         ),
         "dice": lambda: smp.losses.DiceLoss("multiclass", ignore_index=IGNORE_INDEX),
         "jaccard": lambda: smp.losses.JaccardLoss(
@@ -76,6 +110,7 @@ def create_loss(
             "multiclass", ignore_index=IGNORE_INDEX
         ),
         "focal": lambda: SoftmaxFocalLoss(focal_gamma, IGNORE_INDEX),
+        "aux": nn.BCEWithLogitsLoss,
     }
     active = {name: w for name, w in weights.items() if w}
     if not active:

@@ -6,10 +6,19 @@ taken), or a named pretrained set such as "imagenet". Named sets come from the H
 Face hub: segflow turns hub downloads off (HF_HUB_OFFLINE=1) unless the user set
 HF_HUB_OFFLINE=0, so a missing cache is a clear error at once instead of ~23 s of
 retries and an opaque failure.
+
+``model_args`` pass through to the smp architecture (``decoder_attention_type``,
+``decoder_channels``, ``aux_params``...). With ``aux_params`` smp adds a classification
+head on the encoder; the model is then wrapped in :class:`AuxiliaryHeadModel`, which
+returns the masks alone in eval mode (validation, TTA, prediction see a plain
+segmentation model) and (masks, class logits) in training mode, for the loss's ``aux``
+term. Architectures beyond the CNN decoders (Segformer, UPerNet, DPT) and timm encoders
+(``tu-convnext_atto``, ``tu-hrnet_w18_small``) come through the same factory.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import segmentation_models_pytorch as smp  # segflow/__init__ turned hub downloads off
@@ -24,14 +33,35 @@ class ModelError(ValueError):
     """A model that cannot be built as configured (unknown arch, weights not available...)."""
 
 
+class AuxiliaryHeadModel(torch.nn.Module):
+    """An smp model built with ``aux_params``: (masks, class logits) while training,
+    the masks alone in eval mode."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        return self.model.encoder
+
+    def forward(self, x: torch.Tensor):
+        masks, class_logits = self.model(x)
+        return (masks, class_logits) if self.training else masks
+
+
 def create_model(
     arch: str,
     encoder: str,
     n_classes: int,
     encoder_weights: str | None = None,
-    **kwargs,
+    model_args: dict | None = None,
 ) -> torch.nn.Module:
     """Build ``arch`` with ``encoder`` for ``n_classes`` outputs (logits); see module doc."""
+    kwargs = dict(model_args or {})
+    check_model_args(arch, encoder, kwargs)
+    if kwargs.get("aux_params") is not None:
+        kwargs["aux_params"] = {"classes": n_classes, **kwargs["aux_params"]}
     local = encoder_weights is not None and (
         Path(encoder_weights).suffix in {".pt", ".pth", ".bin", ".safetensors"}
         or Path(encoder_weights).exists()
@@ -46,6 +76,8 @@ def create_model(
         )
     except KeyError as e:
         raise ModelError(f"unknown arch {arch!r} or encoder {encoder!r}: {e}") from None
+    except TypeError as e:  # an argument the architecture does not take
+        raise ModelError(f"model_args {sorted(kwargs)} for {arch}: {e}") from None
     except Exception as e:  # hub errors come in many types; say what to do about them
         if encoder_weights is not None and not local:
             raise ModelError(
@@ -58,7 +90,29 @@ def create_model(
         raise
     if local:
         load_encoder_weights(model, encoder_weights)
+    if kwargs.get("aux_params") is not None:
+        model = AuxiliaryHeadModel(model)
     return model
+
+
+def check_model_args(arch: str, encoder: str, model_args: dict) -> None:
+    """Every key is an argument of ``arch``: smp passes unknown keyword arguments on to
+    the encoder, where all but timm's (``tu-``) encoders drop them silently, so a
+    misspelt key would train the default model without a word."""
+    architecture = smp.MODEL_ARCHITECTURES_MAPPING.get(arch.lower())
+    if architecture is None or encoder.startswith("tu-"):
+        return  # an unknown arch is reported by the factory; timm takes extra arguments
+    parameters = inspect.signature(architecture.__init__).parameters
+    unknown = sorted(set(model_args) - set(parameters) - {"self"})
+    if unknown:
+        known = sorted(
+            name
+            for name, p in parameters.items()
+            if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD
+        )
+        raise ModelError(
+            f"model_args {unknown}: not arguments of {arch} (it takes {known})"
+        )
 
 
 def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> None:

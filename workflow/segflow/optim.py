@@ -1,8 +1,18 @@
-"""Optimizers and learning-rate schedules from the model settings.
+"""Optimizers and learning-rate schedules from the model settings, through timm.
 
-``cosine``: linear warmup from 0 over ``warmup_epochs``, then cosine down to
-``min_lr_ratio`` x lr, stepped per optimizer step. ``plateau``: halve the lr when the
-val mIoU has not risen for 2 epochs, stepped per epoch. ``none``: constant.
+Optimizers come from timm's factory (``timm.optim.create_optimizer_v2``): any name of
+:data:`OPTIMIZERS` (``adamw``, ``sgd`` with Nesterov momentum, ``lookahead_adamw``...);
+the factory also keeps weight decay off biases and normalization weights.
+
+Schedules, stepped per optimizer step (timm schedulers with ``t_in_epochs=False``), each
+after a linear warmup over ``warmup_epochs``:
+
+- ``cosine``: cosine from lr down to ``min_lr_ratio`` x lr over the run;
+- ``cosine_restarts``: the same cosine over cycles of ``restart_epochs``, each cycle
+  starting again at lr (SGDR; the cycles' ends are natural snapshot/SWA points);
+- ``poly``: polynomial decay (1 - t/T)^``poly_power`` to ``min_lr_ratio`` x lr;
+- ``plateau``: halve the lr when the val mIoU has not risen for 2 epochs, per epoch;
+- ``none``: constant.
 """
 
 from __future__ import annotations
@@ -10,33 +20,71 @@ from __future__ import annotations
 import math
 
 import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 
 from segflow.settings import ModelSettings
 
+# The optimizers the schema offers: timm names whose defaults suit segmentation
+# training and that need no extra package (timm's bnb* need bitsandbytes).
+OPTIMIZERS = (
+    "adamw",
+    "sgd",
+    "lookahead_adamw",
+    "lookahead_sgd",
+    "radam",
+    "nadamw",
+    "adamp",
+    "lamb",
+    "lion",
+)
+SCHEDULERS = ("cosine", "cosine_restarts", "poly", "plateau", "none")
+
 
 def create_optimizer(model: torch.nn.Module, settings: ModelSettings):
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=settings.lr,
-            momentum=settings.momentum,
-            weight_decay=settings.weight_decay,
-            nesterov=True,
+    if settings.optimizer not in OPTIMIZERS:
+        raise ValueError(
+            f"optimizer {settings.optimizer!r}: choose from {list(OPTIMIZERS)}"
         )
-    return torch.optim.AdamW(
-        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    return create_optimizer_v2(
+        model,
+        opt=settings.optimizer,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        momentum=settings.momentum,
     )
 
 
-def lr_factor(
-    step: int, total_steps: int, warmup_steps: int, min_ratio: float
-) -> float:
-    """Linear warmup from 0 to 1, then cosine from 1 to ``min_ratio``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return min_ratio + (1 - min_ratio) * cosine
+def per_step_scheduler(optimizer, settings: ModelSettings, steps_per_epoch: float):
+    """The timm scheduler of ``settings.scheduler`` in optimizer steps, or None."""
+    total = max(1, int(round(settings.epochs * steps_per_epoch)))
+    warmup = int(round(settings.warmup_epochs * steps_per_epoch))
+    common = {
+        "lr_min": settings.lr * settings.min_lr_ratio,
+        "warmup_t": warmup,
+        # The first step already trains at lr / warmup steps, not at 0.
+        "warmup_lr_init": settings.lr / max(1, warmup),
+        "warmup_prefix": True,  # the decay starts after the warmup, over what is left
+        "t_in_epochs": False,
+    }
+    if settings.scheduler == "cosine":
+        return CosineLRScheduler(optimizer, t_initial=max(1, total - warmup), **common)
+    if settings.scheduler == "cosine_restarts":
+        cycle = max(1, int(round(settings.restart_epochs * steps_per_epoch)))
+        return CosineLRScheduler(
+            optimizer,
+            t_initial=cycle,
+            cycle_limit=math.ceil(max(1, total - warmup) / cycle),
+            **common,
+        )
+    if settings.scheduler == "poly":
+        return PolyLRScheduler(
+            optimizer,
+            t_initial=max(1, total - warmup),
+            power=settings.poly_power,
+            **common,
+        )
+    return None
 
 
 class LrSchedule:
@@ -45,16 +93,14 @@ class LrSchedule:
     def __init__(self, optimizer, settings: ModelSettings, steps_per_epoch: float):
         """``steps_per_epoch``: optimizer steps of the whole run / epochs (a run whose
         last epochs leave pseudo-labelled images out has shorter epochs at its end)."""
-        self.per_step = self.per_epoch = None
-        self.steps = 0  # optimizer steps taken
-        if settings.scheduler == "cosine":
-            total = int(round(settings.epochs * steps_per_epoch))
-            warmup = int(round(settings.warmup_epochs * steps_per_epoch))
-            self.per_step = torch.optim.lr_scheduler.LambdaLR(
-                optimizer,
-                lambda s: lr_factor(s, total, warmup, settings.min_lr_ratio),
+        if settings.scheduler not in SCHEDULERS:
+            raise ValueError(
+                f"scheduler {settings.scheduler!r}: choose from {list(SCHEDULERS)}"
             )
-        elif settings.scheduler == "plateau":
+        self.steps = 0  # optimizer steps taken
+        self.per_step = per_step_scheduler(optimizer, settings, steps_per_epoch)
+        self.per_epoch = None
+        if settings.scheduler == "plateau":
             self.per_epoch = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="max", factor=0.5, patience=2
             )
@@ -62,7 +108,7 @@ class LrSchedule:
     def after_step(self) -> None:
         self.steps += 1
         if self.per_step is not None:
-            self.per_step.step()
+            self.per_step.step_update(self.steps)
 
     def after_epoch(self, val_miou: float) -> None:
         if self.per_epoch is not None:
@@ -79,5 +125,6 @@ class LrSchedule:
         self.steps = state["steps"]
         if self.per_step is not None:
             self.per_step.load_state_dict(state["per_step"])
+            self.per_step.step_update(self.steps)  # the lr of the step reached
         if self.per_epoch is not None:
             self.per_epoch.load_state_dict(state["per_epoch"])

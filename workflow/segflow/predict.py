@@ -6,6 +6,10 @@ merges whatever the model returns, so the model is wrapped in a softmax: the mer
 mean of probabilities, not of logits. Scales are resized bilinearly (ttach's default is
 nearest).
 
+A model trained on crops (the ``crop`` setting) predicts each image through an
+overlapping sliding window of crop-sized tiles (segflow.sliding_window), TTA applied to
+every tile, one image at a time: memory stays flat however large the image.
+
 Each set is stored as segflow.probabilities lays it out (uint8 memmap + id sidecar) at
 ``size`` x ``size``. Batches go straight into the memory map, so peak memory does not
 grow with the number of images.
@@ -28,6 +32,7 @@ from segflow.device import select_device
 from segflow.input_size import model_side, size_multiple
 from segflow.probabilities import encode_probabilities, probability_writer
 from segflow.runtime import amp_autocast, loader_workers, set_threads, to_device
+from segflow.sliding_window import sliding_window
 from segflow.splits import ALL_FOLDS, fold_split, parse_fold
 
 TTA_MODES = ("none", "hflip", "d4", "multiscale")
@@ -87,13 +92,19 @@ def write_probabilities(
     device: str,
     autocast,
     out,
+    window: tuple[int, float, int] | None = None,
 ) -> None:
-    """Stream ``model``'s probabilities for ``loader`` into the stored set ``out``."""
+    """Stream ``model``'s probabilities for ``loader`` into the stored set ``out``;
+    ``window``: (tile, overlap, tiles per batch) of a sliding window."""
     with probability_writer(out, image_ids, (n_classes, size, size)) as stored:
         with torch.no_grad():
             for batch, index in loader:
                 with autocast():
-                    probabilities = model(to_device(batch, device))
+                    batch = to_device(batch, device)
+                    if window is None:
+                        probabilities = model(batch)
+                    else:
+                        probabilities = sliding_window(model, batch, *window)
                 probabilities = F.interpolate(
                     probabilities.float(),
                     size=(size, size),
@@ -117,9 +128,11 @@ def predict(
     oof_out: str | Path,
     test_out: str | Path,
     threads: int,
+    window_overlap: float,
 ) -> None:
     """Write the OOF set (this fold's validation images; none for the full fit, fold
-    None) and the test set."""
+    None) and the test set. ``window_overlap``: of the sliding window's tiles, for a
+    model trained on crops."""
     device = select_device()
     threads = set_threads(threads)
     model, checkpoint, settings = load_checkpoint(model_path, device)
@@ -130,8 +143,15 @@ def predict(
     workers = loader_workers(settings.workers, threads, device)
 
     images = pd.read_parquet(images_path)
-    side = model_side(image_sizes(images), settings.arch, settings.input_size)
+    side = model_side(
+        image_sizes(images), settings.arch, settings.input_size, settings.crop
+    )
     transform = eval_transform(side)
+    window = None
+    if settings.crop:
+        # One image at a time (sizes may differ); the window batches its tiles.
+        window = (settings.crop, window_overlap, batch_size)
+        batch_size = 1
     _, val_rows = fold_split(images, pd.read_csv(folds_path), fold)
     test_rows = images[images["split"] == "test"].reset_index(drop=True)
     for rows, out in ((val_rows, oof_out), (test_rows, test_out)):
@@ -144,7 +164,9 @@ def predict(
             workers=workers,
             pin_memory=device == "cuda",
         )
-        if side:
+        if settings.crop:
+            seen_at = (settings.crop, settings.crop)
+        elif side:
             seen_at = (side, side)
         elif len(rows):
             seen_at = (int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
@@ -153,7 +175,7 @@ def predict(
         wrapped = tta_model(model, tta_mode, seen_at, size_multiple(settings.arch))
         ids = rows["image_id"].tolist()
         write_probabilities(
-            wrapped, loader, ids, n_classes, size, device, autocast, out
+            wrapped, loader, ids, n_classes, size, device, autocast, out, window
         )
         print(f"{len(rows)} images -> {out}", flush=True)
 
@@ -179,6 +201,12 @@ def main(argv=None) -> None:
         "--test-out", required=True, help="test.npy (ids written beside)"
     )
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument(
+        "--window-overlap",
+        type=float,
+        required=True,
+        help="tile overlap of the sliding window (models trained on crops)",
+    )
     args = parser.parse_args(argv)
     try:
         predict(
@@ -193,6 +221,7 @@ def main(argv=None) -> None:
             oof_out=args.oof_out,
             test_out=args.test_out,
             threads=args.threads,
+            window_overlap=args.window_overlap,
         )
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"ERROR: {e}")

@@ -35,7 +35,7 @@ DEMO_FILES = {
 }
 # Keys of a model entry that change its predictions, not its training: a change to them
 # must not rerun training, so training never sees them.
-PREDICT_ONLY = ("tta",)
+PREDICT_ONLY = ("tta", "window_overlap")
 
 
 class ConfigError(ValueError):
@@ -81,7 +81,9 @@ class ModelSettings(Settings):
     arch: str
     encoder: str
     encoder_weights: str | None
+    model_args: dict
     input_size: int | None
+    crop: int | None
     epochs: int
     batch_size: int
     optimizer: str
@@ -91,13 +93,25 @@ class ModelSettings(Settings):
     scheduler: str
     warmup_epochs: float
     min_lr_ratio: float
+    restart_epochs: float
+    poly_power: float
     accumulate: int
     grad_clip: float | None
     amp: str
     loss: dict
     label_smoothing: float
     focal_gamma: float
+    class_weights: str | list | None
+    oversample: float | None
     augment: list
+    mix: str
+    mix_p: float
+    mix_alpha: float
+    rare_bias: float
+    averaging: str
+    ema_decay: float
+    swa_start: float
+    top_k: int
     workers: int | None
     device: str
 
@@ -112,6 +126,7 @@ class EnsembleSettings(Settings):
     tune_pixels: int
     chunk: int
     full_weight: float
+    remove_small: bool
 
 
 @dataclass(frozen=True)
@@ -234,6 +249,11 @@ def prediction_tta(config: dict, model: str) -> str:
     return {**config["defaults"], **config["models"][model]}["tta"]
 
 
+def prediction_overlap(config: dict, model: str) -> float:
+    """The sliding window's tile overlap of ``model``'s predictions (models with crop)."""
+    return {**config["defaults"], **config["models"][model]}["window_overlap"]
+
+
 def prediction_size(config: dict) -> int:
     """Side of the stored probability maps: ``predict.size``, else the submission's."""
     return config["predict"]["size"] or config["submission"]["size"]
@@ -352,7 +372,7 @@ def check_model_sides(config: dict, sizes: list[tuple[int, int]]) -> None:
     for name in sorted(config["models"]):
         settings = model_settings(config, name)
         try:
-            model_side(sizes, settings.arch, settings.input_size)
+            model_side(sizes, settings.arch, settings.input_size, settings.crop)
         except ValueError as e:
             raise ConfigError(f"models.{name}: {e}") from None
 

@@ -32,12 +32,18 @@ import numpy as np
 import pandas as pd
 import torch
 
+from segflow.averaging import WeightAverage
 from segflow.checkpoints import (
     RESUME_FILE,
     load_state,
     load_training_state,
     save_checkpoint,
     save_training_state,
+)
+from segflow.class_balance import (
+    ce_class_weights,
+    class_image_shares,
+    repeat_factors,
 )
 from segflow.data import (
     SegmentationDataset,
@@ -53,6 +59,7 @@ from segflow.input_size import model_side
 from segflow.io import read_ids, write_json, write_table
 from segflow.losses import create_loss
 from segflow.metrics import confusion_matrix, mean_iou, per_class_iou
+from segflow.mixing import BatchMixer, MixedBatch, mixed_loss, rare_class_weights
 from segflow.models import create_model
 from segflow.optim import LrSchedule, create_optimizer
 from segflow.progress import Progress, write_curves, write_progress
@@ -66,6 +73,7 @@ from segflow.runtime import (
     to_device,
 )
 from segflow.settings import ModelSettings, WandbSettings
+from segflow.sliding_window import sliding_window
 from segflow.splits import (
     ALL_FOLDS,
     RoundLabels,
@@ -83,9 +91,19 @@ from segflow.tracking import (
 )
 
 
-def evaluate(model, loader, criterion, n_classes: int, device: str, autocast):
-    """(mean loss, confusion matrix over the whole set)."""
+def evaluate(
+    model,
+    loader,
+    criterion,
+    n_classes: int,
+    device: str,
+    autocast,
+    window: tuple[int, float, int] | None = None,
+):
+    """(mean loss, confusion matrix over the whole set). ``window``: (tile, overlap,
+    tiles per batch) of a sliding window for a model trained on crops."""
     model.eval()
+    criterion.eval()
     confusion = torch.zeros(n_classes, n_classes, dtype=torch.int64, device=device)
     loss_sum, count = 0.0, 0
     with torch.no_grad():
@@ -93,7 +111,10 @@ def evaluate(model, loader, criterion, n_classes: int, device: str, autocast):
             images = to_device(images, device)
             masks = masks.to(device, non_blocking=True)
             with autocast():
-                logits = model(images)
+                if window is None:
+                    logits = model(images)
+                else:
+                    logits = sliding_window(model, images, *window)
             loss_sum += float(criterion(logits, masks)) * len(images)
             count += len(images)
             confusion += confusion_matrix(masks, logits.argmax(dim=1), n_classes)
@@ -109,6 +130,9 @@ class TrainingDiverged(ValueError):
 EXPLODED = 1000.0
 
 
+# The sliding window's overlap in validation (models with crop): it only picks the kept
+# epoch, so it is lighter than prediction's window_overlap.
+VALIDATION_OVERLAP = 0.25
 # How often (seconds) curves.png is redrawn during a run.
 CURVES_EVERY_S = 20.0
 # How often (seconds) the resumable state is saved, at the end of an epoch: a kill loses
@@ -138,19 +162,28 @@ def train_epoch(
     autocast,
     epoch: int,
     first_loss: list[float],
+    mixer: BatchMixer | None = None,
+    averager: WeightAverage | None = None,
 ) -> tuple[float, int]:
     """One pass over ``loader``; (mean training loss, images seen). ``first_loss`` holds
-    the run's first batch loss once there is one: the divergence check compares to it."""
+    the run's first batch loss once there is one: the divergence check compares to it.
+    ``mixer`` mixes each batch (segflow.mixing); ``averager`` follows every optimizer
+    step (EMA)."""
     model.train()
+    criterion.train()
     seen, loss_sum = 0, 0.0
     accumulate = settings.accumulate
     optimizer.zero_grad(set_to_none=True)
     for step, (batch, masks) in enumerate(loader):
         batch = to_device(batch, device)
         masks = masks.to(device, non_blocking=True)
+        if mixer is not None:
+            mixed = mixer(batch, masks)
+        else:
+            mixed = MixedBatch(batch, masks)
         with autocast():
-            logits = model(batch)
-        loss = criterion(logits, masks)
+            output = model(mixed.images)
+        loss = mixed_loss(criterion, output, mixed)
         value = float(loss.detach())
         if not first_loss:
             first_loss.append(value)
@@ -164,21 +197,36 @@ def train_epoch(
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             schedule.after_step()
+            if averager is not None:
+                averager.after_step(model, schedule.steps)
         loss_sum += value * len(batch)
         seen += len(batch)
     return loss_sum / max(1, seen), seen
 
 
-def fold_loaders(data, side, augment, batch_size, seed, workers, device):
+def fold_loaders(
+    data,
+    side,
+    augment,
+    batch_size,
+    seed,
+    workers,
+    device,
+    crop: int | None = None,
+    sample_weights=None,
+):
     """Loaders of a fold: (training on labelled + pseudo-labelled images, training on the
-    labelled images only, validation or None, validation on cleaned labels or None)."""
+    labelled images only, validation or None, validation on cleaned labels or None).
+    ``crop``: train on random crops, validate whole images one at a time (they may differ
+    in size; the sliding window batches their tiles); ``sample_weights``: per training
+    image (labelled, then pseudo-labelled), oversampling instead of shuffling."""
     pin = device == "cuda"
 
     def training(count: int):
         train_set = SegmentationDataset(
             data.train_images[:count],
             data.train_masks[:count],
-            train_transform(augment, side, seed),
+            train_transform(augment, side, seed, crop),
         )
         # drop_last: BatchNorm (DeepLabV3/V3+) fails on a last batch of one image.
         return make_loader(
@@ -189,6 +237,7 @@ def fold_loaders(data, side, augment, batch_size, seed, workers, device):
             workers=workers,
             drop_last=len(train_set) > batch_size,
             pin_memory=pin,
+            sample_weights=None if sample_weights is None else sample_weights[:count],
         )
 
     def validation(masks: list[str] | None):
@@ -197,7 +246,7 @@ def fold_loaders(data, side, augment, batch_size, seed, workers, device):
         dataset = SegmentationDataset(data.val_images, masks, eval_transform(side))
         return make_loader(
             dataset,
-            batch_size,
+            1 if crop else batch_size,
             shuffle=False,
             seed=seed,
             workers=workers,
@@ -295,9 +344,28 @@ def train(
     data = fold_data(
         images, pd.read_csv(folds_path), fold, image_root, masks_dir, round_labels
     )
-    side = model_side(image_sizes(images), settings.arch, settings.input_size)
+    side = model_side(
+        image_sizes(images), settings.arch, settings.input_size, settings.crop
+    )
+    window = None
+    if settings.crop:
+        window = (settings.crop, VALIDATION_OVERLAP, settings.batch_size)
+    # Rare classes (segflow.class_balance): oversampled images (pseudo-labelled ones at
+    # weight 1: the index has no classes for them), ce class weights.
+    sample_weights = None
+    if settings.oversample:
+        factors = repeat_factors(data.train, n_classes, settings.oversample)
+        sample_weights = np.concatenate([factors, np.ones(len(data.pseudo))])
     train_loader, labelled_loader, val_loader, cleaned_val_loader = fold_loaders(
-        data, side, settings.augment, settings.batch_size, seed, workers, device
+        data,
+        side,
+        settings.augment,
+        settings.batch_size,
+        seed,
+        workers,
+        device,
+        settings.crop,
+        sample_weights,
     )
     if match_presentations:
         matched = matched_epochs(match_presentations, len(data.train_images))
@@ -306,17 +374,32 @@ def train(
 
     # The model (from the previous round's weights on a warm start), loss, optimizer.
     model = create_model(
-        settings.arch, settings.encoder, n_classes, settings.encoder_weights
+        settings.arch,
+        settings.encoder,
+        n_classes,
+        settings.encoder_weights,
+        settings.model_args,
     )
     if init is not None:
         model.load_state_dict(load_state(init))
     model = model.to(device)
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    class_weights = ce_class_weights(settings.class_weights, data.train, n_classes)
     criterion = create_loss(
-        settings.loss, settings.label_smoothing, settings.focal_gamma
-    )
+        settings.loss, settings.label_smoothing, settings.focal_gamma, class_weights
+    ).to(device)
     optimizer = create_optimizer(model, settings)
+    mixer = BatchMixer(
+        settings.mix,
+        settings.mix_p,
+        settings.mix_alpha,
+        rare_class_weights(
+            class_image_shares(data.train, n_classes), settings.rare_bias
+        ),
+        seed,
+    )
+    averager = WeightAverage(model, settings.averaging, settings.epochs, settings)
     epochs = settings.epochs
     labelled_epochs = min(labelled_epochs, epochs) if len(data.pseudo) else 0
 
@@ -376,6 +459,8 @@ def train(
         first_loss[:] = resumed["first_loss"]
         best, best_state = resumed["best"], resumed["best_state"]
         presentations = resumed["presentations"]
+        mixer.load_state_dict(resumed["mixer"])
+        averager.load_state_dict(resumed["averager"])
         set_global_random_state(resumed["random"])
         set_loaders_random_state(loaders, resumed["loaders"])
         start_epoch = resumed["epoch"] + 1
@@ -400,6 +485,8 @@ def train(
             autocast,
             epoch,
             first_loss,
+            mixer,
+            averager,
         )
         train_seconds = time.perf_counter() - started
         presentations += len(loader.dataset)
@@ -409,7 +496,7 @@ def train(
         scores = {}
         if val_loader is not None:
             val_loss, confusion = evaluate(
-                model, val_loader, criterion, n_classes, device, autocast
+                model, val_loader, criterion, n_classes, device, autocast, window
             )
             where = f"epoch {epoch}, validation after step {schedule.steps}"
             check_loss(val_loss, first_loss[0], where)
@@ -419,6 +506,7 @@ def train(
                 "per_class_iou": per_class_iou(confusion, classes),
             }
             schedule.after_epoch(scores["val_miou"])
+        averager.after_epoch(model, epoch, scores.get("val_miou"))
         row.update({k: v for k, v in scores.items() if k != "per_class_iou"})
         for name, value in scores.get("per_class_iou", {}).items():
             row[class_iou_column(name)] = value
@@ -470,17 +558,38 @@ def train(
                     "best": best,
                     "best_state": best_state,
                     "presentations": presentations,
+                    "mixer": mixer.state_dict(),
+                    "averager": averager.state_dict(),
                     "random": global_random_state(),
                     "loaders": loaders_random_state(loaders),
                 },
             )
 
+    if averager.active:
+        # The averaged weights are kept, not the best epoch's: scored once, after their
+        # BatchNorm statistics are recomputed on the labelled training images.
+        best_state = averager.averaged_state(model, labelled_loader, device)
+        best = {"epoch": epochs, "val_miou": None}
+        if val_loader is not None:
+            val_loss, confusion = evaluate(
+                model, val_loader, criterion, n_classes, device, autocast, window
+            )
+            best.update(
+                val_loss=val_loss,
+                val_miou=mean_iou(confusion),
+                per_class_iou=per_class_iou(confusion, classes),
+            )
+            print(
+                f"{settings.averaging} weights{averager.describe()}:"
+                f" val_miou {best['val_miou']:.4f}",
+                flush=True,
+            )
     if cleaned_val_loader is not None:
         # The kept epoch scored on the cleaned labels too, once: an extra validation
         # pass every epoch would cost a later round about a tenth of its time.
         model.load_state_dict(best_state)
         cleaned = evaluate(
-            model, cleaned_val_loader, criterion, n_classes, device, autocast
+            model, cleaned_val_loader, criterion, n_classes, device, autocast, window
         )
         best["val_miou_cleaned"] = mean_iou(cleaned[1])
 
@@ -489,6 +598,8 @@ def train(
         "fold": ALL_FOLDS if fold is None else fold,
         "seed": seed,
         "best_epoch": best["epoch"],
+        "averaging": settings.averaging,
+        "averaged_epochs": averager.averaged_epochs(),
         "val_miou": best["val_miou"],
         **{k: best[k] for k in ("val_miou_cleaned",) if k in best},
         "per_class_iou": best.get("per_class_iou"),
