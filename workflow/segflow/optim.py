@@ -1,8 +1,9 @@
 """Optimizers and learning-rate schedules from the model settings, through timm.
 
-Optimizers come from timm's factory (``timm.optim.create_optimizer_v2``): any name of
-:data:`OPTIMIZERS` (``adamw``, ``sgd`` with Nesterov momentum, ``lookahead_adamw``...);
-the factory also keeps weight decay off biases and normalization weights.
+Optimizers come from timm's factory (``timm.optim.create_optimizer_v2``): the names the
+schema's ``optimizer`` enum offers (``adamw``, ``sgd`` with Nesterov momentum,
+``lookahead_adamw``...; timm names that need no extra package); the factory also keeps
+weight decay off biases and normalization weights.
 
 Schedules, stepped per optimizer step (timm schedulers with ``t_in_epochs=False``), each
 after a linear warmup over ``warmup_epochs``:
@@ -25,27 +26,8 @@ from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 
 from segflow.settings import ModelSettings
 
-# The optimizers the schema offers: timm names whose defaults suit segmentation
-# training and that need no extra package (timm's bnb* need bitsandbytes).
-OPTIMIZERS = (
-    "adamw",
-    "sgd",
-    "lookahead_adamw",
-    "lookahead_sgd",
-    "radam",
-    "nadamw",
-    "adamp",
-    "lamb",
-    "lion",
-)
-SCHEDULERS = ("cosine", "cosine_restarts", "poly", "plateau", "none")
-
 
 def create_optimizer(model: torch.nn.Module, settings: ModelSettings):
-    if settings.optimizer not in OPTIMIZERS:
-        raise ValueError(
-            f"optimizer {settings.optimizer!r}: choose from {list(OPTIMIZERS)}"
-        )
     return create_optimizer_v2(
         model,
         opt=settings.optimizer,
@@ -84,7 +66,9 @@ def per_step_scheduler(optimizer, settings: ModelSettings, steps_per_epoch: floa
             power=settings.poly_power,
             **common,
         )
-    return None
+    if settings.scheduler in ("plateau", "none"):
+        return None
+    raise ValueError(f"scheduler {settings.scheduler!r} is not one the schema offers")
 
 
 class LrSchedule:
@@ -93,10 +77,6 @@ class LrSchedule:
     def __init__(self, optimizer, settings: ModelSettings, steps_per_epoch: float):
         """``steps_per_epoch``: optimizer steps of the whole run / epochs (a run whose
         last epochs leave pseudo-labelled images out has shorter epochs at its end)."""
-        if settings.scheduler not in SCHEDULERS:
-            raise ValueError(
-                f"scheduler {settings.scheduler!r}: choose from {list(SCHEDULERS)}"
-            )
         self.steps = 0  # optimizer steps taken
         self.per_step = per_step_scheduler(optimizer, settings, steps_per_epoch)
         self.per_epoch = None

@@ -30,7 +30,7 @@ AREA_GRID = (0.0, 0.0002, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032)
 
 def components(label_map: np.ndarray, cls: int) -> tuple[np.ndarray, np.ndarray]:
     """(component index per pixel (0 = not ``cls``), area of each component 1..)."""
-    count, component, stats, _ = cv2.connectedComponentsWithStats(
+    _, component, stats, _ = cv2.connectedComponentsWithStats(
         (label_map == cls).astype(np.uint8), connectivity=8
     )
     return component, stats[:, cv2.CC_STAT_AREA]
@@ -73,17 +73,17 @@ def collect_components(
         label_map, true_map = np.asarray(label_map), np.asarray(true_map)
         confusion += confusion_matrix(true_map, label_map, n_classes)
         size = label_map.size
+        labelled = true_map != IGNORE_INDEX
+        truth_of_labelled = true_map[labelled].astype(np.int64)
         for cls in np.unique(label_map):
             if cls == BACKGROUND or cls >= n_classes:
                 continue
             component, areas = components(label_map, cls)
-            labelled = true_map != IGNORE_INDEX
-            histogram = np.zeros((len(areas), n_classes), np.int64)
-            np.add.at(
-                histogram,
-                (component[labelled], true_map[labelled].astype(np.int64)),
-                1,
-            )
+            # Row k: the true labels of component k's pixels.
+            histogram = np.bincount(
+                component[labelled].astype(np.int64) * n_classes + truth_of_labelled,
+                minlength=len(areas) * n_classes,
+            ).reshape(len(areas), n_classes)
             for k in range(1, len(areas)):
                 found[int(cls)].shares.append(areas[k] / size)
                 found[int(cls)].truth.append(histogram[k])
@@ -92,7 +92,8 @@ def collect_components(
 
 def moved_counts(parts: ClassComponents, share: float) -> np.ndarray:
     """True-label histogram of the components below ``share``: what their removal moves."""
-    n = len(parts.truth[0]) if parts.truth else 0
+    # Only classes with components are tuned, so parts.truth is never empty.
+    n = len(parts.truth[0])
     return sum((h for s, h in zip(parts.shares, parts.truth) if s < share), np.zeros(n))
 
 
@@ -100,9 +101,8 @@ def with_removal(confusion: np.ndarray, cls: int, moved: np.ndarray) -> np.ndarr
     """``confusion`` after pixels of true labels ``moved``, predicted ``cls``, are
     predicted background instead (a negative ``moved`` undoes a removal)."""
     out = confusion.copy()
-    if len(moved):
-        out[:, cls] -= moved.astype(np.int64)
-        out[:, BACKGROUND] += moved.astype(np.int64)
+    out[:, cls] -= moved.astype(np.int64)
+    out[:, BACKGROUND] += moved.astype(np.int64)
     return out
 
 

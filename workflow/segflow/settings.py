@@ -199,11 +199,16 @@ def _section(config: dict, key: str, cls, wiring: tuple[str, ...] = ()):
     return cls.from_dict(values, key)
 
 
+def model_entry(config: dict, model: str) -> dict:
+    """``model``'s entry over ``defaults`` (shallow), every key, training or not."""
+    return {**config["defaults"], **config["models"][model]}
+
+
 def model_settings(config: dict, model: str) -> ModelSettings:
     """The resolved training settings of ``model``: its entry over ``defaults`` (shallow:
     a model's ``loss`` or ``augment`` replaces the default one whole), debug epochs
     applied, predict-only keys left out."""
-    merged = {**config["defaults"], **config["models"][model]}
+    merged = model_entry(config, model)
     if config["debug"]["enabled"]:
         merged["epochs"] = config["debug"]["epochs"]
     for key in PREDICT_ONLY:
@@ -246,12 +251,12 @@ def job_runtime_minutes(config: dict, rule: str, epochs: int | None = None) -> i
 
 def prediction_tta(config: dict, model: str) -> str:
     """The test-time augmentation of ``model``'s predictions."""
-    return {**config["defaults"], **config["models"][model]}["tta"]
+    return model_entry(config, model)["tta"]
 
 
 def prediction_overlap(config: dict, model: str) -> float:
     """The sliding window's tile overlap of ``model``'s predictions (models with crop)."""
-    return {**config["defaults"], **config["models"][model]}["window_overlap"]
+    return model_entry(config, model)["window_overlap"]
 
 
 def prediction_size(config: dict) -> int:

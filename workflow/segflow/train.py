@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from segflow.averaging import WeightAverage
+from segflow.averaging import WeightAverage, cpu_state
 from segflow.checkpoints import (
     RESUME_FILE,
     load_state,
@@ -177,10 +177,7 @@ def train_epoch(
     for step, (batch, masks) in enumerate(loader):
         batch = to_device(batch, device)
         masks = masks.to(device, non_blocking=True)
-        if mixer is not None:
-            mixed = mixer(batch, masks)
-        else:
-            mixed = MixedBatch(batch, masks)
+        mixed = MixedBatch(batch, masks) if mixer is None else mixer(batch, masks)
         with autocast():
             output = model(mixed.images)
         loss = mixed_loss(criterion, output, mixed)
@@ -528,11 +525,9 @@ def train(
         if not scores or scores["val_miou"] > best["val_miou"]:
             best = {"epoch": epoch, "val_miou": None, **scores}
             # Kept in memory and written once the run is over: a killed run leaves no
-            # model.pt of an early epoch that looks finished.
-            best_state = {
-                k: v.detach().to("cpu", copy=True)
-                for k, v in model.state_dict().items()
-            }
+            # model.pt of an early epoch that looks finished. Averaged weights replace
+            # the best epoch's at the end, so they are not copied then.
+            best_state = None if averager.active else cpu_state(model)
             if val_loader is not None:
                 log_images(tracker, model, val_loader, classes, device, autocast)
         log_epoch(tracker, row)
