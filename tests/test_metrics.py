@@ -79,3 +79,26 @@ def test_torch_tensors_give_the_same_matrix():
     got = confusion_matrix(torch.from_numpy(target), torch.from_numpy(prediction), 5)
     assert isinstance(got, torch.Tensor)
     np.testing.assert_array_equal(got.numpy(), expected)
+
+
+@pytest.mark.parametrize("n_classes", [11, 59, 255])
+def test_uint8_labels_as_read_from_disk_with_many_classes(n_classes):
+    """Labels are uint8 on disk: label x n_classes must not wrap around in uint8
+    (it did from 5 x 59 on, silently, until a 59-class real dataset showed it)."""
+    from sklearn.metrics import confusion_matrix as sklearn_confusion
+
+    rng = np.random.default_rng(n_classes)
+    target = rng.integers(0, n_classes, (3, 20, 30)).astype(np.uint8)
+    target[0, :4] = IGNORE_INDEX
+    prediction = rng.integers(0, n_classes, target.shape).astype(np.uint8)
+    keep = target != IGNORE_INDEX
+    expected = sklearn_confusion(
+        target[keep], prediction[keep], labels=np.arange(n_classes)
+    )
+    np.testing.assert_array_equal(
+        confusion_matrix(target, prediction, n_classes), expected
+    )
+    got = confusion_matrix(
+        torch.from_numpy(target), torch.from_numpy(prediction), n_classes
+    )
+    np.testing.assert_array_equal(got.numpy(), expected)

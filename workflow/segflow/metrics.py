@@ -21,14 +21,17 @@ def confusion_matrix(target, prediction, n_classes: int):
     GPU never copies whole masks to the host).
     """
     keep = target != IGNORE_INDEX
-    index = target[keep].reshape(-1) * n_classes + prediction[keep].reshape(-1)
-    if isinstance(index, np.ndarray):
-        return np.bincount(
-            index.astype(np.int64), minlength=n_classes * n_classes
-        ).reshape(n_classes, n_classes)
+    truth, predicted = target[keep].reshape(-1), prediction[keep].reshape(-1)
+    # Widen before the product: uint8 labels times 59 classes wrap around in uint8.
+    if isinstance(truth, np.ndarray):
+        index = truth.astype(np.int64) * n_classes + predicted.astype(np.int64)
+        return np.bincount(index, minlength=n_classes * n_classes).reshape(
+            n_classes, n_classes
+        )
     import torch
 
-    return torch.bincount(index.long(), minlength=n_classes * n_classes).reshape(
+    index = truth.long() * n_classes + predicted.long()
+    return torch.bincount(index, minlength=n_classes * n_classes).reshape(
         n_classes, n_classes
     )
 
