@@ -41,7 +41,7 @@ from segflow.data import (  # noqa: E402
     eval_transform,
     image_sizes,
 )
-from segflow.input_size import model_side  # noqa: E402
+from segflow.input_size import model_input_size  # noqa: E402
 from segflow.losses import create_loss  # noqa: E402
 from segflow.models import create_model  # noqa: E402
 from segflow.optim import LrSchedule, create_optimizer  # noqa: E402
@@ -194,7 +194,7 @@ def main(argv=None) -> None:
         results / "data/masks",
         RoundLabels.none(),
     )
-    side = model_side(image_sizes(images), settings.arch, settings.input_size)
+    side = model_input_size(image_sizes(images), settings.arch, settings.input_size)
 
     def fresh_model():
         seed_everything(0)

@@ -45,10 +45,21 @@ def deep_update(base: dict, changes: dict) -> dict:
     return out
 
 
+def demo_resolved(config: dict) -> dict:
+    """``config`` with its demo.overrides laid over it and emptied: the settings a demo
+    run trains with, which a test's changes then replace key by key (with the overrides
+    left in, they would win over the test's own values)."""
+    overrides = config.get("demo", {}).get("overrides", {})
+    config = deep_update(config, overrides)
+    config["demo"] = {**config["demo"], "overrides": {}}
+    return config
+
+
 def write_config(workdir: Path, **changes) -> dict:
     """Write ``workdir/config.yaml``: the repo's config with a tiny demo and ``changes``
     (merged key by key, except ``models``, which replaces the model list)."""
-    config = deep_update(DEFAULT_CONFIG, {"demo": TINY_DEMO, "threads": {"index": 2}})
+    config = demo_resolved(DEFAULT_CONFIG)
+    config = deep_update(config, {"demo": TINY_DEMO, "threads": {"index": 2}})
     config = deep_update(config, {k: v for k, v in changes.items() if k != "models"})
     if "models" in changes:
         config["models"] = changes["models"]
@@ -217,7 +228,7 @@ def validated_config(**changes) -> dict:
     every schema default filled in, as the workflow sees it."""
     from segflow.settings import validated
 
-    return validated(deep_update(DEFAULT_CONFIG, changes))
+    return validated(deep_update(demo_resolved(DEFAULT_CONFIG), changes))
 
 
 def index_coco(train, test, root, out, *, on_error="stop", sample=None):

@@ -50,12 +50,13 @@ def read_mask(path) -> np.ndarray:
 
 def label_reader(images_path, masks_dir):
     """label_of(image_id, size): the index's label of an image, resized (nearest) to
-    the stored probability size, as the scoring steps read it."""
+    the stored probability size (height, width), as the scoring steps read it."""
     coco_ids = pd.read_parquet(images_path).set_index("image_id")["coco_id"]
 
     def label_of(image_id, size):
         label = read_mask(Path(masks_dir) / f"{coco_ids[image_id]}.png")
-        return cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST)
+        height, width = (size, size) if isinstance(size, int) else size
+        return cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
 
     return label_of
 
@@ -64,7 +65,7 @@ def oof_miou(oof_paths, label_of, n_classes: int) -> float:
     """A model's OOF mIoU over its folds' stored sets against ``label_of``'s labels."""
     oof = probabilities_by_id(oof_paths)
     ids = sorted(oof)
-    size = oof[ids[0]].shape[-1]
+    size = oof[ids[0]].shape[-2:]
     return reference_miou(
         np.stack([label_of(i, size) for i in ids]),
         np.stack([oof[i].argmax(axis=0) for i in ids]),

@@ -292,6 +292,7 @@ def indexed(tmp_path):
                 "file_name": image_id,
                 "width": SIZE,
                 "height": SIZE,
+                "orientation": 1,
                 "split": "train",
             }
         )
@@ -309,6 +310,7 @@ def indexed(tmp_path):
             "file_name": "t.png",
             "width": SIZE,
             "height": SIZE,
+            "orientation": 1,
             "split": "test",
         }
     )
@@ -568,6 +570,7 @@ def test_a_later_round_trains_on_the_cleaned_labels_and_says_how_they_differ(tmp
             "image_id": ["i0", "i1", "i2", "i3"],
             "coco_id": [0, 1, 2, 3],
             "file_name": ["i0", "i1", "i2", "i3"],
+            "orientation": [1] * 4,
             "split": ["train"] * 4,
         }
     )

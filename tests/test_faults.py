@@ -270,7 +270,9 @@ def test_a_size_no_model_can_take_stops_before_any_job(tmp_path):
     assert result.returncode != 0
     assert (
         "models.deeplab: DeepLabV3Plus needs sides that are multiples of 16, images are"
-        " 72x72; set input_size (e.g. 80)" in result.stdout + result.stderr
+        " 72x72 (width x height); set input_size, e.g. 80"
+        in result.stdout
+        + result.stderr
     )
     write_config(
         tmp_path / "run",

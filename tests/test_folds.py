@@ -26,6 +26,9 @@ def synthetic_index(n_images=300, n_groups=15, seed=0) -> pd.DataFrame:
         np.column_stack([rng.integers(10_000, 60_000, n_images), pixels]),
         columns=pixel_columns(N_CLASSES),
     )
+    table["classes_present"] = [
+        " ".join(str(k + 1) for k in np.flatnonzero(row)) for row in presence
+    ]
     groups = rng.integers(n_groups, size=n_images)
     table.insert(
         0, "image_id", [f"batch_{g:02d}/{i:04d}.jpg" for i, g in enumerate(groups)]

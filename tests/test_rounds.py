@@ -247,7 +247,7 @@ def test_rounds_score_scores_single_models_and_round_ensembles_on_known_maps(tmp
         },
         truth_json=str(truth),
         classes=CLASSES,
-        size=32,  # resized by nearest neighbour, as the submission
+        size=(32, 32),  # resized by nearest neighbour, as the submission
         out=str(tmp_path / "rounds.json"),
         figure_out=str(tmp_path / "rounds.png"),
     )

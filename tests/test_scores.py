@@ -167,5 +167,5 @@ def test_the_demo_score_is_one_confusion_matrix_over_the_submission(tmp_path):
     )
     assert score["test_miou"] == pytest.approx((0.5 + 16 / 24) / 2)
     assert score["per_class_iou"] == pytest.approx({"bg": 16 / 24, "a": 0.5, "b": None})
-    assert score["images"] == 2 and score["size"] == 4
+    assert score["images"] == 2 and score["size"] == [4, 4]
     assert json.loads((tmp_path / "score.json").read_text()) == score

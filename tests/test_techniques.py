@@ -246,8 +246,12 @@ def test_tile_starts_cover_the_side_and_end_flush():
         starts = tile_starts(length, 32, 0.25)
         assert starts[0] == 0 and starts[-1] == length - 32
         assert all(b - a <= 24 for a, b in zip(starts, starts[1:]))
-    weights = border_weights(32)
+    weights = border_weights((32, 32))
     assert weights.max() == 1 and weights[0, 0] < 0.01 and weights.min() > 0
+    # A tile of 24 x 40 falls off along each axis by its own side.
+    weights = border_weights((24, 40))
+    assert weights.shape == (24, 40) and weights.max() == 1
+    assert torch.allclose(weights[12, 0], weights[0, 20], atol=0.02)
 
 
 def test_sliding_window_equals_the_whole_image_where_it_fits_in_a_tile():
@@ -258,7 +262,7 @@ def test_sliding_window_equals_the_whole_image_where_it_fits_in_a_tile():
     image = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(
-            sliding_window(model, image, 64, 0.5, 4), model(image), atol=1e-6
+            sliding_window(model, image, (64, 64), 0.5, 4), model(image), atol=1e-6
         )
 
 
@@ -274,15 +278,15 @@ def test_sliding_window_runs_the_model_on_tiles_only_and_blends_exactly():
         return conv(tiles)
 
     with torch.no_grad():
-        for shape in ((1, 3, 100, 70), (1, 3, 20, 30), (2, 3, 130, 130)):
-            image = torch.randn(*shape)
-            seen.clear()
-            blended = sliding_window(model, image, 32, 0.5, 3)
-            assert blended.shape == (shape[0], 5, *shape[2:])
-            assert torch.allclose(blended, conv(image), atol=1e-5)
-            assert {s[1:] for s in seen} == {(3, 32, 32)} and max(
-                s[0] for s in seen
-            ) <= 3
+        for tile in ((32, 32), (24, 40)):
+            for shape in ((1, 3, 100, 70), (1, 3, 20, 30), (2, 3, 130, 130)):
+                image = torch.randn(*shape)
+                seen.clear()
+                blended = sliding_window(model, image, tile, 0.5, 3)
+                assert blended.shape == (shape[0], 5, *shape[2:])
+                assert torch.allclose(blended, conv(image), atol=1e-5)
+                assert {s[1:] for s in seen} == {(3, *tile)}
+                assert max(s[0] for s in seen) <= 3
 
 
 def test_training_on_crops_predicts_with_the_sliding_window(tiny_dataset, tmp_path):

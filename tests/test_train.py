@@ -160,30 +160,41 @@ def test_fold_split_keeps_validation_out_of_training(tiny_dataset):
 
 
 def test_image_size_that_does_not_fit_the_arch_is_a_clear_error():
-    from segflow.input_size import model_side
+    from segflow.input_size import model_input_size
 
     sizes = [(72, 72), (72, 72)]
     with pytest.raises(
         ValueError,
-        match=r"DeepLabV3Plus needs sides that are multiples of 16, images are 72x72;"
-        r" set input_size \(e\.g\. 80\)",
+        match=r"DeepLabV3Plus needs sides that are multiples of 16, images are 72x72"
+        r" \(width x height\); set input_size, e\.g\. 80 ",
     ):
-        model_side(sizes, "DeepLabV3Plus", None)
-    assert model_side(sizes, "DeepLabV3Plus", 64) == 64  # resized: fine
-    assert model_side(sizes, "Unet", None) is None  # Unet takes any size: as they are
+        model_input_size(sizes, "DeepLabV3Plus", None)
+    assert model_input_size(sizes, "DeepLabV3Plus", 64) == (64, 64)  # resized: fine
+    assert (
+        model_input_size(sizes, "Unet", None) is None
+    )  # Unet takes any size: as they are
     with pytest.raises(ValueError, match="input_size 72 does not fit DeepLabV3Plus"):
-        model_side(sizes, "DeepLabV3Plus", 72)
+        model_input_size(sizes, "DeepLabV3Plus", 72)
+    # 480x360 (width x height): the suggestion keeps the aspect, it does not upsample
+    # 360 to 480 (the nearest multiples of 16: 368 and 480).
+    with pytest.raises(ValueError, match=r"e\.g\. \[368, 480\]"):
+        model_input_size([(360, 480)], "DeepLabV3Plus", None)
+    with pytest.raises(ValueError, match=r"crop \[40, 72\] does not fit FPN"):
+        model_input_size(sizes, "FPN", None, [40, 72])
+    assert model_input_size(sizes, "FPN", [64, 96], [32, 64]) == (64, 96)
 
 
-def test_mixed_image_sizes_train_at_a_side_derived_from_the_data():
-    """The most common longer side, rounded up to the arch's multiple (ties: larger)."""
-    from segflow.input_size import model_side
+def test_mixed_image_sizes_train_at_a_size_derived_from_the_data():
+    """The most common (height, width), each side rounded to the nearest multiple of
+    the arch's (ties: the larger size): the aspect of most images is kept."""
+    from segflow.input_size import model_input_size
 
     sizes = [(480, 640)] * 3 + [(512, 512)] * 2 + [(300, 200)]
-    assert model_side(sizes, "Unet", None) == 640
-    assert model_side([(100, 90), (70, 50)], "DeepLabV3Plus", None) == 112
-    assert model_side([(64, 64), (70, 70)], "FPN", None) == 96  # tie: 70 -> 96
-    assert model_side(sizes, "FPN", 256) == 256  # input_size wins
+    assert model_input_size(sizes, "Unet", None) == (480, 640)
+    assert model_input_size([(100, 90), (70, 50)], "DeepLabV3Plus", None) == (96, 96)
+    assert model_input_size([(820, 550), (825, 550)] * 2, "FPN", None) == (832, 544)
+    assert model_input_size(sizes, "FPN", 256) == (256, 256)  # input_size wins
+    assert model_input_size(sizes, "FPN", [256, 320]) == (256, 320)
 
 
 def test_a_dataset_of_mixed_sizes_trains_and_predicts(tmp_path):

@@ -13,6 +13,7 @@ from conftest import (
     DEFAULT_CONFIG,
     REPO,
     TINY_MODELS,
+    demo_resolved,
     job_counts,
     snakemake,
     write_coco,
@@ -136,7 +137,8 @@ def test_dry_run_of_the_default_config_runs_every_stage(tmp_path):
     """The README's main job: r0 with its full fits, cleaning, pseudo labels, round r1
     warm-started from r0, the ensembles, the submission and the demo's scores."""
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
-    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    config = demo_resolved(yaml.safe_load((tmp_path / "config.yaml").read_text()))
+    assert config["cv"]["folds"] == 3  # the demo's own, from demo.overrides
     output = snakemake(tmp_path, "-n").stdout
     counts = job_counts(output)
     models, seeds = len(config["models"]), len(config["cv"]["seeds"])
@@ -586,7 +588,7 @@ def test_tiny_run_writes_a_valid_submission_and_a_demo_score(tiny_run):
         results / "submission" / "submission.csv", 256, len(config["classes"]), test_ids
     ) == len(test_ids)
     score = json.loads((results / "demo" / "score.json").read_text())
-    assert score["images"] == len(test_ids) and score["size"] == 256
+    assert score["images"] == len(test_ids) and score["size"] == [256, 256]
     # The submission's score (from the CSV) is r0's ensemble's (from its label maps).
     rounds = json.loads((results / "demo" / "rounds.json").read_text())
     assert score["test_miou"] == pytest.approx(rounds["r0"]["test_miou"])

@@ -39,12 +39,13 @@ rule clean:
         sources=json.dumps(clean_sources(), sort_keys=True),
         root=DATA.root,
         classes=CLASSES_JSON,
+        unlabelled=config["data"]["unlabelled"],
     shell:
         "python -m segflow.clean --settings {params.settings:q}"
         " --sources {params.sources:q} --images {input.images}"
         " --annotations {input.annotations} --masks-dir {input.masks}"
         " --image-root {params.root:q} --classes {params.classes:q}"
-        " --scores-out {output.scores} --flags-out {output.flags}"
+        " --unlabelled {params.unlabelled} --scores-out {output.scores} --flags-out {output.flags}"
         " --images-out {output.images} --dropped-out {output.dropped}"
         " --masks-out {output.masks} --summary-out {output.summary}"
         " --gallery-out {output.gallery} --figures-out {output.figures} > {log} 2>&1"

@@ -37,10 +37,12 @@ from segflow.settings import (
     job_memory_mb,
     job_runtime_minutes,
     prediction_overlap,
-    prediction_size,
+    prediction_size_arg,
     prediction_tta,
     pseudo_settings,
     round_model_settings,
+    start_warnings,
+    submission_size_arg,
     validate_config,
     wandb_settings,
 )
@@ -52,6 +54,8 @@ try:
     check_config(config)
 except (ConfigError, DataError) as error:
     raise WorkflowError(f"segflow config: {error}")
+for warning in start_warnings(config):
+    print(f"WARNING {warning}", file=sys.stderr)
 
 DATA = data_paths(config)
 CLASSES_JSON = json.dumps(config["classes"])
@@ -490,4 +494,16 @@ def print_run_summary():
             + ", ".join(f"{k} {v['test_miou']:.4f}" for k, v in rounds.items())
             + f" ({rounds_path})"
         )
+    lines += run_warnings()
     print("\n".join(lines))
+
+
+def run_warnings():
+    """What the run summary must not leave unsaid: folds that split related images."""
+    warnings = []
+    folds_summary = Path(rules.folds.output.summary)
+    if folds_summary.exists():
+        warning = json.loads(folds_summary.read_text()).get("warning")
+        if warning:
+            warnings.append(f"  WARNING folds: {warning} ({folds_summary})")
+    return warnings

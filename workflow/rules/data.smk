@@ -21,6 +21,9 @@ rule index:
         root=DATA.root,
         classes=CLASSES_JSON,
         on_error=config["data"]["on_error"],
+        unlabelled=config["data"]["unlabelled"],
+        void=json.dumps(config["data"]["void"]),
+        exif=config["data"]["exif"],
         sample=debug_sample(),
         seed=config["seed"],
     shell:
@@ -28,5 +31,7 @@ rule index:
         " --image-root {params.root:q} --classes {params.classes:q}"
         " --images-out {output.images} --annotations-out {output.annotations}"
         " --skipped-out {output.skipped} --masks-dir {output.masks}"
-        " --on-error {params.on_error} --sample {params.sample} --seed {params.seed}"
+        " --on-error {params.on_error} --unlabelled {params.unlabelled}"
+        " --void {params.void:q} --exif {params.exif}"
+        " --sample {params.sample} --seed {params.seed}"
         " --threads {threads} > {log} 2>&1"

@@ -34,9 +34,10 @@ rule eda:
         classes=CLASSES_JSON,
         gallery=config["eda"]["gallery"],
         seed=config["seed"],
+        group_by=config["cv"]["group_by"] or "",
     shell:
         "python -m segflow.eda --images {input.images} --annotations {input.annotations}"
         " --skipped {input.skipped} --masks-dir {input.masks} --image-root {params.root:q}"
         " --classes {params.classes:q} --report {output.report} --stats {output.stats}"
         " --figures-dir {output.figures} --gallery-size {params.gallery} --seed {params.seed}"
-        " > {log} 2>&1"
+        " --group-by={params.group_by:q} > {log} 2>&1"

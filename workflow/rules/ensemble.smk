@@ -53,7 +53,7 @@ rule submission:
         mem_mb=job_memory_mb(config, "submission"),
         runtime=job_runtime_minutes(config, "submission"),
     params:
-        size=config["submission"]["size"],
+        size=submission_size_arg(config),
         n_classes=len(config["classes"]),
         sample=lambda wildcards, input: input.get("sample", ""),
         debug="--debug-subset" if config["debug"]["enabled"] else "",

@@ -5,6 +5,7 @@ rule folds:
         images=rules.index.output.images,
     output:
         folds="results/folds/folds.csv",
+        summary="results/folds/summary.json",
     log:
         "results/logs/folds.log",
     conda:
@@ -21,6 +22,7 @@ rule folds:
         val=lambda wildcards, input: input.get("val", ""),
     shell:
         "python -m segflow.folds --images {input.images} --out {output.folds}"
+        " --summary-out {output.summary}"
         " --n-classes {params.n_classes} --method {params.method} --folds {params.folds}"
         " --seed {params.seed} --group-by={params.group_by:q} --val-json={params.val:q}"
         " > {log} 2>&1"

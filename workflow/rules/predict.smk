@@ -22,7 +22,7 @@ rule predict:
         runtime=job_runtime_minutes(config, "predict"),
     params:
         root=DATA.root,
-        size=prediction_size(config),
+        size=prediction_size_arg(config),
         tta=lambda wildcards: prediction_tta(config, wildcards.model),
         overlap=lambda wildcards: prediction_overlap(config, wildcards.model),
         batch_size=config["predict"]["batch_size"],

@@ -18,7 +18,7 @@ rule demo_score:
         runtime=job_runtime_minutes(config, "demo_score"),
     params:
         classes=CLASSES_JSON,
-        size=config["submission"]["size"],
+        size=submission_size_arg(config),
     shell:
         "python -m segflow.demo_score --submission {input.submission} --truth {input.truth}"
         " --classes {params.classes:q} --size {params.size} --out {output.score} > {log} 2>&1"
@@ -48,7 +48,7 @@ rule demo_rounds:
     params:
         entries=rounds_entries_json(),
         classes=CLASSES_JSON,
-        size=config["submission"]["size"],
+        size=submission_size_arg(config),
     shell:
         "python -m segflow.demo_score --rounds {params.entries:q} --truth {input.truth}"
         " --classes {params.classes:q} --size {params.size} --out {output.rounds}"
@@ -76,7 +76,7 @@ rule demo_baselines:
             {k: {"test": v} for k, v in baselines(["recipe", "matched"]).items()}
         ),
         classes=CLASSES_JSON,
-        size=config["submission"]["size"],
+        size=submission_size_arg(config),
     shell:
         "python -m segflow.demo_score --rounds {params.entries:q} --truth {input.truth}"
         " --classes {params.classes:q} --size {params.size} --out {output.baselines}"

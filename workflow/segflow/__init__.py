@@ -9,11 +9,15 @@ one rule calls; no step imports another step:
 
 Commands a user runs, which no rule calls (they import libraries only):
   status         where the whole run stands: every training job's progress
+  convert        images + label PNGs -> the COCO file segflow reads (lossless)
 
 Libraries, shared by the steps; a library never imports a step:
   settings       the validated config as typed settings; config checks; data paths
   coco           COCO reading, validation and the one mask rasterization
-  labels         label maps on disk: mask paths, read/write, nearest resize, IGNORE_INDEX
+  images         the one image reader and the EXIF orientation rule
+  groups         related images: file-name sequences, near-duplicates, fold leaks
+  labels         label maps on disk: mask paths, read/write, nearest resize,
+                 IGNORE_INDEX, what unlabelled pixels are (background or ignored)
   tables         column names of the index tables
   probabilities  stored probabilities: uint8 encode/decode, memmap writer, member reader
   metrics        the competition mIoU from one confusion matrix
@@ -26,7 +30,7 @@ Libraries, shared by the steps; a library never imports a step:
   sliding_window overlapping tiles blended toward their centres, for large images
   postprocess    small connected components removed, the areas tuned on OOF
   data           datasets, albumentations pipelines, loaders
-  input_size     the side a model sees its images at (arch multiples, mixed sizes)
+  input_size     sizes (height, width): what a model sees (arch multiples, mixed sizes)
   splits         which images and labels a fold job of a round trains and validates on
   optim          optimizers and learning-rate schedules
   runtime        seeds, threads, autocast, batches on the device

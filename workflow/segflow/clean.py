@@ -30,6 +30,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from segflow.images import image_file, read_rgb
 from segflow.io import atomic_dir, atomic_path, write_ids, write_json, write_table
 from segflow.label_noise import (
     SCORE_COLUMNS,
@@ -39,7 +40,14 @@ from segflow.label_noise import (
     score_image,
     self_confidence_sums,
 )
-from segflow.labels import mask_file, read_instances, read_label, write_label
+from segflow.labels import (
+    UNLABELLED,
+    background_class,
+    mask_file,
+    read_instances,
+    read_label,
+    write_label,
+)
 from segflow.probabilities import MemberProbabilities, PredictionError
 from segflow.settings import CleanSettings
 from segflow.viz import (
@@ -102,7 +110,7 @@ class Judge:
                     f" labelled images without OOF, e.g. {missing[:3]})"
                 )
         self.labelled, self.masks_dir = labelled, masks_dir
-        self.size = self.readers[0].shape[-1]
+        self.size = tuple(self.readers[0].shape[-2:])  # (height, width)
         self.thresholds = None
 
     def probabilities(self, ids: list[str]) -> np.ndarray:
@@ -135,13 +143,15 @@ def class_thresholds(judge: Judge, n_classes: int) -> np.ndarray:
     return np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
 
 
-def score_images(judge: Judge, annotations, settings: CleanSettings):
+def score_images(
+    judge: Judge, annotations, settings: CleanSettings, background: int | None
+):
     """(image, annotation, region) score tables of every labelled image; the maps of
     each image are dropped as soon as it is scored."""
     image_rows, annotation_rows, region_rows = [], [], []
     for image_id, probabilities in judge.chunks():
         row = judge.labelled.loc[image_id]
-        scale = (row["width"] / judge.size, row["height"] / judge.size)
+        scale = (row["width"] / judge.size[1], row["height"] / judge.size[0])
         scores = score_image(
             image_id,
             *judge.labels(image_id),
@@ -150,6 +160,7 @@ def score_images(judge: Judge, annotations, settings: CleanSettings):
             judge.thresholds,
             settings,
             scale,
+            background,
         )
         image_rows.append(scores.image)
         annotation_rows += scores.annotations
@@ -171,8 +182,11 @@ def clean(
     image_root: str | Path,
     classes: list[str],
     outputs: CleanOutputs,
+    unlabelled: str = "background",
 ) -> dict:
-    """Score, flag and clean every labelled image; see module doc for what is written."""
+    """Score, flag and clean every labelled image; see module doc for what is written.
+    ``unlabelled``: data.unlabelled (a dataset without background has no missed objects)."""
+    background = background_class(unlabelled)
     images = pd.read_parquet(images_path)
     labelled = images[images["split"] == "train"].set_index("image_id")
     image_ids = list(labelled.index)
@@ -186,7 +200,7 @@ def clean(
     judge = Judge(sources, labelled, masks_dir)
     judge.thresholds = thresholds = class_thresholds(judge, len(classes))
     image_table, annotation_table, region_table = score_images(
-        judge, annotations, settings
+        judge, annotations, settings, background
     )
     reasons = flag_images(image_table, annotation_table, region_table, settings)
     image_table["flagged"] = image_table["image_id"].map(reasons).ne("")
@@ -215,6 +229,7 @@ def clean(
             annotations(image_id),
             thresholds,
             settings,
+            background=background,
         )
 
     # 3. The next round's labels: cleaned masks of every labelled image, who is dropped.
@@ -333,18 +348,11 @@ def write_gallery(
     entries = []
     with atomic_dir(outputs.figures) as figures_tmp:
         for rank, image_id in enumerate(image_ids, 1):
-            picture = cv2.cvtColor(
-                cv2.imread(
-                    str(Path(image_root) / labelled.at[image_id, "file_name"]),
-                    cv2.IMREAD_COLOR,
-                ),
-                cv2.COLOR_BGR2RGB,
-            )
-            picture = (
-                cv2.resize(picture, (size, size), interpolation=cv2.INTER_AREA)
-                if picture.shape[:2] != (size, size)
-                else picture
-            )
+            picture = read_rgb(image_file(labelled.loc[image_id], image_root))
+            if picture.shape[:2] != tuple(size):
+                picture = cv2.resize(
+                    picture, (size[1], size[0]), interpolation=cv2.INTER_AREA
+                )
             scores = rescore(image_id)
             label, instances = scores.label, scores.instances
             rows = scores_table[scores_table["image_id"] == image_id]
@@ -434,6 +442,7 @@ def main(argv=None) -> None:
     parser.add_argument("--masks-dir", required=True)
     parser.add_argument("--image-root", required=True)
     parser.add_argument("--classes", required=True)
+    parser.add_argument("--unlabelled", choices=UNLABELLED, required=True)
     for name in CleanOutputs.__dataclass_fields__:
         parser.add_argument(f"--{name}-out", required=True)
     args = parser.parse_args(argv)
@@ -453,6 +462,7 @@ def main(argv=None) -> None:
             image_root=args.image_root,
             classes=json.loads(args.classes),
             outputs=outputs,
+            unlabelled=args.unlabelled,
         )
     except (PredictionError, ValueError, FileNotFoundError) as e:
         sys.exit(f"ERROR: {e}")

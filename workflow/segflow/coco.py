@@ -1,7 +1,13 @@
 """COCO segmentation annotations: strict loading, and the one rasterization to class masks.
 
-Class indices come from the config's class list (index 0 is the implicit background);
-COCO category ids are mapped to them by *name*, so ids need not be contiguous or ordered.
+Class indices come from the config's class list; COCO category ids are mapped to them
+by *name*, so ids need not be contiguous or ordered. What a pixel that no annotation
+covers is, is the dataset's choice (``data.unlabelled``): ``background``, the class at
+index 0, which needs no COCO category (a category of that name, as some exporters write,
+paints class 0 too); or ``ignore``, IGNORE_INDEX (255), for datasets whose labels cover
+every object and leave the rest unknown, where every class is a COCO category. Void
+categories (``data.void``, by name or id) paint IGNORE_INDEX: their pixels count nowhere,
+in no loss and no score.
 
 Overlap rule (the only place it lives): an image's annotations are painted in order of
 decreasing pixel area (ties: increasing annotation id), so where objects overlap the
@@ -20,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from segflow.labels import IGNORE_INDEX, background_class
 
 ON_ERROR = ("stop", "skip")
 
@@ -87,13 +95,17 @@ def read_json(path: str | Path) -> dict:
 
 
 def class_index_by_category(
-    categories: list[dict], classes: list[str], source: str
+    categories: list[dict],
+    classes: list[str],
+    source: str,
+    unlabelled: str = "background",
+    void: list | tuple = (),
 ) -> dict[int, int]:
-    """Map COCO category id -> class index, by name, through the config's class list.
+    """Map COCO category id -> class index (IGNORE_INDEX for a void category), by name,
+    through the config's class list.
 
-    ``classes[0]`` is the background and has no COCO category. Every other class must be
-    a category of the file and every category a class, or the mapping would silently
-    drop or mislabel objects.
+    Every category must be a class or void, and every class but the background a
+    category, or the mapping would silently drop or mislabel objects.
     """
     names = {}
     for cat in categories:
@@ -110,18 +122,49 @@ def class_index_by_category(
         names[cat["id"]] = cat["name"]
     if len(set(classes)) != len(classes):
         raise DataError(f"config classes: duplicate names in {classes}")
-    foreground = classes[1:]
-    unknown = sorted(set(names.values()) - set(foreground))
-    unused = [c for c in foreground if c not in set(names.values())]
-    if unknown or unused:
-        raise DataError(
-            f"{source}: categories do not match config 'classes'"
-            f" (index 0, {classes[0]!r}, is the background): "
-            f"categories not in classes: {unknown}; classes not among categories: {unused}"
-        )
     if len(set(names.values())) != len(names):
         raise DataError(f"{source}: two category ids share one name: {names}")
-    return {cat_id: foreground.index(name) + 1 for cat_id, name in names.items()}
+    void_ids = set()
+    for entry in void:
+        found = [i for i, name in names.items() if entry in (i, name)]
+        if not found:
+            raise DataError(
+                f"data.void: {entry!r} is neither the name nor the id of a category of"
+                f" {source} (categories: {sorted(names.values())})"
+            )
+        void_ids.update(found)
+    background = background_class(unlabelled)
+    # The background needs no category; one of its name is accepted and paints it.
+    required = [c for k, c in enumerate(classes) if k != background]
+    void_names = {names[i] for i in void_ids}
+    clash = sorted(void_names & set(classes))
+    if clash:
+        raise DataError(
+            f"data.void: {clash} are also in classes; a category is a class or void"
+        )
+    labelled = {i: name for i, name in names.items() if i not in void_ids}
+    unknown = sorted(set(labelled.values()) - set(classes))
+    unused = [c for c in required if c not in set(labelled.values())]
+    if unknown or unused:
+        where = (
+            f"index 0, {classes[0]!r}, is the background, painted where no annotation is"
+            if background is not None
+            else "data.unlabelled: ignore, so every class is a category"
+        )
+        hint = (
+            " Add the categories to classes, or name them in data.void to ignore their"
+            " pixels."
+            if unknown
+            else ""
+        )
+        raise DataError(
+            f"{source}: categories do not match config 'classes' ({where}): "
+            f"categories not in classes: {unknown}; classes not among categories:"
+            f" {unused}.{hint}"
+        )
+    mapping = {i: classes.index(name) for i, name in labelled.items()}
+    mapping.update({i: IGNORE_INDEX for i in void_ids})
+    return mapping
 
 
 def check_file_name(file_name: str) -> str | None:
@@ -147,11 +190,16 @@ class CocoSplit:
     images: list[dict]
     annotations: dict[int, list[dict]]
     class_of_category: dict[int, int]
+    unlabelled: int  # what a pixel no annotation covers is: 0 (background) or 255
     problems: list[Problem] = field(default_factory=list)
 
 
 def load_coco(
-    path: str | Path, classes: list[str], on_error: str = "stop"
+    path: str | Path,
+    classes: list[str],
+    on_error: str = "stop",
+    unlabelled: str = "background",
+    void: list | tuple = (),
 ) -> CocoSplit:
     """Read and validate a COCO segmentation file.
 
@@ -163,7 +211,10 @@ def load_coco(
     path = Path(path)
     source = str(path)
     data = read_json(path)
-    class_of_category = class_index_by_category(data["categories"], classes, source)
+    class_of_category = class_index_by_category(
+        data["categories"], classes, source, unlabelled, void
+    )
+    background = background_class(unlabelled)
     log = ProblemLog(on_error)
 
     images: list[dict] = []
@@ -221,6 +272,8 @@ def load_coco(
             image = by_id[image_id]
             reason = check_segmentation(
                 ann.get("segmentation"), image["height"], image["width"]
+            ) or check_covers_pixels(
+                ann["segmentation"], image["height"], image["width"]
             )
         if reason is not None:
             log.report(
@@ -235,7 +288,14 @@ def load_coco(
         seen_annotations.add(ann_id)
         annotations[image_id].append(ann)
 
-    return CocoSplit(path, images, annotations, class_of_category, log.problems)
+    return CocoSplit(
+        path,
+        images,
+        annotations,
+        class_of_category,
+        IGNORE_INDEX if background is None else background,
+        log.problems,
+    )
 
 
 def check_segmentation(segmentation, height: int, width: int) -> str | None:
@@ -273,6 +333,17 @@ def check_segmentation(segmentation, height: int, width: int) -> str | None:
     return f"segmentation must be a polygon list or an RLE dict, got {type(segmentation).__name__}"
 
 
+def check_covers_pixels(segmentation, height: int, width: int) -> str | None:
+    """Why a well-formed segmentation is still no object: it covers no pixel of the
+    image (a polygon outside it, or of no area), or None."""
+    if mask_utils.area(annotation_rle(segmentation, height, width)) == 0:
+        return (
+            f"the segmentation covers no pixel of the {width}x{height} image"
+            " (outside it, or of no area)"
+        )
+    return None
+
+
 def annotation_rle(segmentation, height: int, width: int) -> dict:
     """One compressed RLE for a polygon list, an uncompressed RLE or a compressed RLE."""
     if isinstance(segmentation, list):
@@ -289,31 +360,45 @@ def annotation_rle(segmentation, height: int, width: int) -> dict:
 class Rasterized:
     """A class-index mask with, per annotation (input order), its area and visible pixels."""
 
-    mask: np.ndarray  # (H, W) uint8 class indices
+    mask: np.ndarray  # (H, W) uint8 class indices (IGNORE_INDEX: void, or unlabelled)
     areas: np.ndarray  # (N,) pixels of each annotation's own region
+    boxes: np.ndarray  # (N, 4) x, y, width, height of that region (not the JSON's bbox)
     visible: np.ndarray  # (N,) pixels where that annotation is on top
     owner: np.ndarray  # (H, W) int32 index of the annotation on top, -1 on background
 
 
 def rasterize(
-    annotations: list[dict], height: int, width: int, class_of_category: dict[int, int]
+    annotations: list[dict],
+    height: int,
+    width: int,
+    class_of_category: dict[int, int],
+    unlabelled: int = 0,
 ) -> Rasterized:
-    """Compose an image's annotations into one class-index mask (overlap rule: see module doc)."""
+    """Compose an image's annotations into one class-index mask (overlap rule: see module
+    doc); pixels no annotation covers take ``unlabelled`` (0, or IGNORE_INDEX).
+
+    Any number of annotations: areas are taken one RLE at a time (pycocotools' area of a
+    list of 256 or more RLEs overflows a uint8 under numpy 2), and the owner map is int32.
+    """
     rles = [annotation_rle(a["segmentation"], height, width) for a in annotations]
-    areas = mask_utils.area(rles).astype(np.int64) if rles else np.zeros(0, np.int64)
+    areas = np.array([int(mask_utils.area(rle)) for rle in rles], np.int64)
+    boxes = np.array([mask_utils.toBbox(rle) for rle in rles], np.float64).reshape(
+        -1, 4
+    )
     owner = np.full((height, width), -1, np.int32)
     for i in sorted(
         range(len(annotations)), key=lambda i: (-areas[i], annotations[i]["id"])
     ):
         owner[mask_utils.decode(rles[i]).astype(bool)] = i
     classes = np.array(
-        [0] + [class_of_category[a["category_id"]] for a in annotations], np.uint8
+        [unlabelled] + [class_of_category[a["category_id"]] for a in annotations],
+        np.uint8,
     )
     mask = classes[owner + 1]
     visible = np.bincount(owner[owner >= 0].ravel(), minlength=len(annotations)).astype(
         np.int64
     )
-    return Rasterized(mask, areas, visible, owner)
+    return Rasterized(mask, areas, boxes, visible, owner)
 
 
 def _is_int(value) -> bool:

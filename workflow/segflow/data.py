@@ -19,7 +19,6 @@ appended by segflow, always with p=1.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import albumentations as A
 import cv2
@@ -28,6 +27,8 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from segflow.images import ImageFile, read_rgb
+from segflow.input_size import Size
 from segflow.labels import IGNORE_INDEX
 from segflow.models import IMAGENET_MEAN, IMAGENET_STD
 
@@ -55,24 +56,28 @@ def build_transform(
         raise ValueError(f"augment: {e}") from None
 
 
-def resize_steps(side: int | None) -> list[dict]:
-    """The augment-style step that resizes to a square ``side``, if there is one."""
-    return [{"Resize": {"height": side, "width": side}}] if side else []
+def resize_steps(size: Size | None) -> list[dict]:
+    """The augment-style step that resizes to ``size`` (height, width), if there is one."""
+    if not size:
+        return []
+    height, width = size
+    return [{"Resize": {"height": height, "width": width}}]
 
 
-def crop_steps(crop: int | None) -> list[dict]:
-    """A random ``crop`` x ``crop`` crop, padded first where the image is smaller (the
+def crop_steps(crop: Size | None) -> list[dict]:
+    """A random ``crop`` (height, width), padded first where the image is smaller (the
     padding's labels ignored), if there is a crop."""
     if not crop:
         return []
+    height, width = crop
     pad = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0, "fill_mask": IGNORE_INDEX}
     return [
-        {"RandomCrop": {"height": crop, "width": crop, "pad_if_needed": True, **pad}}
+        {"RandomCrop": {"height": height, "width": width, "pad_if_needed": True, **pad}}
     ]
 
 
 def train_transform(
-    augment: list[dict], side: int | None, seed: int, crop: int | None = None
+    augment: list[dict], side: Size | None, seed: int, crop: Size | None = None
 ) -> A.Compose:
     """The model's augmentations, its resize (segflow.input_size), its random crop."""
     steps = list(augment) + resize_steps(side) + crop_steps(crop)
@@ -84,7 +89,7 @@ def image_sizes(images) -> list[tuple[int, int]]:
     return list(zip(images["height"].tolist(), images["width"].tolist()))
 
 
-def eval_transform(side: int | None) -> A.Compose:
+def eval_transform(side: Size | None) -> A.Compose:
     """What validation and prediction see: the resize only."""
     return build_transform(resize_steps(side))
 
@@ -117,13 +122,6 @@ def _build_step(spec: dict, where: str):
         raise ValueError(f"{where}: {name}: {e}") from None
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    picture = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if picture is None:
-        raise FileNotFoundError(f"image file {path} is missing or unreadable")
-    return cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
-
-
 class SegmentationDataset(Dataset):
     """(image tensor CHW float, mask tensor HW long) pairs; mask-less for test images.
 
@@ -132,17 +130,20 @@ class SegmentationDataset(Dataset):
     """
 
     def __init__(
-        self, image_paths: list[str], mask_paths: list[str] | None, transform: A.Compose
+        self,
+        images: list[ImageFile],
+        mask_paths: list[str] | None,
+        transform: A.Compose,
     ):
-        self.image_paths = list(image_paths)
+        self.images = list(images)
         self.mask_paths = list(mask_paths) if mask_paths is not None else None
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.image_paths)
+        return len(self.images)
 
     def __getitem__(self, index: int):
-        image = read_rgb(self.image_paths[index])
+        image = read_rgb(self.images[index])
         if self.mask_paths is None:
             return self.transform(image=image)["image"], index
         mask = cv2.imread(str(self.mask_paths[index]), cv2.IMREAD_UNCHANGED)

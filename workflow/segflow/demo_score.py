@@ -18,19 +18,26 @@ from pathlib import Path
 import numpy as np
 
 from segflow.coco import load_coco, rasterize
+from segflow.input_size import as_size
 from segflow.io import atomic_path, read_ids, write_json
 from segflow.labels import resize_label
 from segflow.metrics import confusion_matrix, mean_iou, per_class_iou
 from segflow.probabilities import read_probability_set
-from segflow.submission_format import SubmissionError, read_submission
+from segflow.submission_format import (
+    NATIVE,
+    SubmissionError,
+    parse_submission_size,
+    read_submission,
+    submission_sizes,
+)
 from segflow.viz import plt, save_figure
 
 
-def truth_labels(
-    truth_json: str, classes: list[str], size: int
-) -> dict[str, np.ndarray]:
-    """The hidden test labels by image id (file_name), at ``size`` x ``size``."""
+def truth_labels(truth_json: str, classes: list[str], size) -> dict[str, np.ndarray]:
+    """The hidden test labels by image id (file_name), at the submission ``size`` (a
+    side, (height, width) or native)."""
     truth = load_coco(truth_json, classes)
+    sizes = submission_sizes(truth_json, size)
     return {
         image["file_name"]: resize_label(
             rasterize(
@@ -39,7 +46,7 @@ def truth_labels(
                 image["width"],
                 truth.class_of_category,
             ).mask,
-            size,
+            *sizes[image["file_name"]],
         )
         for image in truth.images
     }
@@ -49,10 +56,11 @@ def score_predictions(
     predictions,
     labels: dict[str, np.ndarray],
     classes: list[str],
-    size: int,
+    size,
     source: str,
 ) -> dict:
-    """Test mIoU of (image id, label map at ``size``) pairs over the whole set."""
+    """Test mIoU of (image id, label map at the submission ``size``) pairs over the whole
+    set; each ``labels`` map is at that size already."""
     confusion = np.zeros((len(classes), len(classes)), np.int64)
     scored = 0
     for image_id, prediction in predictions:
@@ -66,17 +74,17 @@ def score_predictions(
         "test_miou": mean_iou(confusion),
         "per_class_iou": per_class_iou(confusion, classes),
         "images": scored,
-        "size": size,
+        "size": size if size == NATIVE else list(as_size(size)),
     }
 
 
 def demo_score(
-    *, submission: str, truth_json: str, classes: list[str], size: int, out: str
+    *, submission: str, truth_json: str, classes: list[str], size, out: str
 ) -> dict:
     labels = truth_labels(truth_json, classes, size)
     # The submission step already checked completeness (debug mode writes a sample).
     score = score_predictions(
-        read_submission(submission, size, len(classes)),
+        read_submission(submission, submission_sizes(truth_json, size), len(classes)),
         labels,
         classes,
         size,
@@ -102,18 +110,21 @@ def rounds_score(
     entries: dict[str, dict[str, str]],
     truth_json: str,
     classes: list[str],
-    size: int,
+    size,
     out: str,
     figure_out: str | None,
 ) -> dict:
     """Demo test mIoU (and OOF mIoU where there is one) of each entry: a round's
     ensemble {"test_labels", "test_ids", "summary"} or a single model {"test"}, the
-    baselines. Every map is resized by nearest neighbour to ``size``, as the submission
-    step does."""
+    baselines. Every map is resized by nearest neighbour to the submission ``size``, as
+    the submission step does."""
     labels = truth_labels(truth_json, classes, size)
     result = {}
     for name, files in entries.items():
-        pairs = ((i, resize_label(m, size)) for i, m in label_maps(files))
+        pairs = (
+            (i, resize_label(m, *labels[i].shape) if i in labels else m)
+            for i, m in label_maps(files)
+        )
         source = files.get("test_labels") or files["test"]
         score = score_predictions(pairs, labels, classes, size, source)
         oof = None
@@ -163,7 +174,12 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--truth", required=True, help="the demo's truth/test.json")
     parser.add_argument("--classes", required=True)
-    parser.add_argument("--size", type=int, required=True)
+    parser.add_argument(
+        "--size",
+        type=parse_submission_size,
+        required=True,
+        help="the submission size: height x width, or native",
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--figure-out", help="with --rounds: the rounds figure (PNG)")
     args = parser.parse_args(argv)

@@ -18,9 +18,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from segflow.groups import related_images
+from segflow.images import image_file, read_rgb
 from segflow.io import atomic_dir, atomic_path, write_json
-from segflow.labels import mask_file
-from segflow.tables import pixel_columns
+from segflow.labels import IGNORE_INDEX, mask_file
+from segflow.tables import object_class_presence, pixel_columns
 from segflow.viz import class_legend, class_palette, data_uri, overlay, save_figure
 
 
@@ -34,6 +36,9 @@ def dataset_stats(
     train = images[images["split"] == "train"]
     pixels = train[pixel_columns(len(classes))].to_numpy(dtype=np.int64).sum(axis=0)
     presence = train[pixel_columns(len(classes))].to_numpy(dtype=np.int64) > 0
+    void = annotations["class_index"] == IGNORE_INDEX
+    ignored = int(train["ignored_pixels"].fillna(0).astype(np.int64).sum())
+    annotations = annotations[~void]  # void regions are no class's instances
     instances = np.bincount(
         annotations["class_index"].to_numpy(dtype=np.int64), minlength=len(classes)
     )
@@ -58,7 +63,7 @@ def dataset_stats(
                 "median_relative_size": float(sizes.median()) if len(sizes) else None,
             }
         )
-    foreground = presence[:, 1:].astype(np.int64)
+    foreground = object_class_presence(train, len(classes)).astype(np.int64)
     objects = train["n_objects"].astype(np.int64)
     return {
         "images": {
@@ -68,6 +73,12 @@ def dataset_stats(
         "crowd_annotations": int(annotations["iscrowd"].sum()),
         "skipped": {"total": int(len(skipped)), "by_reason": _reason_counts(skipped)},
         "classes": per_class,
+        # Void categories and (data.unlabelled: ignore) uncovered pixels: in no class.
+        "ignored": {
+            "pixels": ignored,
+            "share": ignored / max(1, ignored + int(pixels.sum())),
+            "void_annotations": int(void.sum()),
+        },
         "objects_per_image": {
             "mean": float(objects.mean()),
             "median": float(objects.median()),
@@ -89,7 +100,54 @@ def dataset_stats(
         },
         "cooccurrence": (
             foreground.T @ foreground
-        ).tolist(),  # images holding both classes (foreground order)
+        ).tolist(),  # images holding both object classes (class order)
+    }
+
+
+# Groups a suggested cv.group_by leaves at least (enough for 5 folds of 2 groups each).
+MIN_SUGGESTED_GROUPS = 10
+
+
+def related_stats(images: pd.DataFrame, group_by: str | None) -> dict:
+    """Sequences and near-duplicates among the labelled images (segflow.groups), and
+    what the configured cv.group_by makes of them."""
+    train = images[images["split"] == "train"].reset_index(drop=True)
+    related = related_images(train, min_groups=MIN_SUGGESTED_GROUPS)
+    names = train["file_name"].tolist()
+    stems = related.stems.dropna()
+    examples = [
+        {"stem": stem, "images": int(n), "first": names[members.index[0]]}
+        for (stem, n), (_, members) in zip(
+            stems.value_counts().head(5).items(), stems.groupby(stems)
+        )
+    ]
+    found = bool(related.in_sequences or related.duplicates)
+    warning = None
+    if found and not group_by:
+        warning = (
+            f"{related.in_sequences} labelled images are frames of {related.sequences}"
+            f" file-name sequences and {len(related.duplicates)} pairs are"
+            " near-duplicates: random folds put related images on both sides of a"
+            " fold, so OOF mIoU is optimistic."
+            + (
+                f" Set cv.group_by: '{related.suggestion}' to keep runs of"
+                " consecutive frames in one fold."
+                if related.suggestion
+                else " Group them with cv.group_by (a regex on file_name)."
+            )
+        )
+    return {
+        "sequences": related.sequences,
+        "images_in_sequences": related.in_sequences,
+        "sequence_examples": examples,
+        "near_duplicates": len(related.duplicates),
+        "duplicate_examples": [
+            {"a": names[i], "b": names[j], "bits": bits}
+            for i, j, bits in related.duplicates[:10]
+        ],
+        "suggested_group_by": related.suggestion,
+        "group_by": group_by,
+        "warning": warning,
     }
 
 
@@ -118,14 +176,17 @@ def make_eda(
     figures_dir: str | Path,
     gallery_size: int,
     seed: int,
+    group_by: str | None = None,
 ) -> dict:
-    """Write the EDA report, its figures and stats.json; return the stats."""
+    """Write the EDA report, its figures and stats.json; return the stats.
+    ``group_by``: the config's cv.group_by, which the related-images section checks."""
     images = pd.read_parquet(images_path)
     annotations = pd.read_parquet(annotations_path)
     skipped = pd.read_csv(
         skipped_path, dtype={"image_id": "Int64", "annotation_id": "Int64"}
     )
     stats = dataset_stats(images, annotations, skipped, classes)
+    stats["related"] = related_stats(images, group_by)
     palette = class_palette(len(classes))
 
     figures = {
@@ -336,6 +397,9 @@ def _fig_image_stats(images: pd.DataFrame):
 
 def _fig_cooccurrence(stats: dict, names: list[str]):
     both = np.array(stats["cooccurrence"], float)
+    shown = np.flatnonzero(np.diag(both) > 0) if both.size else []
+    both = both[np.ix_(shown, shown)] if len(shown) else np.zeros((0, 0))
+    names = [names[k] for k in shown]  # the object classes some image holds
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
     if both.size:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -354,9 +418,9 @@ def _fig_cooccurrence(stats: dict, names: list[str]):
                     fontsize=7,
                     color="white" if share[i, j] > 0.6 else "black",
                 )
-        ax.set_xticks(range(len(share)), names[1:])
+        ax.set_xticks(range(len(share)), names)
         _slanted_class_names(ax)
-        ax.set_yticks(range(len(share)), names[1:])
+        ax.set_yticks(range(len(share)), names)
     ax.set_title("colour: P(column class | row class); number: images with both")
     return fig
 
@@ -388,10 +452,7 @@ def _fig_gallery(images, masks_dir, image_root, classes, palette, size: int, see
         ax.axis("off")
     for ax, i in zip(axes.ravel(), picks):
         row = train.iloc[i]
-        picture = cv2.cvtColor(
-            cv2.imread(str(Path(image_root) / row["file_name"]), cv2.IMREAD_COLOR),
-            cv2.COLOR_BGR2RGB,
-        )
+        picture = read_rgb(image_file(row, image_root))
         mask = cv2.imread(
             str(mask_file(masks_dir, row["coco_id"])), cv2.IMREAD_UNCHANGED
         )
@@ -418,6 +479,9 @@ def main(argv=None) -> None:
     parser.add_argument("--figures-dir", required=True)
     parser.add_argument("--gallery-size", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument(
+        "--group-by", required=True, help="cv.group_by, or empty for none"
+    )
     args = parser.parse_args(argv)
     stats = make_eda(
         args.images,
@@ -431,6 +495,7 @@ def main(argv=None) -> None:
         figures_dir=args.figures_dir,
         gallery_size=args.gallery_size,
         seed=args.seed,
+        group_by=args.group_by or None,
     )
     print(json.dumps({k: stats[k] for k in ("images", "annotations", "skipped")}))
 

@@ -213,7 +213,7 @@ def ensemble(
             raise PredictionError(
                 f"members {names[0]} and {member.name} have OOF predictions for different images"
             )
-    size = oof[0].shape[-1]
+    size = [int(side) for side in oof[0].shape[-2:]]  # (height, width)
     coco_ids = pd.read_parquet(images_path).set_index("image_id")["coco_id"]
 
     def labels_of(image_id):

@@ -34,8 +34,9 @@ from sklearn.model_selection import (
 )
 
 from segflow.coco import DataError, read_json
-from segflow.io import write_table
-from segflow.tables import pixel_columns
+from segflow.groups import fold_leaks, related_images
+from segflow.io import write_json, write_table
+from segflow.tables import object_class_presence, pixel_columns
 
 METHODS = ("holdout", "kfold", "stratified", "multilabel_stratified", "group")
 
@@ -56,17 +57,22 @@ def groups_of(images: pd.DataFrame, group_by: str) -> np.ndarray:
     return np.asarray(groups)
 
 
+def object_pixels(images: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """(N, n_classes) pixel counts of the object classes each image contains (the
+    index's classes_present: the background, in every image, stratifies nothing)."""
+    pixels = images[pixel_columns(n_classes)].to_numpy(dtype=np.int64)
+    return np.where(object_class_presence(images, n_classes), pixels, 0)
+
+
 def class_presence(images: pd.DataFrame, n_classes: int) -> np.ndarray:
-    """(N, n_classes - 1) 0/1 matrix: which foreground classes each image contains."""
-    return (images[pixel_columns(n_classes)[1:]].to_numpy(dtype=np.int64) > 0).astype(
-        np.int64
-    )
+    """(N, n_classes) 0/1 matrix: which object classes each image contains."""
+    return (object_pixels(images, n_classes) > 0).astype(np.int64)
 
 
 def dominant_class(images: pd.DataFrame, n_classes: int) -> np.ndarray:
-    """Each image's foreground class with the most pixels (0 for background-only images)."""
-    pixels = images[pixel_columns(n_classes)[1:]].to_numpy(dtype=np.int64)
-    return np.where(pixels.max(axis=1) > 0, pixels.argmax(axis=1) + 1, 0)
+    """Each image's object class with the most pixels (-1 for images with none)."""
+    pixels = object_pixels(images, n_classes)
+    return np.where(pixels.max(axis=1) > 0, pixels.argmax(axis=1), -1)
 
 
 def make_folds(
@@ -118,6 +124,7 @@ def make_folds(
             ).split(index, labels, groups)
     elif method in ("multilabel_stratified", "holdout"):
         presence = class_presence(train, n_classes)
+        presence = presence[:, presence.any(axis=0)]  # a class in no image: no stratum
         if groups is None:
             splits = MultilabelStratifiedKFold(
                 n_folds, shuffle=True, random_state=seed
@@ -170,6 +177,36 @@ def _groups_intact(groups: np.ndarray, fold: np.ndarray) -> bool:
     return bool((table.groupby("group")["fold"].nunique() == 1).all())
 
 
+def leak_summary(
+    images: pd.DataFrame, folds: pd.DataFrame, group_by: str | None, n_folds: int
+) -> dict:
+    """Related labelled images (sequences, near-duplicates: segflow.groups) and how
+    many of their pairs these folds split; a warning where the OOF is likely optimistic."""
+    train = images[images["split"] == "train"].reset_index(drop=True)
+    related = related_images(train, min_groups=2 * n_folds)
+    fold = train[["image_id"]].merge(folds, on="image_id", how="left")["fold"]
+    leaks = fold_leaks(related, fold.fillna(-1).to_numpy())
+    warning = None
+    if leaks["split_pairs"]:
+        warning = (
+            f"{leaks['split_pairs']} of {leaks['related_pairs']} pairs of related"
+            " labelled images (consecutive frames of a file-name sequence, or"
+            " near-duplicates) fall in different folds: the OOF mIoU is likely"
+            " optimistic."
+        )
+        if not group_by and related.suggestion:
+            warning += f" Set cv.group_by: '{related.suggestion}' (README: Folds)."
+    return {
+        **leaks,
+        "sequences": related.sequences,
+        "images_in_sequences": related.in_sequences,
+        "near_duplicates": len(related.duplicates),
+        "group_by": group_by,
+        "suggested_group_by": related.suggestion,
+        "warning": warning,
+    }
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description="Split the labelled images of the index into CV folds."
@@ -178,6 +215,11 @@ def main(argv=None) -> None:
         "--images", required=True, help="images.parquet from segflow.index"
     )
     parser.add_argument("--out", required=True, help="folds.csv to write")
+    parser.add_argument(
+        "--summary-out",
+        required=True,
+        help="summary.json: images per fold, related images the folds split",
+    )
     parser.add_argument("--n-classes", type=int, required=True)
     parser.add_argument("--method", choices=METHODS, required=True)
     parser.add_argument("--folds", type=int, required=True)
@@ -208,10 +250,19 @@ def main(argv=None) -> None:
             args.group_by or None,
             holdout_ids,
         )
+        summary = leak_summary(
+            pd.read_parquet(args.images), folds, args.group_by or None, args.folds
+        )
     except DataError as e:
         sys.exit(f"ERROR: {e}")
+    summary["images_per_fold"] = {
+        str(k): int(n) for k, n in folds.groupby("fold").size().items()
+    }
     write_table(folds, args.out)
+    write_json(summary, args.summary_out)
     print(folds.groupby("fold").size().rename("images").to_string())
+    if summary["warning"]:
+        print(f"WARNING: {summary['warning']}")
 
 
 if __name__ == "__main__":

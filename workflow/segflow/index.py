@@ -9,10 +9,19 @@ uses to score each annotation. Later steps read these files and never touch the 
 again.
 
 images.parquet columns: image_id (the COCO file_name, unique across splits and what the
-submission calls an image), coco_id, file_name, width, height, split (train/test), group
-(first folder of file_name, e.g. the batch), brightness (mean grey level 0-255),
-n_objects, classes_present (space-separated class indices) and pixels_<k> for every class
-index k (pixel counts; empty for test images, which have no labels).
+submission calls an image), coco_id, file_name, width, height, orientation (the EXIF
+orientation every reader applies, segflow.images; 1: the pixels as stored), split
+(train/test), group (first folder of file_name, e.g. the batch), brightness (mean grey
+level 0-255), dhash (the grey image's difference hash, which segflow.groups compares to
+find near-duplicates), n_objects, classes_present (space-separated indices of the object classes,
+the background left out), ignored_pixels (void or unlabelled: IGNORE_INDEX) and
+pixels_<k> for every class index k (pixel counts; empty for test images, which have no
+labels).
+
+Any failure on one image (a file PIL or OpenCV cannot read, a size that matches neither
+its stored nor its EXIF frame, more annotations than the instance map holds) is a
+problem naming the JSON file and the image id, which stops the run or, with
+``on_error: skip``, leaves the image out.
 """
 
 from __future__ import annotations
@@ -24,17 +33,39 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from segflow.coco import CocoSplit, DataError, Problem, ProblemLog, load_coco, rasterize
+from segflow.coco import (
+    CocoSplit,
+    DataError,
+    Problem,
+    ProblemLog,
+    load_coco,
+    rasterize,
+)
+from segflow.groups import difference_hash
+from segflow.images import (
+    EXIF_SETTINGS,
+    orientation_to_apply,
+    read_grey,
+    size_mismatch,
+    stored_orientation,
+)
 from segflow.io import atomic_dir, write_table
-from segflow.labels import write_instances, write_label
+from segflow.labels import (
+    IGNORE_INDEX,
+    UNLABELLED,
+    background_class,
+    write_instances,
+    write_label,
+)
 from segflow.tables import ANNOTATION_COLUMNS, image_columns, pixel_columns
 
 SPLITS = ("train", "test")
+# Instance maps are uint16 PNGs: 0 is background, 1.. the annotations.
+MAX_ANNOTATIONS = 2**16 - 1
 
 
 def group_of(file_name: str) -> str:
@@ -56,17 +87,23 @@ def build_index(
     sample: int | None,
     seed: int,
     threads: int,
+    unlabelled: str = "background",
+    void: list | tuple = (),
+    exif: str = "apply",
 ) -> pd.DataFrame:
     """Validate both COCO files and all images, write the index tables and the masks.
 
     ``sample`` (debug mode) keeps that many images of each split, chosen with ``seed``.
     Skipped items (``on_error="skip"``) are listed in ``skipped_out`` for the EDA report.
+    ``unlabelled`` and ``void``: what uncovered pixels and void categories are
+    (segflow.coco); ``exif``: the EXIF frame where sizes cannot tell (segflow.images).
     """
     image_root = Path(image_root)
     splits = {
-        "train": load_coco(train_json, classes, on_error),
-        "test": load_coco(test_json, classes, on_error),
+        split: load_coco(path, classes, on_error, unlabelled, void)
+        for split, path in (("train", train_json), ("test", test_json))
     }
+    background = background_class(unlabelled)
     log = ProblemLog(on_error)
     log.problems = splits["train"].problems + splits["test"].problems
     check_splits(splits, train_json, test_json)
@@ -97,6 +134,8 @@ def build_index(
                     image,
                     len(classes),
                     masks_tmp if labeled and image["id"] in kept[split] else None,
+                    exif,
+                    background,
                 )
                 for image in coco.images
             ]
@@ -169,7 +208,7 @@ def jpeg_problem(path: Path) -> str | None:
     try:
         with Image.open(path) as picture:
             picture.load()
-    except (OSError, SyntaxError) as e:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
         return f"image file {path} is a broken JPEG ({e})"
     return None
 
@@ -180,61 +219,88 @@ def _index_image(
     image: dict,
     n_classes: int,
     masks_dir: Path | None,
+    exif: str,
+    background: int | None,
+):
+    """Index one image; any failure becomes a Problem naming the file and image id."""
+    try:
+        return _index_checked_image(
+            image_root, coco, image, n_classes, masks_dir, exif, background
+        )
+    except (OSError, ValueError, MemoryError, Image.DecompressionBombError) as e:
+        reason = f"{image['file_name']}: {type(e).__name__}: {e}"
+        return None, [], Problem(str(coco.path), reason, image_id=image["id"])
+
+
+def _index_checked_image(
+    image_root: Path,
+    coco: CocoSplit,
+    image: dict,
+    n_classes: int,
+    masks_dir: Path | None,
+    exif: str,
+    background: int | None,
 ):
     """Open one image, check it, and (for labelled images) write its mask. Returns a row."""
     path = image_root / image["file_name"]
-    picture = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if picture is None:
-        return (
-            None,
-            [],
-            Problem(
-                str(coco.path),
-                f"image file {path} is missing or unreadable",
-                image_id=image["id"],
-            ),
-        )
+
+    def problem(reason: str):
+        return None, [], Problem(str(coco.path), reason, image_id=image["id"])
+
+    try:
+        stored, tag = stored_orientation(path)
+    except FileNotFoundError:
+        return problem(f"image file {path} is missing or unreadable")
+    except (OSError, SyntaxError) as e:
+        return problem(f"image file {path} is missing or unreadable ({e})")
+    except Image.DecompressionBombError as e:
+        return problem(f"image file {path} is too large to decode safely ({e})")
+    json_size = (image["height"], image["width"])
+    orientation = orientation_to_apply(json_size, stored, tag, exif)
+    if orientation is None:
+        return problem(size_mismatch(path, json_size, stored, tag))
     broken = jpeg_problem(path)
     if broken:
-        return None, [], Problem(str(coco.path), broken, image_id=image["id"])
-    if picture.shape != (image["height"], image["width"]):
-        reason = (
-            f"image file {path} is {picture.shape[1]}x{picture.shape[0]}"
-            f" but the JSON says {image['width']}x{image['height']}"
-        )
-        return None, [], Problem(str(coco.path), reason, image_id=image["id"])
+        return problem(broken)
+    picture = read_grey(path, orientation)
+    if picture is None:
+        return problem(f"image file {path} is missing or unreadable")
     row = {
         "image_id": image["file_name"],
         "coco_id": image["id"],
         "file_name": image["file_name"],
         "width": image["width"],
         "height": image["height"],
+        "orientation": orientation,
         "group": group_of(image["file_name"]),
         "brightness": float(picture.mean()),
+        "dhash": difference_hash(picture),
     }
     if masks_dir is None:
         return row, [], None
     annotations = coco.annotations[image["id"]]
-    raster = rasterize(
-        annotations, image["height"], image["width"], coco.class_of_category
-    )
-    if len(annotations) >= 2**16 - 1:
-        return (
-            None,
-            [],
-            Problem(
-                str(coco.path),
-                f"{len(annotations)} annotations on one image (at most 65534)",
-                image_id=image["id"],
-            ),
+    if len(annotations) > MAX_ANNOTATIONS:
+        return problem(
+            f"{len(annotations)} annotations on one image: the instance map"
+            f" (uint16 PNG) holds at most {MAX_ANNOTATIONS}"
         )
+    raster = rasterize(
+        annotations,
+        image["height"],
+        image["width"],
+        coco.class_of_category,
+        coco.unlabelled,
+    )
     instances = (raster.owner + 1).astype(np.uint16)
     write_label(raster.mask, masks_dir, image["id"])
     write_instances(instances, masks_dir, image["id"])
-    pixels = np.bincount(raster.mask.ravel(), minlength=n_classes)
+    counts = np.bincount(raster.mask.ravel(), minlength=IGNORE_INDEX + 1)
+    pixels = counts[:n_classes]
     row.update({f"pixels_{k}": int(v) for k, v in enumerate(pixels)})
+    row["ignored_pixels"] = int(counts[IGNORE_INDEX])
     row["n_objects"] = len(annotations)
-    row["classes_present"] = " ".join(str(k) for k in np.flatnonzero(pixels[1:]) + 1)
+    objects = [k for k in np.flatnonzero(pixels) if k != background]
+    row["classes_present"] = " ".join(str(k) for k in objects)
     ann_rows = [
         {
             "image_id": image["file_name"],
@@ -242,8 +308,9 @@ def _index_image(
             "class_index": coco.class_of_category[ann["category_id"]],
             "area": int(raster.areas[i]),
             "visible": int(raster.visible[i]),
-            "bbox_width": float(ann["bbox"][2]) if "bbox" in ann else np.nan,
-            "bbox_height": float(ann["bbox"][3]) if "bbox" in ann else np.nan,
+            # The box of the region as rasterized: a JSON bbox may be stale or wrong.
+            "bbox_width": float(raster.boxes[i][2]),
+            "bbox_height": float(raster.boxes[i][3]),
             "iscrowd": int(ann.get("iscrowd", 0)),
         }
         for i, ann in enumerate(annotations)
@@ -253,7 +320,7 @@ def _index_image(
 
 def _images_table(rows: list[dict], n_classes: int) -> pd.DataFrame:
     table = pd.DataFrame(rows).reindex(columns=image_columns(n_classes))
-    for column in ["n_objects", *pixel_columns(n_classes)]:
+    for column in ["n_objects", "ignored_pixels", *pixel_columns(n_classes)]:
         table[column] = table[column].astype(
             "Int64"
         )  # empty for unlabelled test images
@@ -283,6 +350,21 @@ def main(argv=None) -> None:
     parser.add_argument("--masks-dir", required=True)
     parser.add_argument("--on-error", choices=["stop", "skip"], required=True)
     parser.add_argument(
+        "--unlabelled",
+        choices=UNLABELLED,
+        required=True,
+        help="pixels no annotation covers: the background class 0, or ignored (255)",
+    )
+    parser.add_argument(
+        "--void", required=True, help="JSON list of void category names or ids"
+    )
+    parser.add_argument(
+        "--exif",
+        choices=EXIF_SETTINGS,
+        required=True,
+        help="the EXIF frame of images whose sizes cannot tell",
+    )
+    parser.add_argument(
         "--sample",
         type=int,
         required=True,
@@ -305,6 +387,9 @@ def main(argv=None) -> None:
             sample=args.sample or None,
             seed=args.seed,
             threads=args.threads,
+            unlabelled=args.unlabelled,
+            void=json.loads(args.void),
+            exif=args.exif,
         )
     except DataError as e:
         sys.exit(f"ERROR: {e}")

@@ -18,10 +18,13 @@ OOF model. Scored at the stored probability size:
   other class. A swapped class, a shifted or a bloated polygon all raise the issue share
   even when the rest of the image is right. Suspected kind: ``class`` when the suggested
   label is another object class, else ``region`` (the polygon is off: shifted, bloated);
-  objects smaller than ``min_region`` of the image are not judged;
+  objects smaller than ``min_region`` of the image, and void annotations, are not
+  judged;
 - missed objects: connected regions of issue pixels labelled background whose suggested
   label is an object class, flagged when at least ``missed_region`` of the image (after
   a small opening, so the rims where prediction and label outlines differ do not count).
+  A dataset without a background class (``data.unlabelled: ignore``) has no missed
+  objects to find: its unlabelled pixels are ignored, never judged.
 
 An image is flagged when its IoU is below ``iou_below``, when it is among the
 ``worst_fraction`` lowest IoUs, or when it holds a flagged annotation or missed region.
@@ -103,11 +106,13 @@ def score_image(
     thresholds: np.ndarray,
     settings: CleanSettings,
     scale: tuple[float, float] = (1.0, 1.0),
+    background: int | None = 0,
 ) -> ImageScores:
     """Score one image. ``label`` and ``instances`` are at the size of ``probabilities`` (C, h, w);
     ``annotations`` are the image's rows of annotations.parquet, in order (instance value
     k + 1 is its k-th row); ``thresholds`` the classes' mean self-confidence; ``scale``
-    (x, y) maps region boxes to image pixels."""
+    (x, y) maps region boxes to image pixels; ``background`` the background class (None:
+    the dataset has none)."""
     n_classes = probabilities.shape[0]
     thresholds = np.asarray(thresholds, np.float64)
     learnt = thresholds >= settings.min_class_confidence
@@ -138,7 +143,9 @@ def score_image(
             "pixels": pixels,
             "flagged": False,
         }
-        if pixels >= min_pixels and learnt[class_index]:
+        # A void annotation (IGNORE_INDEX) is no class: its pixels are never judged.
+        judged = class_index != IGNORE_INDEX and learnt[class_index]
+        if pixels >= min_pixels and judged:
             issue_share = float(issue[region].mean())
             if issue[region].any():
                 other = int(
@@ -156,12 +163,19 @@ def score_image(
                 other_class=other,
                 other_probability=float(probabilities[other][region].mean()),
                 flagged=flagged,
-                suspected=("class" if other != 0 else "region") if flagged else None,
+                suspected=("class" if other != background else "region")
+                if flagged
+                else None,
             )
         annotation_rows.append(row)
 
     # Missed objects: issue pixels on labelled background that a confident object class claims.
-    candidate = (issue & (label == 0) & (suggested != 0)).astype(np.uint8)
+    if background is None:
+        candidate = np.zeros(label.shape, np.uint8)
+    else:
+        candidate = (issue & (label == background) & (suggested != background)).astype(
+            np.uint8
+        )
     candidate = cv2.morphologyEx(candidate, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     n_components, components, stats, _ = cv2.connectedComponentsWithStats(
         candidate, connectivity=8

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from segflow.data import read_rgb
+from segflow.images import image_file, read_rgb
 from segflow.io import atomic_dir, read_ids, write_table
 from segflow.labels import read_label
 from segflow.metrics import confusion_matrix, mean_iou
@@ -304,7 +304,7 @@ def final_ensemble_oof(
     if labels_set.shape[0] != len(ids):
         raise ValueError(f"{oof_labels}: {labels_set.shape[0]} maps for {len(ids)} ids")
     images = pd.read_parquet(images_path).set_index("image_id")
-    size = labels_set.shape[-1]
+    size = tuple(labels_set.shape[-2:])  # (height, width)
     n_classes = len(classes)
     confusion = np.zeros((n_classes, n_classes), np.int64)
     scored = []  # (image mIoU, image id, position)
@@ -316,13 +316,13 @@ def final_ensemble_oof(
     scored.sort(key=lambda s: (-1.0 if math.isnan(s[0]) else s[0], s[1]))
     worst = []
     for iou, image_id, position in scored[:worst_count]:
-        picture = read_rgb(Path(image_root) / images.at[image_id, "file_name"])
+        picture = read_rgb(image_file(images.loc[image_id], image_root))
         worst.append(
             {
                 "image_id": image_id,
                 "iou": iou,
                 "image": cv2.resize(
-                    picture, (size, size), interpolation=cv2.INTER_AREA
+                    picture, (size[1], size[0]), interpolation=cv2.INTER_AREA
                 ),
                 "label": read_label(masks_dir, images.at[image_id, "coco_id"], size),
                 "prediction": np.asarray(labels_set[position]),

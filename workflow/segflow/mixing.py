@@ -58,23 +58,30 @@ def cutmix_box(
 def copy_paste_class(
     partner_mask: torch.Tensor, class_weights: np.ndarray, rng: np.random.Generator
 ) -> int | None:
-    """The class of ``partner_mask`` to paste (weights ``class_weights``), or None when
-    it has no labelled object pixel."""
+    """The class of ``partner_mask`` to paste (weights ``class_weights``; the background,
+    weight 0, is never pasted), or None when it has no labelled object pixel."""
     present = torch.unique(partner_mask).cpu().numpy()
-    present = present[(present != IGNORE_INDEX) & (present != 0)]
+    present = present[present != IGNORE_INDEX]
+    present = present[class_weights[present] > 0]
     if not len(present):
         return None
     weights = class_weights[present]
     return int(rng.choice(present, p=weights / weights.sum()))
 
 
-def rare_class_weights(image_shares: np.ndarray, rare_bias: float) -> np.ndarray:
+def rare_class_weights(
+    image_shares: np.ndarray, rare_bias: float, objects: np.ndarray | None = None
+) -> np.ndarray:
     """(1 / f_c)^rare_bias from the share f_c of training images holding class c; a class
-    no training image holds gets the rarest class's weight."""
+    no training image holds gets the rarest class's weight. ``objects``: which classes
+    are object classes (default: all but class 0, the background); the others get 0."""
     image_shares = np.asarray(image_shares, dtype=np.float64)
+    if objects is None:
+        objects = np.arange(len(image_shares)) != 0
     seen = image_shares > 0
     floor = image_shares[seen].min() if seen.any() else 1.0
-    return (1.0 / np.where(seen, image_shares, floor)) ** rare_bias
+    weights = (1.0 / np.where(seen, image_shares, floor)) ** rare_bias
+    return np.where(objects, weights, 0.0)
 
 
 def mix_batch(

@@ -80,7 +80,7 @@ def oof_score(
                     f"{where}: images predicted by two folds, e.g. {twice}"
                 )
             covered |= set(ids)
-            size = probabilities.shape[-1]
+            size = tuple(probabilities.shape[-2:])
             for start in range(0, len(ids), CHUNK):
                 chunk_ids = ids[start : start + CHUNK]
                 predictions = probabilities[start : start + CHUNK].argmax(axis=1)

@@ -11,7 +11,7 @@ overlapping sliding window of crop-sized tiles (segflow.sliding_window), TTA app
 every tile, one image at a time: memory stays flat however large the image.
 
 Each set is stored as segflow.probabilities lays it out (uint8 memmap + id sidecar) at
-``size`` x ``size``. Batches go straight into the memory map, so peak memory does not
+``size`` (height, width). Batches go straight into the memory map, so peak memory does not
 grow with the number of images.
 """
 
@@ -29,7 +29,14 @@ import ttach as tta
 from segflow.checkpoints import load_checkpoint
 from segflow.data import SegmentationDataset, eval_transform, image_sizes, make_loader
 from segflow.device import select_device
-from segflow.input_size import model_side, size_multiple
+from segflow.images import image_files
+from segflow.input_size import (
+    Size,
+    as_size,
+    model_input_size,
+    parse_size,
+    size_multiple,
+)
 from segflow.probabilities import encode_probabilities, probability_writer
 from segflow.runtime import amp_autocast, loader_workers, set_threads, to_device
 from segflow.sliding_window import sliding_window
@@ -88,15 +95,16 @@ def write_probabilities(
     loader,
     image_ids: list[str],
     n_classes: int,
-    size: int,
+    size: Size,
     device: str,
     autocast,
     out,
-    window: tuple[int, float, int] | None = None,
+    window: tuple[Size, float, int] | None = None,
 ) -> None:
-    """Stream ``model``'s probabilities for ``loader`` into the stored set ``out``;
-    ``window``: (tile, overlap, tiles per batch) of a sliding window."""
-    with probability_writer(out, image_ids, (n_classes, size, size)) as stored:
+    """Stream ``model``'s probabilities for ``loader`` into the stored set ``out`` at
+    ``size`` (height, width); ``window``: (tile, overlap, tiles per batch) of a sliding
+    window."""
+    with probability_writer(out, image_ids, (n_classes, *size)) as stored:
         with torch.no_grad():
             for batch, index in loader:
                 with autocast():
@@ -107,7 +115,7 @@ def write_probabilities(
                         probabilities = sliding_window(model, batch, *window)
                 probabilities = F.interpolate(
                     probabilities.float(),
-                    size=(size, size),
+                    size=size,
                     mode="bilinear",
                     align_corners=False,
                 )
@@ -122,7 +130,7 @@ def predict(
     folds_path: str | Path,
     image_root: str | Path,
     fold: int | None,
-    size: int,
+    size: Size,
     tta_mode: str,
     batch_size: int,
     oof_out: str | Path,
@@ -131,8 +139,9 @@ def predict(
     window_overlap: float,
 ) -> None:
     """Write the OOF set (this fold's validation images; none for the full fit, fold
-    None) and the test set. ``window_overlap``: of the sliding window's tiles, for a
-    model trained on crops."""
+    None) and the test set, at ``size`` (height, width). ``window_overlap``: of the
+    sliding window's tiles, for a model trained on crops."""
+    size = as_size(size)
     device = select_device()
     threads = set_threads(threads)
     model, checkpoint, settings = load_checkpoint(model_path, device)
@@ -143,35 +152,35 @@ def predict(
     workers = loader_workers(settings.workers, threads, device)
 
     images = pd.read_parquet(images_path)
-    side = model_side(
+    side = model_input_size(
         image_sizes(images), settings.arch, settings.input_size, settings.crop
     )
     transform = eval_transform(side)
+    crop = as_size(settings.crop)
     window = None
-    if settings.crop:
+    if crop:
         # One image at a time (sizes may differ); the window batches its tiles.
-        window = (settings.crop, window_overlap, batch_size)
+        window = (crop, window_overlap, batch_size)
         batch_size = 1
     _, val_rows = fold_split(images, pd.read_csv(folds_path), fold)
     test_rows = images[images["split"] == "test"].reset_index(drop=True)
     for rows, out in ((val_rows, oof_out), (test_rows, test_out)):
-        files = [str(Path(image_root) / f) for f in rows["file_name"]]
         loader = make_loader(
-            SegmentationDataset(files, None, transform),
+            SegmentationDataset(image_files(rows, image_root), None, transform),
             batch_size,
             shuffle=False,
             seed=0,
             workers=workers,
             pin_memory=device == "cuda",
         )
-        if settings.crop:
-            seen_at = (settings.crop, settings.crop)
+        if crop:
+            seen_at = crop
         elif side:
-            seen_at = (side, side)
+            seen_at = side
         elif len(rows):
             seen_at = (int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
         else:
-            seen_at = (size, size)
+            seen_at = size
         wrapped = tta_model(model, tta_mode, seen_at, size_multiple(settings.arch))
         ids = rows["image_id"].tolist()
         write_probabilities(
@@ -192,7 +201,10 @@ def main(argv=None) -> None:
         "--fold", type=parse_fold, required=True, help=f"a fold, or {ALL_FOLDS}"
     )
     parser.add_argument(
-        "--size", type=int, required=True, help="side of the stored maps"
+        "--size",
+        type=parse_size,
+        required=True,
+        help="height x width of the stored maps (e.g. 96x128, or 96 for 96x96)",
     )
     parser.add_argument("--tta", choices=TTA_MODES, required=True)
     parser.add_argument("--batch-size", type=int, required=True)

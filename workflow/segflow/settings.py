@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segflow.coco import class_index_by_category, read_json
-from segflow.input_size import model_side
+from segflow.input_size import (
+    as_size,
+    model_input_size,
+    nearest_fit,
+    size_arg,
+    size_text,
+)
+from segflow.submission_format import NATIVE
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 DEMO_ROOT = "results/demo_data"
@@ -169,10 +176,27 @@ class DemoSettings(Settings):
 
 
 def validate_config(config: dict) -> None:
-    """Check ``config`` against the schema and fill in every default, in place.
+    """Check ``config`` against the schema and fill in every default, in place; on the
+    demo (``data.demo``), lay ``demo.overrides`` over it key by key and check again.
 
     A violation is a ConfigError naming the key and what is wrong with it, without the
     schema that Snakemake's own message prints after it."""
+    _validate_against_schema(config)
+    if config["data"]["demo"] and config["demo"]["overrides"]:
+        merge_over(config, config["demo"]["overrides"])
+        _validate_against_schema(config)
+
+
+def merge_over(config: dict, overrides: dict) -> None:
+    """``overrides`` laid over ``config`` in place: mappings key by key, the rest whole."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            merge_over(config[key], value)
+        else:
+            config[key] = json.loads(json.dumps(value))
+
+
+def _validate_against_schema(config: dict) -> None:
     import jsonschema
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
@@ -259,9 +283,27 @@ def prediction_overlap(config: dict, model: str) -> float:
     return model_entry(config, model)["window_overlap"]
 
 
-def prediction_size(config: dict) -> int:
-    """Side of the stored probability maps: ``predict.size``, else the submission's."""
-    return config["predict"]["size"] or config["submission"]["size"]
+def prediction_size(config: dict) -> tuple[int, int]:
+    """(height, width) of the stored probability maps: ``predict.size``, else the
+    submission's (check_config asks for predict.size where the submission is native)."""
+    size = config["predict"]["size"] or config["submission"]["size"]
+    if size == NATIVE:
+        raise ConfigError(
+            "predict.size: required with submission.size: native (the size the"
+            " probabilities are stored and ensembled at, e.g. [height, width])"
+        )
+    return as_size(size)
+
+
+def prediction_size_arg(config: dict) -> str:
+    """:func:`prediction_size` as the steps' --size reads it (height x width)."""
+    return size_arg(prediction_size(config))
+
+
+def submission_size_arg(config: dict) -> str:
+    """``submission.size`` as the steps' --size reads it: native, or height x width."""
+    size = config["submission"]["size"]
+    return size if size == NATIVE else size_arg(as_size(size))
 
 
 def ensemble_settings(config: dict) -> EnsembleSettings:
@@ -286,7 +328,8 @@ def wandb_settings(config: dict, directory: str) -> WandbSettings:
 
 
 def demo_settings(config: dict) -> DemoSettings:
-    return _section(config, "demo", DemoSettings)
+    # The overrides are the demo run's settings, not the generator's.
+    return _section(config, "demo", DemoSettings, wiring=("overrides",))
 
 
 @dataclass(frozen=True)
@@ -320,7 +363,7 @@ def data_paths(config: dict) -> DataPaths:
             "data.root: required when data.demo is false"
             " (the folder that file_name entries are relative to)"
         )
-    root = Path(data["root"])
+    root = Path(data["root"]).expanduser()  # ~/data, as a shell would read it
 
     def under_root(key: str) -> str | None:
         value = data.get(key)
@@ -370,16 +413,52 @@ def check_image_files(images: list, root: str, source: str) -> None:
         )
 
 
-def check_model_sides(config: dict, sizes: list[tuple[int, int]]) -> None:
+def check_model_input_sizes(config: dict, sizes: list[tuple[int, int]]) -> None:
     """Every model can take the images at the side segflow.input_size gives it."""
     if not sizes:
         return  # no readable sizes: the index names the bad entries
     for name in sorted(config["models"]):
         settings = model_settings(config, name)
         try:
-            model_side(sizes, settings.arch, settings.input_size, settings.crop)
+            model_input_size(sizes, settings.arch, settings.input_size, settings.crop)
         except ValueError as e:
             raise ConfigError(f"models.{name}: {e}") from None
+
+
+def start_warnings(config: dict) -> list[str]:
+    """What a run on real data should hear before it starts: models that train from
+    random encoder weights (fine for the demo, far below pretrained ones on real data)."""
+    if config["data"]["demo"]:
+        return []
+    random = [
+        name
+        for name in sorted(config["models"])
+        if model_entry(config, name)["encoder_weights"] is None
+    ]
+    if not random:
+        return []
+    return [
+        f"segflow: models {random} train from random encoder weights"
+        " (encoder_weights: null); on real data pretrained weights score far higher:"
+        " set encoder_weights to a local weights file or imagenet (README: Models)"
+    ]
+
+
+def check_sizes(config: dict, sizes: list[tuple[int, int]]) -> None:
+    """predict.size is set where the submission is native-size (see prediction_size)."""
+    if config["submission"]["size"] == NATIVE and not config["predict"]["size"]:
+        hint = ""
+        if sizes:
+            common = max(set(sizes), key=sizes.count)
+            half = nearest_fit((common[0] // 2, common[1] // 2), 8)
+            hint = (
+                f"; your most common image size is {size_text(common)}, e.g."
+                f" predict.size: {size_text(half)} keeps its aspect at half the side"
+            )
+        raise ConfigError(
+            "predict.size: required with submission.size: native (the size the"
+            f" probabilities are stored and ensembled at, height x width){hint}"
+        )
 
 
 def check_config(config: dict) -> None:
@@ -402,7 +481,13 @@ def check_config(config: dict) -> None:
             if getattr(paths, key) is not None
         }
         for key, data in coco.items():
-            class_index_by_category(data["categories"], classes, getattr(paths, key))
+            class_index_by_category(
+                data["categories"],
+                classes,
+                getattr(paths, key),
+                config["data"]["unlabelled"],
+                config["data"]["void"],
+            )
         check_test_images(coco["train"]["images"], coco["test"]["images"], paths)
         if config["data"]["on_error"] == "stop":
             for key in ("train", "test"):
@@ -413,7 +498,9 @@ def check_config(config: dict) -> None:
             for image in coco[key]["images"]
             if isinstance(image, dict)
         ]
-    check_model_sides(config, [s for s in sizes if all(isinstance(v, int) for v in s)])
+    check_model_input_sizes(
+        config, [s for s in sizes if all(isinstance(v, int) for v in s)]
+    )
     source = config.get("clean", {}).get("source", "ensemble")
     if source != "ensemble" and source not in config["models"]:
         raise ConfigError(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from segflow.images import ImageFile, image_files
 from segflow.labels import IGNORE_INDEX, mask_file, read_label
 
 ALL_FOLDS = "all"  # the fold name of the full fit, in paths and on the command line
@@ -50,9 +51,9 @@ class FoldData:
     val: pd.DataFrame
     pseudo: pd.DataFrame  # pseudo-labelled test rows
     dropped: int
-    train_images: list[str]  # labelled, then pseudo-labelled
+    train_images: list[ImageFile]  # labelled, then pseudo-labelled
     train_masks: list[str]
-    val_images: list[str]
+    val_images: list[ImageFile]
     val_masks: list[str]
     val_cleaned_masks: list[str] | None
 
@@ -117,9 +118,9 @@ def fold_data(
     in_other_folds = (folds["fold"] != fold) & folds["image_id"].isin(round_labels.drop)
     pseudo = pseudo_rows(images, round_labels.pseudo)
 
-    def files(rows: pd.DataFrame, labels_dir) -> tuple[list[str], list[str]]:
-        pictures = [str(Path(image_root) / name) for name in rows["file_name"]]
-        return pictures, [str(mask_file(labels_dir, i)) for i in rows["coco_id"]]
+    def files(rows: pd.DataFrame, labels_dir) -> tuple[list[ImageFile], list[str]]:
+        masks = [str(mask_file(labels_dir, i)) for i in rows["coco_id"]]
+        return image_files(rows, image_root), masks
 
     train_images, train_masks = files(train, round_labels.train_masks_dir or masks_dir)
     pseudo_images, pseudo_masks = (

@@ -2,7 +2,9 @@
 
 Rows follow ``test.json`` (or the sample submission's order when it lists ids); the
 format is segflow.submission_format's. Masks are resized from the prediction size by
-nearest neighbour on the label map (the argmax is taken first, at the prediction size).
+nearest neighbour on the label map (the argmax is taken first, at the prediction size)
+to ``submission.size``: one (height, width) for every image, or ``native``, each test
+image's own size as test.json gives it.
 
 The file is checked before it is renamed into place; ``check`` runs the same check on
 any CSV, with the mask size and class count of ``--config`` (default: config.yaml) unless
@@ -22,14 +24,18 @@ import pandas as pd
 import yaml
 
 from segflow.coco import DataError, read_json
+from segflow.input_size import as_size
 from segflow.io import atomic_path, read_ids
 from segflow.labels import resize_label
 from segflow.settings import ConfigError, validated
 from segflow.submission_format import (
     HEADER,
+    NATIVE,
     SubmissionError,
     check_submission,
     encode_mask,
+    parse_submission_size,
+    submission_sizes,
 )
 
 
@@ -60,7 +66,7 @@ def write_submission(
     ids_path: str | Path,
     test_json: str | Path,
     out: str | Path,
-    size: int,
+    size,
     n_classes: int,
     sample_submission: str | Path | None,
     debug_subset: bool,
@@ -85,13 +91,16 @@ def write_submission(
         raise SubmissionError(
             f"{ids_path}: no prediction for {len(missing)} test images, e.g. {missing[:3]}"
         )
+    sizes = submission_sizes(test_json, size)
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             f.write(HEADER + b"\n")
             for image_id in order:
-                mask = resize_label(np.asarray(labels[row_of[image_id]]), size)
+                mask = resize_label(
+                    np.asarray(labels[row_of[image_id]]), *sizes[image_id]
+                )
                 f.write(image_id.encode() + b"," + encode_mask(mask) + b"\n")
-        rows = check_submission(tmp, size, n_classes, order)
+        rows = check_submission(tmp, sizes, n_classes, order)
     return rows
 
 
@@ -105,7 +114,12 @@ def main(argv=None) -> None:
     check.add_argument(
         "--test-json", help="COCO test file: ids must be exactly its images"
     )
-    check.add_argument("--size", type=int, help="mask side (default: from --config)")
+    check.add_argument(
+        "--size",
+        type=parse_submission_size,
+        help="mask height x width (96x128, 96 for 96x96, or native: each test image's"
+        " own size, from --test-json; default: from --config)",
+    )
     check.add_argument("--n-classes", type=int, help="classes (default: from --config)")
     check.add_argument(
         "--config", default="config.yaml", help="segflow config for size and classes"
@@ -117,7 +131,12 @@ def main(argv=None) -> None:
     write.add_argument("--ids", required=True, help="test_ids.txt")
     write.add_argument("--test-json", required=True)
     write.add_argument("--sample-submission", required=True, help="or empty")
-    write.add_argument("--size", type=int, required=True)
+    write.add_argument(
+        "--size",
+        type=parse_submission_size,
+        required=True,
+        help="mask height x width, or native",
+    )
     write.add_argument("--n-classes", type=int, required=True)
     write.add_argument("--out", required=True)
     write.add_argument(
@@ -138,10 +157,17 @@ def main(argv=None) -> None:
                 config = validated(yaml.safe_load(Path(args.config).read_text()))
                 size = size or config["submission"]["size"]
                 n_classes = n_classes or len(config["classes"])
+            if size == NATIVE:
+                if not args.test_json:
+                    raise SubmissionError("--size native needs --test-json (the sizes)")
+                size = submission_sizes(args.test_json, NATIVE)
+                shown = "native-size"
+            else:
+                size = as_size(size)
+                shown = f"{size[0]}x{size[1]} (height x width)"
             rows = check_submission(args.file, size, n_classes, expected)
             print(
-                f"OK: {args.file}: {rows} rows, {size}x{size} masks,"
-                f" classes 0..{n_classes - 1}"
+                f"OK: {args.file}: {rows} rows, {shown} masks, classes 0..{n_classes - 1}"
             )
         else:
             rows = write_submission(

@@ -1,8 +1,9 @@
 """The competition submission format: encode masks, parse and check any such CSV.
 
 Header ``image_id,PredictionString``; one row per test image; image_id is the COCO
-file_name; PredictionString is the class-index mask at ``size`` x ``size``, flattened
-row-major, space separated.
+file_name; PredictionString is the class-index mask at the submission size (height x
+width; or each image's own size for ``submission.size: native``), flattened row-major,
+space separated.
 
 Masks are encoded by placing ASCII digits into a byte array (numpy), not by joining
 65,536 Python strings per image (about 5x slower).
@@ -10,15 +11,34 @@ Masks are encoded by placing ASCII digits into a byte array (numpy), not by join
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
+from segflow.input_size import as_size, parse_size
+
 HEADER = b"image_id,PredictionString"
+NATIVE = "native"  # submission.size: each test image's own size
 
 
 class SubmissionError(ValueError):
     """A submission file that the competition would reject; names the row and image id."""
+
+
+def submission_sizes(test_json: str | Path, size) -> dict[str, tuple[int, int]]:
+    """Image id -> (height, width) of its submitted mask: ``size`` (a side, or (height,
+    width)) for every image, or each image's own size for ``"native"``."""
+    images = json.loads(Path(test_json).read_text())["images"]
+    if size == NATIVE:
+        return {i["file_name"]: (int(i["height"]), int(i["width"])) for i in images}
+    fixed = as_size(size)
+    return {i["file_name"]: fixed for i in images}
+
+
+def parse_submission_size(text: str):
+    """``native``, or a size as segflow.input_size.parse_size reads it."""
+    return NATIVE if text == NATIVE else parse_size(text)
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
@@ -78,10 +98,23 @@ def decode_prediction(
     return values.astype(np.uint8)
 
 
+def mask_size(size, image_id: str, where: str) -> tuple[int, int]:
+    """(height, width) of ``image_id``'s mask: ``size`` is a side n (n x n), (height,
+    width), or a mapping image id -> (height, width) (native sizes)."""
+    if isinstance(size, dict):
+        if image_id not in size:
+            raise SubmissionError(f"{where}: not a test image")
+        return tuple(size[image_id])
+    if isinstance(size, int):
+        return (size, size)
+    return tuple(size)
+
+
 def read_submission(
-    path: str | Path, size: int, n_classes: int, expected_ids: list[str] | None = None
+    path: str | Path, size, n_classes: int, expected_ids: list[str] | None = None
 ):
-    """Yield (image_id, mask) of each row after checking it; see :func:`check_submission`."""
+    """Yield (image_id, mask) of each row after checking it; see :func:`check_submission`.
+    ``size``: see :func:`mask_size`."""
     with open(path, "rb") as f:
         header = f.readline().rstrip(b"\r\n")
         if header != HEADER:
@@ -100,10 +133,11 @@ def read_submission(
             if expected_ids is not None and image_id not in expected_ids:
                 raise SubmissionError(f"{where}: not a test image")
             seen.add(image_id)
+            height, width = mask_size(size, image_id, where)
             yield (
                 image_id,
-                decode_prediction(text, size * size, n_classes, where).reshape(
-                    size, size
+                decode_prediction(text, height * width, n_classes, where).reshape(
+                    height, width
                 ),
             )
     if expected_ids is not None and len(seen) != len(expected_ids):
@@ -115,7 +149,7 @@ def read_submission(
 
 
 def check_submission(
-    path: str | Path, size: int, n_classes: int, expected_ids: list[str] | None = None
+    path: str | Path, size, n_classes: int, expected_ids: list[str] | None = None
 ) -> int:
     """Check header, ids (unique; all and only the test images), lengths, value range.
     Returns the number of rows."""

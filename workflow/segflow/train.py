@@ -55,7 +55,7 @@ from segflow.data import (
     transform_random_state,
 )
 from segflow.device import select_device
-from segflow.input_size import model_side
+from segflow.input_size import as_size, model_input_size
 from segflow.io import read_ids, write_json, write_table
 from segflow.losses import create_loss
 from segflow.metrics import confusion_matrix, mean_iou, per_class_iou
@@ -82,7 +82,7 @@ from segflow.splits import (
     label_changes,
     parse_fold,
 )
-from segflow.tables import class_iou_column
+from segflow.tables import class_iou_column, object_class_presence
 from segflow.tracking import (
     finish_tracking,
     log_epoch,
@@ -98,7 +98,7 @@ def evaluate(
     n_classes: int,
     device: str,
     autocast,
-    window: tuple[int, float, int] | None = None,
+    window: tuple[tuple[int, int], float, int] | None = None,
 ):
     """(mean loss, confusion matrix over the whole set). ``window``: (tile, overlap,
     tiles per batch) of a sliding window for a model trained on crops."""
@@ -209,7 +209,7 @@ def fold_loaders(
     seed,
     workers,
     device,
-    crop: int | None = None,
+    crop: tuple[int, int] | None = None,
     sample_weights=None,
 ):
     """Loaders of a fold: (training on labelled + pseudo-labelled images, training on the
@@ -341,12 +341,13 @@ def train(
     data = fold_data(
         images, pd.read_csv(folds_path), fold, image_root, masks_dir, round_labels
     )
-    side = model_side(
+    side = model_input_size(
         image_sizes(images), settings.arch, settings.input_size, settings.crop
     )
+    crop = as_size(settings.crop)
     window = None
-    if settings.crop:
-        window = (settings.crop, VALIDATION_OVERLAP, settings.batch_size)
+    if crop:
+        window = (crop, VALIDATION_OVERLAP, settings.batch_size)
     # Rare classes (segflow.class_balance): oversampled images (pseudo-labelled ones at
     # weight 1: the index has no classes for them), ce class weights.
     sample_weights = None
@@ -361,7 +362,7 @@ def train(
         seed,
         workers,
         device,
-        settings.crop,
+        crop,
         sample_weights,
     )
     if match_presentations:
@@ -392,7 +393,9 @@ def train(
         settings.mix_p,
         settings.mix_alpha,
         rare_class_weights(
-            class_image_shares(data.train, n_classes), settings.rare_bias
+            class_image_shares(data.train, n_classes),
+            settings.rare_bias,
+            object_class_presence(data.train, n_classes).any(axis=0),
         ),
         seed,
     )
