@@ -332,6 +332,9 @@ TINY_CLEAN = {
     "min_region": 1.0,
     "missed_region": 1.0,
     "min_class_confidence": 0.0,
+    "min_judge_iou": 0.0,  # a 1-epoch judge: judged anyway, to exercise the stage
+    "max_images": 1.0,
+    "max_pixels": 1.0,
     "gallery": 3,
 }
 TINY_PSEUDO = {"enabled": True, "confidence": 0.2, "min_coverage": 0.3}

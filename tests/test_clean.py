@@ -38,8 +38,16 @@ def outputs_in(out_dir):
 
 SIZE = 32
 N_CLASSES = 3  # background, A, B
+# Detection on its own: the judge trusted, no limit on what cleaning changes (the
+# limits have their own tests below).
 SETTINGS = clean_config(
-    issue_share=0.3, min_class_confidence=0.2, min_region=0.02, missed_region=0.02
+    issue_share=0.3,
+    min_class_confidence=0.2,
+    min_region=0.02,
+    missed_region=0.02,
+    min_judge_iou=0.0,
+    max_images=1.0,
+    max_pixels=1.0,
 )
 THRESHOLDS = np.array(
     [0.85, 0.85, 0.85]
@@ -294,6 +302,7 @@ def indexed(tmp_path):
                 "height": SIZE,
                 "orientation": 1,
                 "split": "train",
+                **{f"pixels_{c}": int((label == c).sum()) for c in range(N_CLASSES)},
             }
         )
         annotation_rows.append(
@@ -332,6 +341,8 @@ def indexed(tmp_path):
 
 
 def run_clean(root, action, **settings):
+    """The step on the fixture; the judge trusted and no limit unless ``settings`` say."""
+    settings = {"min_judge_iou": 0.0, "max_images": 1.0, "max_pixels": 1.0, **settings}
     return clean(
         sources={"oof": [str(root / "oof" / "oof.npy")]},
         images_path=root / "images.parquet",
@@ -596,3 +607,65 @@ def test_a_later_round_trains_on_the_cleaned_labels_and_says_how_they_differ(tmp
     r0 = fold_data(images, folds, 0, tmp_path, original, RoundLabels.none())
     assert r0.train_masks == [str(mask_file(original, k)) for k in (2, 3)]
     assert label_changes(r0, original) == {"ignored": 0.0, "relabelled": 0.0}
+
+
+# --- a weak judge must not rewrite the labels -------------------------------------------
+
+
+def test_past_the_limits_cleaning_changes_nothing_and_says_so(indexed):
+    """The fixture's judge flags 3 of 6 images; at the default limits (10% of the
+    images, 2% of the pixels) nothing is changed, the summary says how much would have
+    been, and over_limit: stop fails with the numbers instead."""
+    root, ids = indexed
+    summary = run_clean(root, "ignore", max_images=0.1, max_pixels=0.02)
+    out = root / "clean_ignore"
+    assert summary["flagged_images"] == 3 and summary["action_applied"] == "none"
+    limits = summary["limits"]
+    assert limits["exceeded"] and not limits["applied"]
+    assert limits["changed_images"] == 3 and limits["changed_images_share"] == 0.5
+    assert "over the limit" in limits["message"] and "3 of 6" in limits["message"]
+    for k in range(len(ids)):  # every label as it was
+        np.testing.assert_array_equal(
+            cv2.imread(str(mask_file(out / "masks", k)), -1),
+            cv2.imread(str(mask_file(root / "masks", k)), -1),
+        )
+    images = pd.read_csv(out / "images.csv")
+    assert images["train"].all() and (images["changed_pixels"] == 0).all()
+    assert "over the limit" in (out / "gallery.html").read_text()
+    # What would have changed: the pixels the run without limits changes.
+    relaxed = run_clean(root, "ignore")
+    assert limits["changed_pixels"] == relaxed["changed_pixels"] > 0
+    with pytest.raises(ValueError, match=r"3 of 6 labelled images \(50\.0%"):
+        run_clean(root, "drop", max_images=0.1, over_limit="stop")
+
+
+def test_within_the_limits_cleaning_acts_and_reports_the_share(indexed):
+    root, ids = indexed
+    summary = run_clean(root, "drop", max_images=0.5, max_pixels=1.0)
+    assert summary["action_applied"] == "drop" and summary["dropped_images"] == 3
+    pixels = SIZE * SIZE  # dropped images: all their labelled pixels change
+    assert summary["limits"]["changed_pixels"] == 3 * pixels
+    assert summary["limits"]["changed_pixels_share"] == pytest.approx(0.5)
+
+
+def test_classes_the_judge_segments_badly_are_not_judged(indexed):
+    """The judge's per-class OOF IoU, recomputed by hand from its probabilities and the
+    labels, decides which classes judge: above min_judge_iou only."""
+    root, ids = indexed
+    oof = np.load(root / "oof" / "oof.npy").astype(np.float32) / 255
+    confusion = np.zeros((N_CLASSES, N_CLASSES), np.int64)
+    for k in range(len(ids)):
+        label = cv2.imread(str(mask_file(root / "masks", k)), -1)
+        np.add.at(confusion, (label.ravel(), oof[k].argmax(0).ravel()), 1)
+    tp = np.diag(confusion)
+    iou = tp / (confusion.sum(0) + confusion.sum(1) - tp)
+    # A threshold between the classes' IoUs leaves the weaker classes out.
+    threshold = float(np.sort(iou)[-1] + np.sort(iou)[-2]) / 2
+    summary = run_clean(root, "none", min_judge_iou=threshold)
+    judge = summary["judge"]
+    assert [judge["per_class_iou"][c] for c in ["bg", "A", "B"]] == pytest.approx(iou)
+    trusted = [c for c, v in zip(["bg", "A", "B"], iou) if v >= threshold]
+    assert judge["trusted_classes"] == trusted and len(trusted) == 1
+    flags = pd.read_csv(root / "clean_none" / "flags.csv")
+    judged = flags[flags["level"] == "annotation"]
+    assert set(judged["class_index"]) <= {["bg", "A", "B"].index(c) for c in trusted}

@@ -418,3 +418,40 @@ def test_the_ensemble_post_processes_its_oof_and_test_labels(three_members):
     post = summary["postprocess"]
     assert post is not None and post["oof_miou"] >= post["oof_miou_before"]
     check_ensemble(summary, members, ["bg", "a", "b"], labels_from(root), root / "out")
+
+
+def test_a_class_bias_that_only_fits_its_own_pixels_gains_nothing_out_of_sample():
+    """First half of the OOF images: class 1 under-predicted (p=0.45 where it is
+    true); second half: the same probabilities where it is false. Tuned on all pixels
+    the bias gains (the first half is larger); tuned on one half and scored on the
+    other it loses, so the ensemble does not keep it. Where both halves agree, it
+    gains out of sample too."""
+    from segflow.ensemble import cross_validated_bias_gain, sample_miou, tune_bias
+
+    def half(hard: int, hard_true: int, easy: int):
+        """``hard`` pixels at p(1) = 0.45 labelled ``hard_true``; ``easy`` pixels of
+        both classes, predicted right with p = 0.95."""
+        probabilities = np.tile(np.float32([0.55, 0.45]), (hard + easy, 1))
+        labels = np.full(hard + easy, hard_true, np.int64)
+        probabilities[hard:] = [0.95, 0.05]
+        labels[hard:] = 0
+        probabilities[hard : hard + easy // 2] = [0.05, 0.95]
+        labels[hard : hard + easy // 2] = 1
+        return probabilities, labels
+
+    def sample(first_true: int, second_true: int):
+        first, second = half(600, first_true, 400), half(400, second_true, 600)
+        return [np.concatenate([first[0], second[0]])], np.concatenate(
+            [first[1], second[1]]
+        )
+
+    weights = np.ones(1)
+    samples, labels = sample(first_true=1, second_true=0)
+    bias = tune_bias(samples, labels, weights, 2)
+    in_sample = sample_miou(samples, labels, weights, "soft", bias, 2) - sample_miou(
+        samples, labels, weights, "soft", None, 2
+    )
+    assert in_sample > 0
+    assert cross_validated_bias_gain(samples, labels, weights, 2) < 0
+    samples, labels = sample(first_true=1, second_true=1)
+    assert cross_validated_bias_gain(samples, labels, weights, 2) > 0

@@ -78,6 +78,8 @@ def test_set(tmp_path):
 
 
 def run_pseudo(test_set, **settings):
+    """The step with ``settings``: the fixed confidence alone unless they say more."""
+    settings = {"coverage": None, "min_images": 0.0, "below_min": "warn", **settings}
     out = test_set / "pseudo"
     return pseudo_labels(
         settings=PseudoSettings(**settings),
@@ -170,3 +172,52 @@ def test_folds_stay_safe_with_pseudo_labels_and_dropped_images():
         assert {"t0", "t2"} <= trained and "i0" not in trained
     with pytest.raises(ValueError, match="not test images.*i1"):
         pseudo_rows(images, {"t0", "i1"})  # a validation image is never pseudo-labelled
+
+
+def spread_test_set(tmp_path, n_images=4):
+    """Test images predicted A on the left half with top probabilities spread evenly
+    over 0.40 .. 0.99, bg elsewhere at 0.95: a known share of A above any threshold."""
+    ids = [f"t{k}.png" for k in range(n_images)]
+    pd.DataFrame(
+        {
+            "image_id": ids,
+            "coco_id": range(n_images),
+            "split": "test",
+            "width": 8,
+            "height": 10,
+            "file_name": ids,
+        }
+    ).to_parquet(tmp_path / "images.parquet")
+    label = np.zeros((10, 8), int)
+    label[:, :4] = 1
+    sure = np.full((10, 8), 0.95)
+    sure[:, :4] = np.linspace(0.40, 0.99, 40).reshape(10, 4)
+    stored = (probabilities_of(label, sure) * 255).round().astype(np.uint8)
+    np.save(tmp_path / "test.npy", np.stack([stored] * n_images))
+    (tmp_path / "test_ids.txt").write_text("\n".join(ids) + "\n")
+    return tmp_path, sure
+
+
+def test_the_coverage_policy_keeps_the_target_share_of_each_class(tmp_path):
+    root, sure = spread_test_set(tmp_path)
+    fixed = run_pseudo(root, confidence=0.9, min_coverage=0.0)
+    share_fixed = fixed["per_class"]["A"]["kept_share"]
+    assert share_fixed == pytest.approx((sure[:, :4] >= 0.9).mean(), abs=0.03)
+    covered = run_pseudo(root, confidence=0.9, coverage=0.5, min_coverage=0.0)
+    share = covered["per_class"]["A"]["kept_share"]
+    assert 0.5 <= share <= 0.5 + 1 / 40 + 1e-9  # the target, to one pixel's share
+    assert covered["thresholds"]["A"] < 0.9 == covered["thresholds"]["bg"]
+    mask = cv2.imread(str(mask_file(root / "pseudo" / "masks", 0)), -1)
+    assert ((mask[:, :4] == 1).mean()) == pytest.approx(share)
+    assert (mask[:, 4:] == 0).all()  # a confident class keeps its own threshold
+
+
+def test_a_round_with_too_few_pseudo_labels_warns_or_trains_without_them(tmp_path):
+    root, _ = spread_test_set(tmp_path)
+    warned = run_pseudo(root, confidence=0.999, min_coverage=0.9, min_images=0.5)
+    assert warned["kept_images"] == 0 and warned["message"].startswith("WARNING")
+    assert "0 of 4 test images" in warned["message"]
+    kept = run_pseudo(
+        root, confidence=0.9, min_coverage=0.3, min_images=1.0, below_min="skip"
+    )
+    assert "WARNING" not in kept["message"] and kept["kept_images"] == 4

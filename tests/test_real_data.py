@@ -623,6 +623,8 @@ def test_real_photos_with_void_and_unlabelled_pixels_run_to_a_native_size_submis
     )
     result = snakemake(tmp_path / "run", "--cores", "2")
     assert "train from random encoder weights" in result.stderr
+    # The run summary says what cleaning changed, or would have past its limits.
+    assert "cleaning (ignore) would change" in result.stdout + result.stderr
     check_real_run(tmp_path / "run", config, ignored_values={0, 19})
     results = tmp_path / "run" / "results"
     flags = pd.read_csv(results / "clean" / "flags.csv")
@@ -654,3 +656,14 @@ def test_the_demo_budget_lives_with_the_demo():
     assert start_warnings(demo) == []
     (warning,) = start_warnings(real)
     assert "random encoder weights" in warning and "deeplab_r18" in warning
+
+
+def test_a_test_file_name_the_submission_cannot_carry_stops_at_start():
+    from segflow.settings import ConfigError, DataPaths, check_test_images
+
+    paths = DataPaths("root", "train.json", "test.json", None, None)
+    test = [{"id": 4, "file_name": "a.png"}, {"id": 5, "file_name": "b,c.png"}]
+    with pytest.raises(
+        ConfigError, match=r"test\.json: image id 5: file_name 'b,c\.png'"
+    ):
+        check_test_images([], test, paths)

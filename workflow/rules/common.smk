@@ -499,11 +499,25 @@ def print_run_summary():
 
 
 def run_warnings():
-    """What the run summary must not leave unsaid: folds that split related images."""
+    """What the run summary must not leave unsaid: folds that split related images, how
+    much cleaning changed (or would have), how many pseudo labels a round got."""
     warnings = []
     folds_summary = Path(rules.folds.output.summary)
     if folds_summary.exists():
         warning = json.loads(folds_summary.read_text()).get("warning")
         if warning:
             warnings.append(f"  WARNING folds: {warning} ({folds_summary})")
+    clean_summary = Path(rules.clean.output.summary)
+    if config["clean"]["enabled"] and clean_summary.exists():
+        limits = json.loads(clean_summary.read_text()).get("limits")
+        if limits:
+            word = "WARNING " if limits["exceeded"] else ""
+            warnings.append(f"  {word}{limits['message']} ({clean_summary})")
+    summaries = expand(rules.pseudo_labels.output.summary, round=ROUNDS[1:])
+    for path in map(Path, summaries if PSEUDO else []):
+        if not path.exists():
+            continue
+        message = json.loads(path.read_text()).get("message")
+        if message:
+            warnings.append(f"  {message} ({path})")
     return warnings

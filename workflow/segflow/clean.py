@@ -48,8 +48,10 @@ from segflow.labels import (
     read_label,
     write_label,
 )
+from segflow.metrics import confusion_matrix, iou_per_class, mean_iou, per_class_iou
 from segflow.probabilities import MemberProbabilities, PredictionError
 from segflow.settings import CleanSettings
+from segflow.tables import pixel_columns
 from segflow.viz import (
     class_legend,
     class_palette,
@@ -112,6 +114,7 @@ class Judge:
         self.labelled, self.masks_dir = labelled, masks_dir
         self.size = tuple(self.readers[0].shape[-2:])  # (height, width)
         self.thresholds = None
+        self.trusted = None
 
     def probabilities(self, ids: list[str]) -> np.ndarray:
         return sum(reader.get(ids) for reader in self.readers) / len(self.readers)
@@ -132,15 +135,54 @@ class Judge:
             yield from zip(ids, self.probabilities(ids))
 
 
-def class_thresholds(judge: Judge, n_classes: int) -> np.ndarray:
-    """Each class's mean self-confidence over every pixel labelled with it."""
+def class_thresholds(judge: Judge, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(each class's mean self-confidence over every pixel labelled with it, the judge's
+    OOF confusion matrix: how good it is, class by class), in one streamed pass."""
     sums, counts = np.zeros(n_classes), np.zeros(n_classes)
+    confusion = np.zeros((n_classes, n_classes), np.int64)
     for image_id, probabilities in judge.chunks():
-        image_sums, image_counts = self_confidence_sums(
-            judge.labels(image_id)[0], probabilities
-        )
+        label = judge.labels(image_id)[0]
+        image_sums, image_counts = self_confidence_sums(label, probabilities)
         sums, counts = sums + image_sums, counts + image_counts
-    return np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
+        confusion += confusion_matrix(label, probabilities.argmax(axis=0), n_classes)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 1.0), confusion
+
+
+def change_limits(
+    changed_images: int,
+    changed_pixels: int,
+    labelled_images: int,
+    labelled_pixels: int,
+    settings: CleanSettings,
+) -> dict:
+    """Whether the labels cleaning would change stay within clean.max_images and
+    clean.max_pixels, and what happens if not (clean.over_limit), in words."""
+    images_share = changed_images / max(1, labelled_images)
+    pixels_share = changed_pixels / max(1, labelled_pixels)
+    exceeded = images_share > settings.max_images or pixels_share > settings.max_pixels
+    message = (
+        f"cleaning ({settings.action}) would change {changed_images} of"
+        f" {labelled_images} labelled images ({images_share:.1%}; limit"
+        f" clean.max_images {settings.max_images:.0%}) and {pixels_share:.2%} of the"
+        f" labelled pixels (limit clean.max_pixels {settings.max_pixels:.0%})"
+    )
+    if exceeded:
+        message += (
+            ": over the limit, so the next round trains on the labels as they are"
+            " (clean.over_limit: report). A judge that flags this much is more likely"
+            " weak than the labels bad: see its OOF quality in results/clean/summary.json"
+        )
+    return {
+        "changed_images": changed_images,
+        "changed_images_share": images_share,
+        "changed_pixels": changed_pixels,
+        "changed_pixels_share": pixels_share,
+        "max_images": settings.max_images,
+        "max_pixels": settings.max_pixels,
+        "exceeded": bool(exceeded),
+        "applied": not exceeded,
+        "message": message,
+    }
 
 
 def score_images(
@@ -161,6 +203,7 @@ def score_images(
             settings,
             scale,
             background,
+            judge.trusted,
         )
         image_rows.append(scores.image)
         annotation_rows += scores.annotations
@@ -198,7 +241,11 @@ def clean(
 
     # 1. The judge and its per-class thresholds (one streamed pass), 2. the scores (another).
     judge = Judge(sources, labelled, masks_dir)
-    judge.thresholds = thresholds = class_thresholds(judge, len(classes))
+    thresholds, judge_confusion = class_thresholds(judge, len(classes))
+    judge_iou = iou_per_class(judge_confusion)
+    # A class the judge itself gets wrong is judged by nobody (clean.min_judge_iou).
+    trusted = np.nan_to_num(judge_iou, nan=0.0) >= settings.min_judge_iou
+    judge.thresholds, judge.trusted = thresholds, trusted
     image_table, annotation_table, region_table = score_images(
         judge, annotations, settings, background
     )
@@ -230,6 +277,7 @@ def clean(
             thresholds,
             settings,
             background=background,
+            trusted=trusted,
         )
 
     # 3. The next round's labels: cleaned masks of every labelled image, who is dropped.
@@ -263,6 +311,36 @@ def clean(
             )
             changed[image_id] = int((new != label).sum())
             write_label(new, masks_tmp, coco_id)
+        labelled_pixels = int(
+            labelled[pixel_columns(len(classes))].to_numpy(np.int64).sum()
+        )
+        dropping = action == "drop"
+        limits = change_limits(
+            len(flagged_ids) if dropping else sum(1 for v in changed.values() if v),
+            int(
+                labelled.loc[flagged_ids, pixel_columns(len(classes))]
+                .to_numpy(np.int64)
+                .sum()
+            )
+            if dropping
+            else sum(changed.values()),
+            len(image_ids),
+            labelled_pixels,
+            settings,
+        )
+        print(("WARNING " if limits["exceeded"] else "") + limits["message"])
+        if limits["exceeded"]:
+            if settings.over_limit == "stop":
+                raise ValueError(
+                    limits["message"].split(": over")[0]
+                    + ": over the limit (clean.over_limit: stop)"
+                )
+            action, changed = "none", {}
+            for image_id in flagged_ids:  # the labels as they are
+                coco_id = labelled.at[image_id, "coco_id"]
+                shutil.copyfile(
+                    mask_file(masks_dir, coco_id), mask_file(masks_tmp, coco_id)
+                )
 
         # 4. The tables, the gallery and the summary.
         dropped = flagged_ids if action == "drop" else []
@@ -289,6 +367,12 @@ def clean(
             .sort_values("iou", kind="stable")["image_id"]
             .tolist()[: settings.gallery]
         )
+        judge_quality = {
+            "oof_miou": mean_iou(judge_confusion),
+            "per_class_iou": per_class_iou(judge_confusion, classes),
+            "trusted_classes": [c for c, t in zip(classes, trusted) if t],
+            "min_judge_iou": settings.min_judge_iou,
+        }
         write_gallery(
             worst,
             labelled,
@@ -300,6 +384,8 @@ def clean(
             classes,
             judge.size,
             action,
+            judge_quality,
+            limits,
         )
         summary = {
             "sources": sorted(sources),
@@ -307,8 +393,8 @@ def clean(
             "class_thresholds": dict(zip(classes, map(float, thresholds))),
             "judged_classes": [
                 name
-                for name, t in zip(classes, thresholds)
-                if t >= settings.min_class_confidence
+                for name, t, ok in zip(classes, thresholds, trusted)
+                if t >= settings.min_class_confidence and ok
             ],
             "labelled_images": len(image_ids),
             "flagged_images": len(flagged_ids),
@@ -324,6 +410,9 @@ def clean(
             "dropped_images": len(dropped),
             "changed_pixels": int(sum(changed.values())),
             "mean_oof_image_iou": float(image_table["iou"].mean()),
+            "action_applied": action,
+            "limits": limits,
+            "judge": judge_quality,
         }
         write_json(summary, outputs.summary)
     if not flagged_ids:
@@ -342,8 +431,11 @@ def write_gallery(
     classes,
     size,
     action,
+    judge_quality,
+    limits,
 ) -> None:
-    """gallery/NN_<id>.png (image | label | OOF prediction | flagged region) and gallery.html."""
+    """gallery/NN_<id>.png (image | label | OOF prediction | flagged region) and
+    gallery.html, which first says how good the judge was and what cleaning changed."""
     palette = class_palette(len(classes))
     entries = []
     with atomic_dir(outputs.figures) as figures_tmp:
@@ -414,7 +506,11 @@ def write_gallery(
         loader=jinja2.PackageLoader("segflow", "templates"), autoescape=True
     )
     page = environment.get_template("clean_gallery.html.j2").render(
-        entries=rendered, action=action, columns=GALLERY_COLUMNS
+        entries=rendered,
+        action=action,
+        columns=GALLERY_COLUMNS,
+        judge=judge_quality,
+        limits=limits,
     )
     with atomic_path(outputs.gallery) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -10,7 +10,9 @@ those test probabilities as they are.
 - ``hard`` voting: per pixel, the class with the most (weighted) member votes; ties are
   broken by the weighted mean probability.
 - ``weights: oof``: coordinate ascent over member weights maximising OOF mIoU;
-  ``class_bias``: coordinate ascent over a per-class log-probability bias (soft only),
+  ``class_bias``: coordinate ascent over a per-class log-probability bias (soft only;
+  kept only where it also gains out of sample: tuned on half the OOF images, scored on
+  the other half, both ways),
   the competition seeds' "per-class threshold" tip.
 
 Both are tuned on a pixel sample of the OOF set (a regular grid, capped at
@@ -139,6 +141,27 @@ def tune_weights(
     return weights / weights.sum()
 
 
+def cross_validated_bias_gain(samples, labels, weights, n_classes: int) -> float:
+    """The class bias's gain out of sample: tuned on one half of the OOF sample (the
+    sample runs image by image, so a half is a set of images), scored on the other,
+    both ways, averaged. A bias that only fits the pixels it was tuned on gains
+    nothing here, and loses on the test set."""
+    half = len(labels) // 2
+    gains = []
+    for fit, held in (
+        (slice(0, half), slice(half, None)),
+        (slice(half, None), slice(0, half)),
+    ):
+        fit_samples = [p[fit] for p in samples]
+        held_samples = [p[held] for p in samples]
+        bias = tune_bias(fit_samples, labels[fit], weights, n_classes)
+        gains.append(
+            sample_miou(held_samples, labels[held], weights, "soft", bias, n_classes)
+            - sample_miou(held_samples, labels[held], weights, "soft", None, n_classes)
+        )
+    return float(np.mean(gains))
+
+
 def tune_bias(samples, labels, weights, n_classes: int, sweeps: int = 2) -> np.ndarray:
     """Coordinate ascent over a per-class log-probability bias (soft voting)."""
     mean = sum(w * p for w, p in zip(weights, samples) if w) / np.sum(weights)
@@ -235,6 +258,11 @@ def ensemble(
         if class_bias and method == "soft"
         else None
     )
+    bias_cv_gain = (
+        cross_validated_bias_gain(samples, sample_labels, tuned, n_classes)
+        if bias is not None
+        else None
+    )
 
     # 2. Check on the full OOF set (one pass): every single member, equal, tuned, tuned + bias.
     candidates = {
@@ -269,7 +297,14 @@ def ensemble(
     bias_gain = None
     if bias is not None and weight_choice == "tuned":
         bias_gain = scores["tuned+bias"] - scores["tuned"]
-    use_bias = bias is not None and weight_choice == "tuned" and bias_gain > 0
+    # Kept only where it also gains out of sample (tuned on half the images, scored
+    # on the others): an in-sample gain alone was lost again on a real test set.
+    use_bias = (
+        bias is not None
+        and weight_choice == "tuned"
+        and bias_gain > 0
+        and bias_cv_gain > 0
+    )
     final_key = "tuned+bias" if use_bias else weight_choice
     final_bias = bias if use_bias else None
 
@@ -325,6 +360,7 @@ def ensemble(
         if final_bias is not None
         else None,
         "class_bias_oof_gain": bias_gain,
+        "class_bias_cross_validated_gain": bias_cv_gain,
         "oof_miou": scores[final_key],
         "postprocess": postprocess,
         "oof_miou_equal_weights": scores["equal"],

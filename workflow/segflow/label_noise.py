@@ -107,15 +107,19 @@ def score_image(
     settings: CleanSettings,
     scale: tuple[float, float] = (1.0, 1.0),
     background: int | None = 0,
+    trusted: np.ndarray | None = None,
 ) -> ImageScores:
     """Score one image. ``label`` and ``instances`` are at the size of ``probabilities`` (C, h, w);
     ``annotations`` are the image's rows of annotations.parquet, in order (instance value
     k + 1 is its k-th row); ``thresholds`` the classes' mean self-confidence; ``scale``
     (x, y) maps region boxes to image pixels; ``background`` the background class (None:
-    the dataset has none)."""
+    the dataset has none); ``trusted``: the classes the judge segments well enough to
+    judge or be suggested (default: all)."""
     n_classes = probabilities.shape[0]
     thresholds = np.asarray(thresholds, np.float64)
     learnt = thresholds >= settings.min_class_confidence
+    if trusted is not None:
+        learnt &= np.asarray(trusted, bool)
     prediction = probabilities.argmax(axis=0).astype(np.uint8)
     labelled = label != IGNORE_INDEX
     safe_label = np.where(labelled, label, 0).astype(np.int64)

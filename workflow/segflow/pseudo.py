@@ -1,11 +1,16 @@
 """Pseudo labels: the previous round's ensemble prediction of the unlabelled test images.
 
-Per pixel, the ensemble's argmax where its probability reaches the confidence threshold of
-that class (``confidence``: one number, or per class name with ``default`` for the rest:
-rare classes tend to be less confident), else 255, which the loss ignores. An image
-whose confident share of pixels is below ``min_coverage`` is left out. The probabilities
-are resized to the image's own size (bilinear) before the argmax, so the masks fit the
-images the next round trains on.
+Per pixel, the ensemble's argmax where its probability reaches the threshold of that
+class, else 255, which the loss ignores. A class's threshold is its ``confidence`` (one
+number, or per class name with ``default`` for the rest), lowered where needed so that
+at least ``coverage`` of the pixels the ensemble gives that class are kept: a fixed
+confidence keeps almost nothing of a weak teacher's prediction (3 of 233 test images of a
+real set at 0.9) and least of its rare classes, which are the least confident. An image
+whose kept share of pixels is below ``min_coverage`` is left out. The probabilities are
+resized to the image's own size (bilinear) before the argmax, so the masks fit the
+images the next round trains on. A round that keeps fewer than ``min_images`` of the
+test images is said so in the summary (and the run summary), and with
+``below_min: skip`` trains on the labelled images alone.
 
 Writes under ``out_dir``: masks/<coco id>.png (kept images only), images.csv (image_id,
 coco_id, coverage, kept), summary.json (images kept, and per class the predicted pixels
@@ -26,6 +31,7 @@ import pandas as pd
 from segflow.io import atomic_dir, atomic_path, write_json, write_table
 from segflow.labels import IGNORE_INDEX, write_label
 from segflow.probabilities import (
+    SCALE,
     PredictionError,
     decode_probabilities,
     ids_path,
@@ -62,6 +68,25 @@ def class_thresholds(confidence: float | dict, classes: list[str]) -> np.ndarray
     )
 
 
+def coverage_thresholds(
+    histograms: np.ndarray, thresholds: np.ndarray, coverage: float | None
+) -> np.ndarray:
+    """``thresholds`` lowered per class to keep ``coverage`` of its predicted pixels.
+
+    ``histograms[c, v]``: pixels predicted c whose top probability, stored as uint8
+    (p x 255), is v. The kept share at threshold v/255 is the tail of the histogram
+    from v on, so the threshold is the largest such v whose tail reaches ``coverage``."""
+    if coverage is None:
+        return thresholds
+    tails = np.cumsum(histograms[:, ::-1], axis=1)[:, ::-1]  # pixels with value >= v
+    totals = histograms.sum(axis=1)
+    out = thresholds.astype(np.float64).copy()
+    for c in np.flatnonzero(totals):
+        reaching = np.flatnonzero(tails[c] >= coverage * totals[c])
+        out[c] = min(out[c], reaching.max() / SCALE)
+    return out
+
+
 def pseudo_mask(probabilities: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """(H, W) uint8: argmax where its probability reaches its class threshold, else 255."""
     label = probabilities.argmax(axis=0)
@@ -95,12 +120,22 @@ def pseudo_labels(
     figure_out: str | Path,
 ) -> dict:
     """Write the pseudo-label masks of the test images; see module doc."""
-    thresholds = class_thresholds(settings.confidence, classes)
+    confidence = class_thresholds(settings.confidence, classes)
     min_coverage = settings.min_coverage
     try:
         probabilities, ids = read_probability_set(test_npy)
     except PredictionError as e:
         raise PseudoError(str(e)) from None
+    # One pass over the stored probabilities: per class, how confident its pixels are.
+    histograms = np.zeros((len(classes), SCALE + 1), np.int64)
+    for start in range(0, len(ids), CHUNK):
+        stored = np.asarray(probabilities[start : start + CHUNK])
+        top, label = stored.max(axis=1).ravel(), stored.argmax(axis=1).ravel()
+        histograms += np.bincount(
+            label.astype(np.int64) * (SCALE + 1) + top,
+            minlength=len(classes) * (SCALE + 1),
+        )[: len(classes) * (SCALE + 1)].reshape(len(classes), SCALE + 1)
+    thresholds = coverage_thresholds(histograms, confidence, settings.coverage)
     images = pd.read_parquet(images_path).set_index("image_id")
     test = images[images["split"] == "test"]
     if probabilities.shape[1] != len(classes):
@@ -145,10 +180,34 @@ def pseudo_labels(
                     )[: len(classes)]
                     write_label(mask, masks_tmp, row["coco_id"])
         table = pd.DataFrame(rows, columns=["image_id", "coco_id", "coverage", "kept"])
+        kept_images = int(table["kept"].sum())
+        message = (
+            f"pseudo labels: {kept_images} of {len(ids)} test images kept,"
+            f" {kept_pixels.sum() / max(1, predicted.sum()):.0%} of their pixels"
+        )
+        too_few = kept_images < settings.min_images * len(ids)
+        if too_few:
+            message = (
+                f"WARNING {message}: fewer than pseudo.min_images"
+                f" ({settings.min_images:.0%});"
+                + (
+                    " the round trains on the labelled images alone (below_min: skip)"
+                    if settings.below_min == "skip"
+                    else " the round gains little from them (below_min: warn)"
+                )
+            )
+            if settings.below_min == "skip":
+                table["kept"] = False
+                for path in Path(masks_tmp).glob("*.png"):
+                    path.unlink()
+        print(message)
         summary = {
             "test_images": len(ids),
             "kept_images": int(table["kept"].sum()),
-            "confidence": {name: float(t) for name, t in zip(classes, thresholds)},
+            "message": message,
+            "confidence": {name: float(t) for name, t in zip(classes, confidence)},
+            "thresholds": {name: float(t) for name, t in zip(classes, thresholds)},
+            "coverage": settings.coverage,
             "min_coverage": min_coverage,
             "mean_coverage": float(table["coverage"].mean()) if len(table) else None,
             "per_class": {

@@ -147,6 +147,10 @@ class CleanSettings(Settings):
     min_class_confidence: float
     min_region: float
     missed_region: float
+    min_judge_iou: float
+    max_images: float
+    max_pixels: float
+    over_limit: str
     gallery: int
 
 
@@ -155,7 +159,10 @@ class PseudoSettings(Settings):
     """Which pixels and images of the teacher's prediction become labels."""
 
     confidence: float | dict
+    coverage: float | None
     min_coverage: float
+    min_images: float
+    below_min: str
 
 
 @dataclass(frozen=True)
@@ -394,6 +401,21 @@ def check_test_images(train: list, test: list, paths: DataPaths) -> None:
         raise ConfigError(
             f"data.test: {len(shared)} images of {paths.test} have the file_name of a"
             f" training image of {paths.train}, e.g. {shared[:3]}"
+        )
+    # The submission's image_id is the file_name, unquoted before its comma.
+    unwritable = [
+        (image.get("file_name"), image.get("id"))
+        for image in test
+        if isinstance(image, dict)
+        and isinstance(image.get("file_name"), str)
+        and any(c in image["file_name"] for c in ',"\n\r')
+    ]
+    if unwritable:
+        name, image_id = unwritable[0]
+        raise ConfigError(
+            f"data.test: {paths.test}: image id {image_id}: file_name {name!r} has a"
+            " comma, quote or line break, which the submission's image_id column cannot"
+            f" carry ({len(unwritable)} such test images); rename the files"
         )
 
 
