@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow"))
+
+from ablation import prepare  # noqa: E402  (the same work folder: demo data, folds)
 
 from segflow.demo_score import truth_labels  # noqa: E402
 from segflow.metrics import confusion_matrix, mean_iou  # noqa: E402
@@ -45,7 +44,6 @@ from segflow.settings import (  # noqa: E402
     model_settings,
     prediction_size,
     prediction_tta,
-    validated,
     wandb_settings,
 )
 from segflow.splits import RoundLabels  # noqa: E402
@@ -64,15 +62,6 @@ def rows(epochs: int) -> dict[str, dict]:
         "flips_only": {"augment": FLIPS},
         "plain": {**onecycle, "class_weights": None, "augment": FLIPS},
     }
-
-
-def prepare(work: Path) -> dict:
-    work.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "config.yaml", work / "config.yaml")
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-    command += ["-d", str(work), "--cores", "2", "results/folds/folds.csv"]
-    subprocess.run(command, check=True, capture_output=True)
-    return validated(yaml.safe_load((work / "config.yaml").read_text()))
 
 
 def run_job(config: dict, work: Path, row: str, epochs: int, seed: int) -> dict:

@@ -431,13 +431,29 @@ def test_the_converter_names_the_file_of_a_value_no_class_has(tmp_path):
 def test_file_name_sequences_are_found_and_a_group_by_keeps_runs_together():
     from segflow.groups import fold_leaks, related_images
 
+    rng = np.random.default_rng(0)
+
+    def drifting(n: int) -> list[str]:
+        """Hashes of video frames: each differs from the last in one bit."""
+        value, out = int(rng.integers(0, 2**63)), []
+        for _ in range(n):
+            value ^= 1 << int(rng.integers(64))
+            out.append(f"{value:016x}")
+        return out
+
+    def unrelated(n: int) -> list[str]:
+        return [f"{int(v):016x}" for v in rng.integers(0, 2**63, n)]
+
     names = [f"0016E5_{n:05d}.png" for n in range(7950, 9450, 30)]
     names += [f"Seq05VD_f{n:05d}.png" for n in range(0, 3000, 30)]
     names += ["lonely.png", "another_1.png", "another_900.png"]
-    hashes = [f"{(k * 0x9E3779B97F4A7C15) % 2**64:016x}" for k in range(len(names))]
+    names += [f"photos/{n:04d}.jpg" for n in range(1, 60)]  # numbered, unrelated
+    hashes = drifting(50) + drifting(100) + unrelated(3 + 59)
     images = pd.DataFrame({"file_name": names, "dhash": hashes})
     related = related_images(images, min_groups=6)
+    # The numbered photo collection has a sequence's names, not its likeness.
     assert related.sequences == 2 and related.in_sequences == 150
+    assert related.stems[150:].isna().all()
     assert related.stems[len(names) - 1] is None  # two files are no sequence
     groups = images["file_name"].str.extract(related.suggestion)[0]
     assert groups[:150].nunique() >= 6
@@ -446,9 +462,12 @@ def test_file_name_sequences_are_found_and_a_group_by_keeps_runs_together():
     assert same > 0.8
     random_folds = np.arange(len(names)) % 3
     leaks = fold_leaks(related, random_folds)
-    assert leaks["related_pairs"] == 148 and leaks["split_pairs"] == 148
+    assert leaks["related_pairs"] >= 148 and leaks["split_pairs"] >= 148
     grouped = pd.factorize(groups.fillna(images["file_name"]))[0] % 3
-    assert fold_leaks(related, grouped)["split_pairs"] < 30
+    # Only pairs across a run's boundary still leak: a small share of random folds'.
+    kept = fold_leaks(related, grouped)
+    assert kept["related_pairs"] == leaks["related_pairs"]
+    assert kept["split_share"] < 0.25 * leaks["split_share"]
 
 
 def test_near_duplicates_are_found_by_their_difference_hash(tmp_path):

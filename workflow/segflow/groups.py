@@ -6,8 +6,12 @@ as seen: the OOF mIoU is optimistic and every choice tuned on it (ensemble weigh
 class bias, cleaning) is tuned on a flattering number. Two signals, both from the index:
 
 - **sequences**: file names that differ only in their last number (``seq01_0042.png``,
-  ``0016E5_07959.png``), at least :data:`MIN_SEQUENCE` of them with a stem in common
-  and a median step between consecutive numbers of at most :data:`MAX_MEDIAN_STEP`;
+  ``0016E5_07959.png``), at least :data:`MIN_SEQUENCE` of them with a stem in common,
+  a median step between consecutive numbers of at most :data:`MAX_MEDIAN_STEP`, and
+  neighbours that look alike: the median Hamming distance between the difference
+  hashes of consecutive members is at most :data:`SEQUENCE_LIKENESS` of that between
+  members half the group apart. A numbered photo collection (``0001.jpg`` ...
+  ``1004.jpg``, unrelated photos) has the names of a sequence but not its likeness;
 - **near-duplicates**: images whose 64-bit difference hashes (dHash of the grey image
   at 9 x 8, computed by the index) differ in at most :data:`DUPLICATE_BITS` bits, among
   each image's :data:`NEIGHBOURS` neighbours in file-name order (and identical hashes
@@ -29,6 +33,7 @@ import pandas as pd
 
 MIN_SEQUENCE = 3
 MAX_MEDIAN_STEP = 50
+SEQUENCE_LIKENESS = 0.6
 DUPLICATE_BITS = 6
 NEIGHBOURS = 8
 _LAST_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")
@@ -42,10 +47,21 @@ def difference_hash(grey: np.ndarray) -> str:
     return f"{int(np.packbits(bits).view('>u8')[0]):016x}"
 
 
-def sequence_stems(file_names) -> pd.Series:
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Differing bits of two arrays of 64-bit hashes, pairwise."""
+    xor = np.bitwise_xor(a, b)
+    return np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def hash_values(hashes) -> np.ndarray:
+    return np.array([int(h, 16) for h in hashes], dtype=np.uint64)
+
+
+def sequence_stems(file_names, hashes) -> pd.Series:
     """Each file's sequence stem (its name with the last number replaced by ``#``) where
     it belongs to a sequence (see module doc), else None."""
     names = pd.Series(list(file_names), dtype=object)
+    values = hash_values(hashes)
     parts = names.str.extract(_LAST_NUMBER)
     stems = parts[0] + "#" + parts[2]
     numbers = pd.to_numeric(parts[1], errors="coerce")
@@ -53,8 +69,13 @@ def sequence_stems(file_names) -> pd.Series:
     for stem, members in numbers.groupby(stems):
         if len(members) < MIN_SEQUENCE:
             continue
-        steps = np.diff(np.sort(members.to_numpy()))
-        if len(steps) and np.median(steps) <= MAX_MEDIAN_STEP:
+        members = members.sort_values(kind="stable")
+        if np.median(np.diff(members.to_numpy())) > MAX_MEDIAN_STEP:
+            continue
+        ordered = values[members.index.to_numpy()]
+        consecutive = np.median(hamming(ordered[:-1], ordered[1:]))
+        apart = np.median(hamming(ordered, np.roll(ordered, len(ordered) // 2)))
+        if consecutive <= SEQUENCE_LIKENESS * apart:
             result[members.index] = stem
     return result
 
@@ -63,15 +84,14 @@ def near_duplicate_pairs(file_names, hashes) -> list[tuple[int, int, int]]:
     """(i, j, differing bits) of near-duplicate images (positions in the inputs): each
     image against its neighbours in file-name order, and equal hashes anywhere."""
     names = list(file_names)
-    values = np.array([int(h, 16) for h in hashes], dtype=np.uint64)
+    values = hash_values(hashes)
     order = np.argsort(np.array(names, dtype=object), kind="stable")
     pairs = {}
     for offset in range(1, NEIGHBOURS + 1):
         a, b = order[:-offset], order[offset:]
         if not len(a):
             break
-        xor = np.bitwise_xor(values[a], values[b])
-        bits = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+        bits = hamming(values[a], values[b])
         for i, j, d in zip(
             a[bits <= DUPLICATE_BITS],
             b[bits <= DUPLICATE_BITS],
@@ -88,16 +108,16 @@ def near_duplicate_pairs(file_names, hashes) -> list[tuple[int, int, int]]:
 def suggest_group_by(file_names, stems: pd.Series, min_groups: int) -> str | None:
     """A cv.group_by regex whose groups keep runs of consecutive frames together: the
     file name without its last k digits (runs of 10^k numbers), the largest k that
-    still leaves ``min_groups`` groups; None where there is no sequence."""
+    still cuts the sequences into ``min_groups`` groups; None where there is none."""
     names = pd.Series(list(file_names), dtype=object)
     in_sequence = stems.notna()
     if not in_sequence.any():
         return None
-    digits = names[in_sequence].str.extract(_LAST_NUMBER)[1].str.len().min()
+    frames = names[in_sequence]
+    digits = frames.str.extract(_LAST_NUMBER)[1].str.len().min()
     for k in range(int(digits), 0, -1):
         pattern = rf"^(.*?)\d{{{k}}}\D*$"
-        groups = names.str.extract(pattern)[0].fillna(names)
-        if groups.nunique() >= min_groups:
+        if frames.str.extract(pattern)[0].nunique() >= min_groups:
             return pattern
     return r"^(.*?)\d\D*$"
 
@@ -133,7 +153,7 @@ def related_images(images: pd.DataFrame, min_groups: int) -> RelatedImages:
     images.parquet, in their order; the ``dhash`` column from the index)."""
     images = images.reset_index(drop=True)
     names = images["file_name"].tolist()
-    stems = sequence_stems(names)
+    stems = sequence_stems(names, images["dhash"].tolist())
     duplicates = near_duplicate_pairs(names, images["dhash"].tolist())
     return RelatedImages(stems, duplicates, suggest_group_by(names, stems, min_groups))
 
