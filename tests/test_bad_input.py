@@ -2,6 +2,7 @@
 listed when data.on_error is skip; a failed index leaves no file that looks complete."""
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -217,3 +218,17 @@ def test_polygon_outside_the_image_is_clipped_not_an_error(small_coco, tmp_path)
     images, _ = index(small_coco, tmp_path)
     row = images.set_index("image_id").loc["b2/b.png"]
     assert row["pixels_8"] == 40 * 30  # Plastic bag covers the whole image
+
+
+def test_data_root_expands_the_home_folder(tmp_path, monkeypatch):
+    """data.root: ~/data is the user's home folder's data, as a shell reads it."""
+    from conftest import validated_config
+    from segflow.settings import data_paths
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = validated_config(
+        data={"demo": False, "root": "~/data", "train": "t.json", "test": "s.json"}
+    )
+    paths = data_paths(config)
+    assert Path(paths.root) == tmp_path / "data"
+    assert Path(paths.train) == tmp_path / "data" / "t.json"

@@ -85,3 +85,40 @@ def test_readme_debug_one_liner_runs_the_debug_sample(tmp_path):
     assert "--sample 0 " in plain.stdout + plain.stderr
     epochs = trained_epochs(plain.stdout + plain.stderr)
     assert epochs and 1 not in epochs
+
+
+def test_the_readme_gives_the_recovery_after_a_kill(tmp_path):
+    """Snakemake killed with -9 leaves its lock; the README's steps (--unlock, then the
+    same command with --rerun-incomplete) get the run going again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    assert "snakemake --unlock" in readme() and "--rerun-incomplete" in readme()
+    write_config(tmp_path)
+    target = "results/data/images.parquet"
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+    command += ["-d", str(tmp_path), "--cores", "1", target]
+    run = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    locks = tmp_path / ".snakemake" / "locks"
+    deadline = time.monotonic() + 120
+    while not (locks.is_dir() and any(locks.iterdir())):
+        assert run.poll() is None and time.monotonic() < deadline, "no lock taken"
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    again = snakemake(
+        tmp_path, "--cores", "1", "--rerun-incomplete", target, check=False
+    )
+    assert again.returncode != 0
+    assert "cannot be locked" in again.stdout + again.stderr
+    snakemake(tmp_path, "--unlock")
+    snakemake(tmp_path, "--cores", "1", "--rerun-incomplete", target)
+    assert (tmp_path / target).is_file()

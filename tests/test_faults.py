@@ -5,6 +5,7 @@ complete, or is handled as documented."""
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import torch
 from conftest import (
     REPO,
     index_coco,
+    job_counts,
     model_params,
     snakemake,
     square,
@@ -314,3 +316,39 @@ def test_a_missing_image_file_stops_before_any_job(tmp_path, small_coco):
     assert (
         snakemake(tmp_path / "run", "-n").returncode == 0
     )  # leaves it out and lists it
+
+
+def test_a_truncated_checkpoint_is_named_removed_and_retrained(tiny_run, tmp_path):
+    """[corrupt-checkpoint] a model.pt cut short (a kill, a full disk) fails its predict
+    job with its name, and is removed: the next run retrains that model only."""
+    source, _ = tiny_run
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir, symlinks=True)  # copy2 keeps mtimes
+    model = workdir / "results/r0/train/fpn/f0-s0/model.pt"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    target = "results/r0/predict/fpn/f0-s0/test.npy"  # its model is newer: it reruns
+    result = snakemake(workdir, "--cores", "1", target, check=False)
+    assert result.returncode != 0
+    log = (workdir / "results/logs/r0/predict/fpn/f0-s0.log").read_text()
+    assert re.search(
+        r"results/r0/train/fpn/f0-s0/model\.pt: unreadable checkpoint", log
+    )
+    assert not model.exists()
+    counts = job_counts(snakemake(workdir, "-n", target).stdout)
+    assert counts == {"train": 1, "predict": 1}
+
+
+def test_an_image_linked_out_of_the_root_is_read_with_a_warning(
+    small_coco, tmp_path, capfd
+):
+    """[symlink-out] a file of the image root that links elsewhere is used (a folder on
+    a bigger disk is common) but named in the index log."""
+    root = small_coco["root"]
+    elsewhere = tmp_path / "elsewhere.png"
+    os.replace(root / "b2" / "b.png", elsewhere)
+    (root / "b2" / "b.png").symlink_to(elsewhere)
+    images = index(small_coco, tmp_path / "out")
+    assert "b2/b.png" in set(images["file_name"])
+    err = capfd.readouterr().err
+    assert re.search(r"train\.json: 1 image files are symbolic links out of", err)
+    assert "b2/b.png" in err and "b1/a.png" not in err

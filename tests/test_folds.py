@@ -187,3 +187,46 @@ def test_holdout_without_val_takes_one_stratified_fold():
     folds = make_folds(images, N_CLASSES, "holdout", FOLDS, seed=0)
     share = (folds["fold"] == 0).mean()
     assert set(folds["fold"]) == {0, -1} and abs(share - 1 / FOLDS) < 0.03
+
+
+def sides_of_groups(images, folds) -> pd.Series:
+    """Per group (the index's folder), the number of distinct folds its images are in."""
+    table = images[images["split"] == "train"].merge(folds, on="image_id")
+    return table.groupby(table["image_id"].str.split("/").str[0])["fold"].nunique()
+
+
+def test_a_holdout_from_data_val_keeps_each_group_on_one_side():
+    """data.val with cv.group_by: a val file made of whole groups gives exactly those
+    images as the fold; one that cuts a group in two is refused, naming data.val."""
+    images = synthetic_index()
+    train = images[images["split"] == "train"]
+    whole = {"batch_00", "batch_03", "batch_07"}
+    val = set(train.loc[train["group"].isin(whole), "image_id"])
+    folds = make_folds(
+        images, N_CLASSES, "holdout", FOLDS, seed=0, group_by="folder", holdout_ids=val
+    )
+    assert set(folds.loc[folds["fold"] == 0, "image_id"]) == val
+    assert (sides_of_groups(images, folds) == 1).all()
+    cut = val | {train.loc[train["group"] == "batch_01", "image_id"].iloc[0]}
+    with pytest.raises(DataError, match="data.val splits a cv.group_by group"):
+        make_folds(
+            images,
+            N_CLASSES,
+            "holdout",
+            FOLDS,
+            seed=0,
+            group_by="folder",
+            holdout_ids=cut,
+        )
+    # Without groups the same file is taken as it is.
+    folds = make_folds(images, N_CLASSES, "holdout", FOLDS, seed=0, holdout_ids=cut)
+    assert set(folds.loc[folds["fold"] == 0, "image_id"]) == cut
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_split_method_keeps_each_group_on_one_side(method):
+    images = synthetic_index()
+    folds = make_folds(images, N_CLASSES, method, FOLDS, seed=0, group_by="folder")
+    sides = sides_of_groups(images, folds)
+    assert (sides == 1).all(), sides[sides > 1]
+    assert folds["fold"].nunique() == (2 if method == "holdout" else FOLDS)

@@ -67,3 +67,19 @@ def test_size_multiples():
         and size_multiple("DeepLabV3Plus") == 16
         and size_multiple("FPN") == 32
     )
+
+
+def test_the_configs_arch_list_is_the_one_smp_builds():
+    """The schema names the architectures so that a typo stops at start; the list must
+    follow smp's (a newer smp with a new arch fails here, not in a user's run)."""
+    import segmentation_models_pytorch as smp
+    import yaml
+
+    from segflow.settings import SCHEMA
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    listed = schema["$defs"]["model"]["properties"]["arch"]["enum"]
+    built = [c.__name__ for c in smp.MODEL_ARCHITECTURES_MAPPING.values()]
+    assert sorted(listed) == sorted(built)
+    for arch in listed:
+        assert smp.MODEL_ARCHITECTURES_MAPPING[arch.lower()].__name__ == arch

@@ -169,3 +169,33 @@ def test_the_demo_score_is_one_confusion_matrix_over_the_submission(tmp_path):
     assert score["per_class_iou"] == pytest.approx({"bg": 16 / 24, "a": 0.5, "b": None})
     assert score["images"] == 2 and score["size"] == [4, 4]
     assert json.loads((tmp_path / "score.json").read_text()) == score
+
+
+@pytest.mark.parametrize("size,scale", [("native", 1), ([4, 6], 2)])
+def test_the_demo_score_keeps_height_and_width_apart(tmp_path, size, scale):
+    """A 12 x 8 (width x height) truth whose class a fills the top-left 6 x 4 corner;
+    the prediction's a is 2 columns wider. At the native size and at a [4, 6]
+    (height, width) submission: a 24/32, bg 64/72. A transposed, flipped or squared
+    truth scores otherwise or stops."""
+    images = [{"id": 1, "file_name": "W.png", "height": 8, "width": 12}]
+    corner = {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0}
+    corner["segmentation"] = [[0, 0, 6, 0, 6, 4, 0, 4]]
+    categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    truth = write_coco(
+        tmp_path, "truth.json", images, [corner], categories, write_images=False
+    )
+    predicted = np.zeros((8 // scale, 12 // scale), np.uint8)
+    predicted[: 4 // scale, : 8 // scale] = 1
+    submission = tmp_path / "submission.csv"
+    submission.write_bytes(HEADER + b"\nW.png," + encode_mask(predicted) + b"\n")
+    score = demo_score(
+        submission=str(submission),
+        truth_json=str(truth),
+        classes=CLASSES,
+        size=size,
+        out=str(tmp_path / "score.json"),
+    )
+    assert score["per_class_iou"] == pytest.approx(
+        {"bg": 64 / 72, "a": 0.75, "b": None}
+    )
+    assert score["test_miou"] == pytest.approx((64 / 72 + 0.75) / 2)

@@ -2,6 +2,7 @@
 
 import json
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -70,6 +71,53 @@ def test_checkpoint_holds_plain_types_and_loads_with_weights_only(trained):
     )
     model, _, _ = load_checkpoint(out / "model.pt")
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, len(CLASSES), 64, 64)
+
+
+def test_the_saved_weights_are_those_of_the_epoch_they_name(tiny_dataset, tmp_path):
+    """model.pt scores on fold 0's validation images (recomputed here from the image
+    and mask files, with ImageNet normalisation and plain cross-entropy written out)
+    the val loss and val mIoU that history.csv gives the epoch the checkpoint names, and
+    not another epoch's loss. Plain CE, so that the loss is known without segflow."""
+    metrics = run(
+        tiny_dataset, tmp_path, epochs=3, loss={"ce": 1.0}, class_weights=None
+    )
+    history = pd.read_csv(tmp_path / "history.csv").set_index("epoch")
+    model, checkpoint, _ = load_checkpoint(tmp_path / "model.pt")
+    assert checkpoint["epoch"] == metrics["best_epoch"]
+    images = pd.read_parquet(tiny_dataset["images"])
+    folds = pd.read_csv(tiny_dataset["folds"])
+    val = images.merge(folds, on="image_id").query("fold == 0")
+    n = len(CLASSES)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    confusion = np.zeros((n, n), dtype=np.int64)
+    losses = []
+    for row in val.itertuples():
+        bgr = cv2.imread(str(tiny_dataset["root"] / row.file_name))
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) / 255.0
+        x = torch.from_numpy(((rgb - mean) / std).transpose(2, 0, 1)).float()[None]
+        truth = cv2.imread(
+            str(tiny_dataset["masks"] / f"{row.coco_id}.png"), cv2.IMREAD_UNCHANGED
+        ).astype(np.int64)
+        assert (truth != 255).all()  # every image counts as much in the mean loss
+        with torch.no_grad():
+            logits = model(x)
+        losses.append(
+            float(
+                torch.nn.functional.cross_entropy(logits, torch.from_numpy(truth)[None])
+            )
+        )
+        prediction = logits.argmax(dim=1)[0].numpy()
+        confusion += np.bincount(
+            truth.ravel() * n + prediction.ravel(), minlength=n * n
+        ).reshape(n, n)
+    hits = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    miou = np.mean(hits[union > 0] / union[union > 0])
+    saved = history.loc[checkpoint["epoch"]]
+    assert miou == pytest.approx(saved["val_miou"], abs=1e-6)
+    assert np.mean(losses) == pytest.approx(saved["val_loss"], rel=1e-4)
+    others = history.drop(checkpoint["epoch"])["val_loss"]
+    assert (abs(others - np.mean(losses)) > 1e-3).all(), history  # epochs told apart
 
 
 def test_same_seed_gives_identical_weights_on_cpu(tiny_dataset, tmp_path):

@@ -149,6 +149,8 @@ def test_dry_run_of_the_default_config_runs_every_stage(tmp_path):
         "eda": 1,
         "folds": 1,
         "index": 1,
+        "index_train": 1,
+        "index_test": 1,
         "train": 2 * runs,
         "predict": 2 * runs,
         "oof_score": 2 * models,
@@ -235,6 +237,8 @@ def test_cleaning_adds_round_r1_and_the_submission_comes_from_it(tmp_path):
         "eda": 1,
         "folds": 1,
         "index": 1,
+        "index_train": 1,
+        "index_test": 1,
         "train": 2 * runs,
         "predict": 2 * runs,
         "oof_score": 4,
@@ -258,6 +262,8 @@ def test_cleaning_adds_round_r1_and_the_submission_comes_from_it(tmp_path):
     assert counts == {
         "demo": 1,
         "index": 1,
+        "index_train": 1,
+        "index_test": 1,
         "folds": 1,
         "train": 3,
         "predict": 3,
@@ -306,6 +312,19 @@ def test_holdout_trains_one_fold(tmp_path):
             ["Additional properties are not allowed", "bce"],
         ),
         ({"models": {"bad-name": {}}}, ["bad-name", "does not match"]),
+        (
+            {"models": {"m": {"arch": "Unet3"}}},
+            ["models.m.arch", "'Unet3' is not one of"],
+        ),
+        ({"models": {"m": {"lr": float("nan")}}}, ["models.m.lr: not a finite number"]),
+        (
+            {"defaults": {"weight_decay": float("inf")}},
+            ["defaults.weight_decay: not a"],
+        ),
+        (
+            {"classes": ["Background", "<script>alert(1)</script>"]},
+            ["classes.1", "does not match"],
+        ),
     ],
 )
 def test_bad_model_config_stops_before_any_job(tmp_path, changes, words):
@@ -319,14 +338,20 @@ def test_bad_model_config_stops_before_any_job(tmp_path, changes, words):
 def test_eda_alone_needs_no_folds(tmp_path):
     write_config(tmp_path)
     counts = job_counts(snakemake(tmp_path, "-n", "results/eda/report.html").stdout)
-    assert counts == {"demo": 1, "eda": 1, "index": 1}
+    assert counts == {
+        "demo": 1,
+        "eda": 1,
+        "index": 1,
+        "index_train": 1,
+        "index_test": 1,
+    }
 
 
 def test_dag_view(tmp_path):
     write_config(tmp_path)
     dag = snakemake(tmp_path, "--dag").stdout
     assert dag.lstrip().startswith("digraph")
-    for rule in ("demo", "index", "eda", "folds"):
+    for rule in ("demo", "index_train", "index_test", "index", "eda", "folds"):
         assert f'label = "{rule}"' in dag
 
 
@@ -410,9 +435,9 @@ def test_tiny_run_writes_index_masks_eda_and_folds(tiny_run):
     assert sorted(folds["image_id"]) == sorted(train["image_id"]) and sorted(
         folds["fold"].unique()
     ) == [0, 1]
-    for log in ("demo", "index", "eda", "folds"):
+    for log in ("demo", "index/train", "index/test", "index/merge", "eda", "folds"):
         assert (results / "logs" / f"{log}.log").is_file()
-    assert (results / "benchmarks" / "index.tsv").is_file()
+    assert (results / "benchmarks" / "index" / "train.tsv").is_file()
     assert not [p for p in results.rglob("*") if "partial" in p.name]
 
 
@@ -557,6 +582,61 @@ def test_changing_the_fold_count_reruns_folds_and_what_follows_only(tiny_run, tm
         "folds": 1,
         "train": 8,  # 2 models x (3 folds + the full fit)
         "predict": 8,
+        "oof_score": 2,
+        "ensemble": 1,
+        "submission": 1,
+        "demo_score": 1,
+        "demo_rounds": 1,
+        "leaderboard": 1,
+    }
+
+
+def edited_copy(tiny_run, tmp_path, json_name):
+    """A copy of the tiny run whose COCO file ``json_name`` gained one info field (its
+    content changed, as a new version of a split would), and the dry run's job counts."""
+    source, config = tiny_run
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir, symlinks=True)  # copy2 keeps mtimes
+    path = workdir / "results" / "demo_data" / json_name
+    coco = json.loads(path.read_text())
+    coco["info"] = {**coco.get("info", {}), "version": "stage 2"}
+    path.write_text(json.dumps(coco))
+    output = snakemake(workdir, "-n").stdout
+    return job_counts(output), output
+
+
+def test_a_new_test_set_retrains_nothing(tiny_run, tmp_path):
+    """Stale-only for the test split: a competition's second-stage test set reruns the
+    test index, the predictions, the ensemble and the submission; no training job and
+    no folds (the tiny run has no pseudo labels: no round reads test images to train)."""
+    counts, output = edited_copy(tiny_run, tmp_path, "test.json")
+    assert counts == {
+        "all": 1,
+        "index_test": 1,
+        "index": 1,
+        "eda": 1,
+        "predict": 6,  # 2 models x (2 folds + the full fit)
+        "oof_score": 2,
+        "ensemble": 1,
+        "submission": 1,
+        "demo_score": 1,
+        "demo_rounds": 1,
+        "leaderboard": 1,
+    }
+    assert "rule train:" not in output and "rule folds:" not in output
+
+
+def test_a_new_training_set_reruns_everything_after_the_index(tiny_run, tmp_path):
+    counts, _ = edited_copy(tiny_run, tmp_path, "train_all.json")
+    assert counts == {
+        "all": 1,
+        "index_train": 1,
+        "index_test": 1,  # it checks test file names against the training file's
+        "index": 1,
+        "eda": 1,
+        "folds": 1,
+        "train": 6,
+        "predict": 6,
         "oof_score": 2,
         "ensemble": 1,
         "submission": 1,

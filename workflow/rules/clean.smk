@@ -2,9 +2,9 @@ rule clean:
     """Labels scored against r0's out-of-fold predictions; flags, cleaned masks, gallery."""
     input:
         oof=clean_source_inputs,
-        images=rules.index.output.images,
-        annotations=rules.index.output.annotations,
-        masks=rules.index.output.masks,
+        images=rules.index_train.output.images,
+        annotations=rules.index_train.output.annotations,
+        masks=rules.index_train.output.masks,
     output:
         scores="results/clean/scores.csv",
         flags="results/clean/flags.csv",

@@ -2,6 +2,7 @@
 # No rules here (snakemake --lint).
 
 import json
+import shlex
 import re
 import os
 import sys
@@ -66,6 +67,21 @@ WANDB_DIR = "results/wandb"  # wandb's own folder, not a rule's output
 def coco_files(wildcards):
     """The COCO JSONs the index reads: the demo rule's outputs or the user's files."""
     return {"train": DATA.train, "test": DATA.test}
+
+
+def index_options(wildcards):
+    """segflow.index's options common to both splits."""
+    return " ".join(
+        [
+            f"--image-root {shlex.quote(str(DATA.root))}",
+            f"--classes {shlex.quote(CLASSES_JSON)}",
+            f"--on-error {config['data']['on_error']}",
+            f"--unlabelled {config['data']['unlabelled']}",
+            f"--void {shlex.quote(json.dumps(config['data']['void']))}",
+            f"--exif {config['data']['exif']}",
+            f"--sample {debug_sample()} --seed {config['seed']}",
+        ]
+    )
 
 
 def holdout_file(wildcards):
@@ -167,6 +183,14 @@ def pipeline_training_metrics(seed):
         fold=TRAINED_FOLDS,
         seed=seed,
     )
+
+
+def training_images_table(wildcards):
+    """The index a training job reads: the training split's alone, unless the round
+    trains on pseudo-labelled test images. A new test set then retrains only those."""
+    if wildcards.round not in ("r0", MATCHED) and PSEUDO:
+        return rules.index.output.images
+    return rules.index_train.output.images
 
 
 def round_training_inputs(wildcards):

@@ -2,9 +2,9 @@ rule eda:
     """Standalone HTML report of the dataset, its figures and stats.json."""
     input:
         images=rules.index.output.images,
-        annotations=rules.index.output.annotations,
+        annotations=rules.index_train.output.annotations,
         skipped=rules.index.output.skipped,
-        masks=rules.index.output.masks,
+        masks=rules.index_train.output.masks,
     output:
         report=report(
             "results/eda/report.html",

@@ -5,7 +5,7 @@ rule ensemble:
     input:
         predictions=ensemble_inputs,
         images=rules.index.output.images,
-        masks=rules.index.output.masks,
+        masks=rules.index_train.output.masks,
     output:
         summary="results/{ensemble}/summary.json",
         oof="results/{ensemble}/oof.npy",

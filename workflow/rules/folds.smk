@@ -2,7 +2,7 @@ rule folds:
     """Cross-validation folds of the labelled images (image_id, fold)."""
     input:
         unpack(holdout_file),
-        images=rules.index.output.images,
+        images=rules.index_train.output.images,
     output:
         folds="results/folds/folds.csv",
         summary="results/folds/summary.json",

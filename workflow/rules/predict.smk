@@ -41,9 +41,9 @@ rule oof_score:
         oof=lambda wildcards: expand(
             rules.predict.output.oof, fold=FOLDS, seed=SEEDS, allow_missing=True
         ),
-        images=rules.index.output.images,
+        images=rules.index_train.output.images,
         folds=rules.folds.output.folds,
-        masks=rules.index.output.masks,
+        masks=rules.index_train.output.masks,
     output:
         json="results/{round}/oof/{model}.json",
         csv="results/{round}/oof/{model}.csv",

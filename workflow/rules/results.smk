@@ -5,7 +5,7 @@ rule leaderboard:
     input:
         unpack(report_inputs),
         images=rules.index.output.images,
-        masks=rules.index.output.masks,
+        masks=rules.index_train.output.masks,
     output:
         csv="results/leaderboard.csv",
         leaderboard=report(

@@ -2,8 +2,8 @@ rule train:
     """One model on one fold with one seed; the checkpoint of its best validation mIoU."""
     input:
         unpack(round_training_inputs),
-        images=rules.index.output.images,
-        masks=rules.index.output.masks,
+        images=training_images_table,
+        masks=rules.index_train.output.masks,
         folds=rules.folds.output.folds,
     output:
         model="results/{round}/train/{model}/f{fold}-s{seed}/model.pt",

@@ -45,16 +45,43 @@ def save_checkpoint(
         tmp.write_bytes(buffer.getvalue())
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated by a kill or a full disk...)."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict at ``path``, on the CPU.
+
+    An unreadable file is removed before CheckpointError names it: it is a training
+    job's output, and Snakemake retrains only what is missing, so a corrupt file left in
+    place would fail every job that reads it, run after run.
+    """
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise ValueError("no state_dict in it")
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError...
+        path.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); removed it:"
+            " the next run retrains it"
+        ) from None
+    return checkpoint
+
+
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The state_dict of a checkpoint, on the CPU (a warm start loads it)."""
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return read_checkpoint(path)["state_dict"]
 
 
 def load_checkpoint(
     path: str | Path, device: str = "cpu"
 ) -> tuple[torch.nn.Module, dict, ModelSettings]:
     """(model in eval mode on ``device``, the checkpoint dict, its model settings)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path)
     settings = ModelSettings.from_dict(checkpoint["config"], f"{path}: config")
     model = create_model(
         settings.arch,
@@ -87,8 +114,12 @@ def load_training_state(path: str | Path, fingerprint: str) -> dict | None:
     path = Path(path)
     if not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("fingerprint") != fingerprint:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a kill while it was renamed into place, a full disk...
+        print(f"{path}: unreadable ({type(e).__name__}); starting over", flush=True)
+        return None
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
         print(
             f"{path}: saved by another version of this job; starting over", flush=True
         )

@@ -18,6 +18,9 @@ the background left out), ignored_pixels (void or unlabelled: IGNORE_INDEX) and
 pixels_<k> for every class index k (pixel counts; empty for test images, which have no
 labels).
 
+Each split is indexed by its own job (``--split train``, ``--split test``) and the two
+tables merged (``--merge-images``): a new test set reruns nothing that training read.
+
 Any failure on one image (a file PIL or OpenCV cannot read, a size that matches neither
 its stored nor its EXIF frame, more annotations than the instance map holds) is a
 problem naming the JSON file and the image id, which stops the run or, with
@@ -30,7 +33,8 @@ import argparse
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +48,7 @@ from segflow.coco import (
     ProblemLog,
     load_coco,
     rasterize,
+    read_json,
 )
 from segflow.groups import difference_hash
 from segflow.images import (
@@ -53,7 +58,7 @@ from segflow.images import (
     size_mismatch,
     stored_orientation,
 )
-from segflow.io import atomic_dir, write_table
+from segflow.io import atomic_dir, read_table, write_table
 from segflow.labels import (
     IGNORE_INDEX,
     UNLABELLED,
@@ -66,11 +71,146 @@ from segflow.tables import ANNOTATION_COLUMNS, image_columns, pixel_columns
 SPLITS = ("train", "test")
 # Instance maps are uint16 PNGs: 0 is background, 1.. the annotations.
 MAX_ANNOTATIONS = 2**16 - 1
+SKIPPED_COLUMNS = ["file", "reason", "image_id", "annotation_id"]
+SKIPPED_ID_TYPES = {"image_id": "Int64", "annotation_id": "Int64"}
 
 
 def group_of(file_name: str) -> str:
     """The image's folder (e.g. the competition's batch), or its own name if it has none."""
     return file_name.split("/", 1)[0] if "/" in file_name else file_name
+
+
+@dataclass
+class SplitIndex:
+    """One split's rows of the index tables."""
+
+    images: pd.DataFrame
+    annotations: pd.DataFrame
+    skipped: pd.DataFrame
+
+
+def index_split(
+    split: str,
+    coco_json: str | Path,
+    image_root: str | Path,
+    classes: list[str],
+    *,
+    masks_dir: str | Path | None,
+    on_error: str,
+    sample: int | None,
+    seed: int,
+    threads: int,
+    unlabelled: str = "background",
+    void: list | tuple = (),
+    exif: str = "apply",
+    train_json: str | Path | None = None,
+) -> SplitIndex:
+    """Validate one COCO file and all its images; for the training split write the
+    masks into ``masks_dir`` (atomically: all or nothing).
+
+    Each split is its own job so that a new test set never touches what training read
+    (the stale-only promise: a second-stage test set costs no retraining). The test
+    split checks its file names against ``train_json``'s. ``sample`` (debug mode) keeps
+    that many images, chosen with ``seed``. ``unlabelled`` and ``void``: what uncovered
+    pixels and void categories are (segflow.coco); ``exif``: the EXIF frame where sizes
+    cannot tell (segflow.images). Skipped items (``on_error="skip"``) come back in
+    ``skipped`` for the EDA report.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    labelled = split == "train"
+    if labelled != (masks_dir is not None):
+        raise ValueError("masks_dir is for the training split, and it needs one")
+    image_root = Path(image_root)
+    coco = load_coco(coco_json, classes, on_error, unlabelled, void)
+    background = background_class(unlabelled)
+    log = ProblemLog(on_error)
+    log.problems = list(coco.problems)
+    if not labelled:
+        check_test_split(coco, coco_json, train_json)
+    # Debug mode keeps a sample, but every image is still opened: a bad file outside
+    # the sample stops the run as it would without debug.
+    kept = {image["id"] for image in coco.images}
+    if sample and len(coco.images) > sample:
+        rng = np.random.default_rng([seed, SPLITS.index(split)])
+        keep = np.sort(rng.choice(len(coco.images), sample, replace=False))
+        kept = {coco.images[i]["id"] for i in keep}
+
+    image_rows, annotation_rows = [], []
+    with (
+        atomic_dir(masks_dir) if labelled else nullcontext() as masks_tmp,
+        ThreadPoolExecutor(max(1, threads)) as pool,
+    ):
+        jobs = [
+            pool.submit(
+                _index_image,
+                image_root,
+                coco,
+                image,
+                len(classes),
+                masks_tmp if image["id"] in kept else None,
+                exif,
+                background,
+            )
+            for image in coco.images
+        ]
+        for job in jobs:
+            row, annotations, problem = job.result()
+            if problem is not None:
+                if log.on_error == "skip" and coco.annotations.get(problem.image_id):
+                    n = len(coco.annotations[problem.image_id])
+                    problem = replace(
+                        problem,
+                        reason=f"{problem.reason} (skipped with its {n}"
+                        f" annotation{'s' * (n > 1)})",
+                    )
+                log.report(problem)
+                continue
+            if row["coco_id"] not in kept:
+                continue  # opened and checked, but not in the debug sample
+            image_rows.append({**row, "split": split})
+            annotation_rows.extend(annotations)
+        images = _images_table(image_rows, len(classes))
+        if images.empty:
+            word = "training" if labelled else "test"
+            raise DataError(f"{coco_json}: no usable {word} image")
+    for problem in log.problems:
+        print(f"WARNING skipped: {problem.message()}", file=sys.stderr)
+    outside = linked_outside(image_root, images["file_name"])
+    if outside:
+        # Not an error (a folder linked to a bigger disk is common), but never silent:
+        # a link can point at another dataset's images.
+        print(
+            f"WARNING {coco_json}: {len(outside)} image files are symbolic links out of"
+            f" the image root {image_root}, e.g. {', '.join(outside[:3])}",
+            file=sys.stderr,
+        )
+    skipped = pd.DataFrame(
+        [p.__dict__ for p in log.problems], columns=SKIPPED_COLUMNS
+    ).astype(SKIPPED_ID_TYPES)
+    return SplitIndex(
+        images, pd.DataFrame(annotation_rows, columns=ANNOTATION_COLUMNS), skipped
+    )
+
+
+def linked_outside(image_root: Path, file_names) -> list[str]:
+    """The file names that resolve (through symbolic links) outside ``image_root``."""
+    root = image_root.resolve()
+    return [
+        name
+        for name in file_names
+        if not (image_root / name).resolve().is_relative_to(root)
+    ]
+
+
+def merge_tables(paths, out: str | Path) -> pd.DataFrame:
+    """The splits' tables (images.parquet or skipped.csv) as one, in the order given."""
+    tables = [read_table(path) for path in paths]
+    merged = pd.concat(tables, ignore_index=True)
+    if Path(out).suffix == ".csv":  # CSV keeps no dtypes: ids stay integers
+        merged = merged.reindex(columns=SKIPPED_COLUMNS).astype(SKIPPED_ID_TYPES)
+    write_table(merged, out)
+    return merged
 
 
 def build_index(
@@ -83,112 +223,42 @@ def build_index(
     annotations_out: str | Path,
     skipped_out: str | Path,
     masks_dir: str | Path,
-    on_error: str,
-    sample: int | None,
-    seed: int,
-    threads: int,
-    unlabelled: str = "background",
-    void: list | tuple = (),
-    exif: str = "apply",
+    **options,
 ) -> pd.DataFrame:
-    """Validate both COCO files and all images, write the index tables and the masks.
-
-    ``sample`` (debug mode) keeps that many images of each split, chosen with ``seed``.
-    Skipped items (``on_error="skip"``) are listed in ``skipped_out`` for the EDA report.
-    ``unlabelled`` and ``void``: what uncovered pixels and void categories are
-    (segflow.coco); ``exif``: the EXIF frame where sizes cannot tell (segflow.images).
-    """
-    image_root = Path(image_root)
-    splits = {
-        split: load_coco(path, classes, on_error, unlabelled, void)
-        for split, path in (("train", train_json), ("test", test_json))
-    }
-    background = background_class(unlabelled)
-    log = ProblemLog(on_error)
-    log.problems = splits["train"].problems + splits["test"].problems
-    check_splits(splits, train_json, test_json)
-    # Debug mode keeps a sample of each split, but every image is still opened: a bad
-    # file outside the sample stops the run as it would without debug.
-    kept = {
-        split: {image["id"] for image in coco.images} for split, coco in splits.items()
-    }
-    if sample:
-        rng = np.random.default_rng(seed)
-        for split, coco in splits.items():
-            if len(coco.images) > sample:
-                keep = np.sort(rng.choice(len(coco.images), sample, replace=False))
-                kept[split] = {coco.images[i]["id"] for i in keep}
-
-    image_rows, annotation_rows = [], []
-    with (
-        atomic_dir(masks_dir) as masks_tmp,
-        ThreadPoolExecutor(max(1, threads)) as pool,
-    ):
-        for split, coco in splits.items():
-            labeled = split == "train"
-            jobs = [
-                pool.submit(
-                    _index_image,
-                    image_root,
-                    coco,
-                    image,
-                    len(classes),
-                    masks_tmp if labeled and image["id"] in kept[split] else None,
-                    exif,
-                    background,
-                )
-                for image in coco.images
-            ]
-            for job in jobs:
-                row, annotations, problem = job.result()
-                if problem is not None:
-                    if log.on_error == "skip" and coco.annotations.get(
-                        problem.image_id
-                    ):
-                        n = len(coco.annotations[problem.image_id])
-                        problem = replace(
-                            problem,
-                            reason=f"{problem.reason} (skipped with its {n}"
-                            f" annotation{'s' * (n > 1)})",
-                        )
-                    log.report(problem)
-                    continue
-                if row["coco_id"] not in kept[split]:
-                    continue  # opened and checked, but not in the debug sample
-                image_rows.append({**row, "split": split})
-                annotation_rows.extend(annotations)
-        images = _images_table(image_rows, len(classes))
-        for split, path, word in (
-            ("train", train_json, "training"),
-            ("test", test_json, "test"),
-        ):
-            if not (images["split"] == split).any():
-                raise DataError(f"{path}: no usable {word} image")
-        write_table(images, images_out)
-        write_table(
-            pd.DataFrame(annotation_rows, columns=ANNOTATION_COLUMNS), annotations_out
-        )
-        skipped = pd.DataFrame(
-            [p.__dict__ for p in log.problems],
-            columns=["file", "reason", "image_id", "annotation_id"],
-        )
-        write_table(
-            skipped.astype({"image_id": "Int64", "annotation_id": "Int64"}), skipped_out
-        )
-    for problem in log.problems:
-        print(f"WARNING skipped: {problem.message()}", file=sys.stderr)
+    """Both splits in one call, into the merged tables: what the workflow's index jobs
+    write together (for tools and tests). ``options``: those of :func:`index_split`."""
+    train = index_split(
+        "train", train_json, image_root, classes, masks_dir=masks_dir, **options
+    )
+    test = index_split(
+        "test",
+        test_json,
+        image_root,
+        classes,
+        masks_dir=None,
+        train_json=train_json,
+        **options,
+    )
+    images = pd.concat([train.images, test.images], ignore_index=True)
+    write_table(images, images_out)
+    write_table(train.annotations, annotations_out)
+    write_table(
+        pd.concat([train.skipped, test.skipped], ignore_index=True), skipped_out
+    )
     return images
 
 
-def check_splits(splits: dict, train_json, test_json) -> None:
+def check_test_split(coco, test_json, train_json) -> None:
     """Stop on an empty test set and on a test image that is also a training image
     (image ids are file names: the two would be confused in every later step)."""
-    if not splits["test"].images:
+    if not coco.images:
         raise DataError(f"{test_json}: no test images: nothing to predict or submit")
-    train_names = {image["file_name"] for image in splits["train"].images}
+    if train_json is None:
+        return
+    train_names = {image.get("file_name") for image in read_json(train_json)["images"]}
     shared = sorted(
         (image["file_name"], image["id"])
-        for image in splits["test"].images
+        for image in coco.images
         if image["file_name"] in train_names
     )
     if shared:
@@ -330,59 +400,70 @@ def _images_table(rows: list[dict], n_classes: int) -> pd.DataFrame:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        description="Validate a COCO dataset; write the image index and the class masks."
+        description="Validate one split of a COCO dataset (the image index and, for the"
+        " training split, the class masks), or merge the splits' tables."
+    )
+    parser.add_argument("--split", choices=SPLITS, help="the split to index")
+    parser.add_argument("--coco", help="the split's COCO JSON")
+    parser.add_argument(
+        "--train-json",
+        help="test split: the training COCO JSON, whose file names it must not reuse",
     )
     parser.add_argument(
-        "--train", required=True, help="COCO JSON of the labelled images"
+        "--image-root", help="folder the file_name entries are relative to"
     )
-    parser.add_argument("--test", required=True, help="COCO JSON of the test images")
-    parser.add_argument(
-        "--image-root",
-        required=True,
-        help="folder the file_name entries are relative to",
-    )
-    parser.add_argument(
-        "--classes", required=True, help="JSON list of class names, background first"
-    )
+    parser.add_argument("--classes", help="JSON list of class names, background first")
     parser.add_argument("--images-out", required=True)
-    parser.add_argument("--annotations-out", required=True)
+    parser.add_argument("--annotations-out", help="training split: annotations.parquet")
     parser.add_argument("--skipped-out", required=True)
-    parser.add_argument("--masks-dir", required=True)
-    parser.add_argument("--on-error", choices=["stop", "skip"], required=True)
+    parser.add_argument("--masks-dir", help="training split: the class masks")
+    parser.add_argument("--on-error", choices=["stop", "skip"])
     parser.add_argument(
         "--unlabelled",
         choices=UNLABELLED,
-        required=True,
         help="pixels no annotation covers: the background class 0, or ignored (255)",
     )
-    parser.add_argument(
-        "--void", required=True, help="JSON list of void category names or ids"
-    )
+    parser.add_argument("--void", help="JSON list of void category names or ids")
     parser.add_argument(
         "--exif",
         choices=EXIF_SETTINGS,
-        required=True,
         help="the EXIF frame of images whose sizes cannot tell",
     )
     parser.add_argument(
-        "--sample",
-        type=int,
-        required=True,
-        help="debug: keep this many images per split (0: all)",
+        "--sample", type=int, default=0, help="debug: keep this many images (0: all)"
     )
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--merge-images",
+        nargs="+",
+        help="merge these images tables (one per split) into --images-out instead",
+    )
+    parser.add_argument(
+        "--merge-skipped", nargs="+", help="with --merge-images: the skipped tables"
+    )
     args = parser.parse_args(argv)
+    if args.merge_images:
+        images = merge_tables(args.merge_images, args.images_out)
+        merge_tables(args.merge_skipped or [], args.skipped_out)
+        print(images.groupby("split").size().to_string())
+        return
+    needed = ["split", "coco", "image_root", "classes", "on_error", "unlabelled"]
+    needed += ["void", "exif"] + ["masks_dir", "annotations_out"] * (
+        args.split == "train"
+    )
+    missing = [
+        f"--{name.replace('_', '-')}" for name in needed if not getattr(args, name)
+    ]
+    if missing:
+        parser.error(f"indexing a split needs {' '.join(missing)}")
     try:
-        images = build_index(
-            args.train,
-            args.test,
+        index = index_split(
+            args.split,
+            args.coco,
             args.image_root,
             json.loads(args.classes),
-            images_out=args.images_out,
-            annotations_out=args.annotations_out,
-            skipped_out=args.skipped_out,
-            masks_dir=args.masks_dir,
+            masks_dir=args.masks_dir if args.split == "train" else None,
             on_error=args.on_error,
             sample=args.sample or None,
             seed=args.seed,
@@ -390,10 +471,15 @@ def main(argv=None) -> None:
             unlabelled=args.unlabelled,
             void=json.loads(args.void),
             exif=args.exif,
+            train_json=args.train_json,
         )
     except DataError as e:
         sys.exit(f"ERROR: {e}")
-    print(images.groupby("split").size().to_string())
+    write_table(index.images, args.images_out)
+    if args.annotations_out:
+        write_table(index.annotations, args.annotations_out)
+    write_table(index.skipped, args.skipped_out)
+    print(f"{args.split}: {len(index.images)} images")
 
 
 if __name__ == "__main__":

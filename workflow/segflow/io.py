@@ -81,6 +81,15 @@ def write_table(df, path: str | os.PathLike) -> None:
             df.to_csv(tmp, index=False)
 
 
+def read_table(path: str | os.PathLike):
+    """A table written by :func:`write_table`, by the file's suffix."""
+    import pandas as pd
+
+    if Path(path).suffix == ".parquet":
+        return pd.read_parquet(path)
+    return pd.read_csv(path)
+
+
 def read_ids(path: str | os.PathLike) -> list[str]:
     """An image-id sidecar file (one id per line), as written by :func:`write_ids`."""
     return Path(path).read_text().splitlines()

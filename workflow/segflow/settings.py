@@ -483,8 +483,31 @@ def check_sizes(config: dict, sizes: list[tuple[int, int]]) -> None:
         )
 
 
+def non_finite_keys(value, where: str = "") -> list[str]:
+    """The keys (dotted) of every NaN or infinite number in ``value``: YAML reads .nan
+    and .inf, and no schema bound rejects NaN (every comparison with it is false)."""
+    if isinstance(value, dict):
+        return [
+            key
+            for name, item in value.items()
+            for key in non_finite_keys(item, f"{where}.{name}" if where else str(name))
+        ]
+    if isinstance(value, list):
+        return [
+            key
+            for i, item in enumerate(value)
+            for key in non_finite_keys(item, f"{where}[{i}]")
+        ]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [where]
+    return []
+
+
 def check_config(config: dict) -> None:
     """Raise ConfigError/DataError for a config that cannot work; see the module doc."""
+    bad_numbers = non_finite_keys(config)
+    if bad_numbers:
+        raise ConfigError(f"{bad_numbers[0]}: not a finite number")
     classes = config["classes"]
     paths = data_paths(config)
     if config["data"]["demo"]:
