@@ -352,3 +352,28 @@ def test_an_image_linked_out_of_the_root_is_read_with_a_warning(
     err = capfd.readouterr().err
     assert re.search(r"train\.json: 1 image files are symbolic links out of", err)
     assert "b2/b.png" in err and "b1/a.png" not in err
+
+
+def test_an_image_over_pils_decompression_limit_names_file_and_id(
+    small_coco, tmp_path, monkeypatch, capfd
+):
+    """[decompression-bomb] PIL refuses images over twice MAX_IMAGE_PIXELS with its own
+    exception (not an OSError); the index names the file and id under both settings.
+    The limit is lowered here so that a 40 x 30 image is over it."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(
+        DataError, match=r"image id 1\b.*b1/a\.png is too large to decode"
+    ):
+        index(small_coco, tmp_path / "stop")
+    with pytest.raises(DataError, match="no usable training image"):
+        index_coco(
+            small_coco["train"],
+            small_coco["test"],
+            small_coco["root"],
+            tmp_path / "skip",
+            on_error="skip",
+        )
+    err = capfd.readouterr().err
+    assert re.search(r"WARNING skipped: .*image id 2\b.*b2/b\.png is too large", err)

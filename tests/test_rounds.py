@@ -91,6 +91,42 @@ def test_a_warm_round_fine_tunes_with_retrains_epochs_and_lr():
     )
 
 
+@pytest.mark.parametrize("warmup,first", [(0, 1.0), (0.5, 1 / 2)])
+def test_a_warm_rounds_first_step_runs_at_the_documented_lr(
+    tiny_dataset, tmp_path, monkeypatch, warmup, first
+):
+    """README: a warm round peaks at retrain.lr after retrain.warmup_epochs of linear
+    warmup (none by default). Its first optimizer step runs at retrain.lr, or, with half
+    an epoch of warmup over 12 images in batches of 4 (2 warmup steps), at half of it."""
+    import segflow.train
+
+    train_fold(tiny_dataset, tmp_path / "r0", settings=model_params(epochs=1))
+    config = validated_config(
+        retrain={"init": "warm", "epochs": 2, "lr": 0.0005, "warmup_epochs": warmup},
+        defaults={"batch_size": 4},
+    )
+    model = next(iter(config["models"]))
+    r1 = round_model_settings(config, model, "r1")
+    small = r1.replace(arch="FPN", encoder="mobilenet_v2")
+    lrs = []
+
+    def recording(model, settings):
+        optimizer = create(model, settings)
+        optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"])
+        )
+        return optimizer
+
+    create = segflow.train.create_optimizer
+    monkeypatch.setattr(segflow.train, "create_optimizer", recording)
+    train_fold(
+        tiny_dataset, tmp_path / "r1", settings=small, init=tmp_path / "r0" / "model.pt"
+    )
+    assert len(lrs) == 2 * 3  # 2 epochs of 12 images in batches of 4
+    assert lrs[0] == pytest.approx(0.0005 * first, rel=1e-6)
+    assert max(lrs) == pytest.approx(0.0005, rel=1e-6)
+
+
 def pseudo_labels(tiny_dataset, tmp_path) -> RoundLabels:
     """Every test image pseudo-labelled with its own (all-background) mask."""
     images = pd.read_parquet(tiny_dataset["images"])

@@ -170,12 +170,12 @@ def index_split(
                 continue  # opened and checked, but not in the debug sample
             image_rows.append({**row, "split": split})
             annotation_rows.extend(annotations)
+        for problem in log.problems:  # first: they say why no image may be left
+            print(f"WARNING skipped: {problem.message()}", file=sys.stderr)
         images = _images_table(image_rows, len(classes))
         if images.empty:
             word = "training" if labelled else "test"
             raise DataError(f"{coco_json}: no usable {word} image")
-    for problem in log.problems:
-        print(f"WARNING skipped: {problem.message()}", file=sys.stderr)
     outside = linked_outside(image_root, images["file_name"])
     if outside:
         # Not an error (a folder linked to a bigger disk is common), but never silent:
