@@ -101,6 +101,7 @@ def prepare(work: Path) -> dict:
     shutil.copy(REPO / "config.yaml", work / "config.yaml")
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
     command += ["-d", str(work), "--cores", "2", "results/folds/folds.csv"]
+    command += ["results/data/images.parquet"]  # both splits: test predictions
     subprocess.run(command, check=True, capture_output=True)
     return validated(yaml.safe_load((work / "config.yaml").read_text()))
 

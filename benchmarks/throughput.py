@@ -132,7 +132,7 @@ def start_up_seconds(config, model_name, results: Path, threads: int) -> dict:
             "--settings",
             settings.to_json(),
             "--images",
-            str(results / "data/images.parquet"),
+            str(results / "data/train/images.parquet"),
             "--folds",
             str(results / "folds/folds.csv"),
             "--masks-dir",
@@ -185,7 +185,7 @@ def main(argv=None) -> None:
     settings = model_settings(config, name)
     threads = set_threads(args.threads)
     results = Path(args.results)
-    images = pd.read_parquet(results / "data/images.parquet")
+    images = pd.read_parquet(results / "data/train/images.parquet")
     data = fold_data(
         images,
         pd.read_csv(results / "folds/folds.csv"),
