@@ -124,12 +124,12 @@ def test_tiny_pipeline_runs_to_the_submission_through_the_slurm_profile(tmp_path
     )
     assert (jobs["partition"] == PARTITION).all(), jobs
     for row in jobs.itertuples():
-        threads = config["threads"].get(row.rule, 1)
+        # Both splits' index jobs and their merge take the config's index settings.
+        key = "index" if row.rule.startswith("index") else row.rule
+        threads = config["threads"].get(key, 1) if row.rule != "index" else 1
         assert int(row.cpus) == threads, row
-        assert row.memory == f"{job_memory_mb(config, row.rule)}M", row
+        assert row.memory == f"{job_memory_mb(config, key)}M", row
         epochs = config["debug"]["epochs"] if row.rule == "train" else None
-        assert minutes(row.time_limit) == job_runtime_minutes(
-            config, row.rule, epochs
-        ), row
+        assert minutes(row.time_limit) == job_runtime_minutes(config, key, epochs), row
     assert job_memory_mb(config, "train") == 3000
     assert job_runtime_minutes(config, "train", 1) == 15 + 7

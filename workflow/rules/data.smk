@@ -64,6 +64,9 @@ rule index:
         "results/logs/index/merge.log",
     conda:
         ENV
+    resources:
+        mem_mb=job_memory_mb(config, "index"),
+        runtime=job_runtime_minutes(config, "index"),
     shell:
         "python -m segflow.index --merge-images {input.images}"
         " --merge-skipped {input.skipped} --images-out {output.images}"

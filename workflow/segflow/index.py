@@ -255,7 +255,11 @@ def check_test_split(coco, test_json, train_json) -> None:
         raise DataError(f"{test_json}: no test images: nothing to predict or submit")
     if train_json is None:
         return
-    train_names = {image.get("file_name") for image in read_json(train_json)["images"]}
+    train_names = {
+        image.get("file_name")
+        for image in read_json(train_json)["images"]
+        if isinstance(image, dict)  # a bad entry is the training index's to name
+    }
     shared = sorted(
         (image["file_name"], image["id"])
         for image in coco.images
@@ -430,10 +434,10 @@ def main(argv=None) -> None:
         help="the EXIF frame of images whose sizes cannot tell",
     )
     parser.add_argument(
-        "--sample", type=int, default=0, help="debug: keep this many images (0: all)"
+        "--sample", type=int, help="debug: keep this many images (0: all)"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--threads", type=int)
     parser.add_argument(
         "--merge-images",
         nargs="+",
@@ -449,11 +453,10 @@ def main(argv=None) -> None:
         print(images.groupby("split").size().to_string())
         return
     needed = ["split", "coco", "image_root", "classes", "on_error", "unlabelled"]
-    needed += ["void", "exif"] + ["masks_dir", "annotations_out"] * (
-        args.split == "train"
-    )
+    needed += ["void", "exif", "sample", "seed", "threads"]
+    needed += ["masks_dir", "annotations_out"] * (args.split == "train")
     missing = [
-        f"--{name.replace('_', '-')}" for name in needed if not getattr(args, name)
+        f"--{name.replace('_', '-')}" for name in needed if getattr(args, name) is None
     ]
     if missing:
         parser.error(f"indexing a split needs {' '.join(missing)}")
