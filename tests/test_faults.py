@@ -377,3 +377,13 @@ def test_an_image_over_pils_decompression_limit_names_file_and_id(
         )
     err = capfd.readouterr().err
     assert re.search(r"WARNING skipped: .*image id 2\b.*b2/b\.png is too large", err)
+
+
+def test_an_unreadable_resume_state_starts_the_job_over(tmp_path, capsys):
+    """[corrupt-resume] a resume.pt cut short is not resumed from: the job starts over."""
+    from segflow.checkpoints import load_training_state
+
+    state = tmp_path / "resume.pt"
+    state.write_bytes(b"PK\x03\x04 cut short")
+    assert load_training_state(state, "fingerprint") is None
+    assert f"{state}: unreadable" in capsys.readouterr().out

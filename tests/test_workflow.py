@@ -575,6 +575,18 @@ def test_changing_tta_repredicts_without_retraining(tiny_run, tmp_path):
     }
 
 
+# What follows the tiny run's (2 models) OOF predictions: their scores, the ensemble, the
+# submission and the demo's scores.
+AFTER_OOF = {
+    "oof_score": 2,
+    "ensemble": 1,
+    "submission": 1,
+    "demo_score": 1,
+    "demo_rounds": 1,
+    "leaderboard": 1,
+}
+
+
 def test_changing_the_fold_count_reruns_folds_and_what_follows_only(tiny_run, tmp_path):
     workdir, config = tiny_run
     counts, _ = dry_run_with(workdir, config, tmp_path, cv={"folds": 3})
@@ -582,12 +594,7 @@ def test_changing_the_fold_count_reruns_folds_and_what_follows_only(tiny_run, tm
         "folds": 1,
         "train": 8,  # 2 models x (3 folds + the full fit)
         "predict": 8,
-        "oof_score": 2,
-        "ensemble": 1,
-        "submission": 1,
-        "demo_score": 1,
-        "demo_rounds": 1,
-        "leaderboard": 1,
+        **AFTER_OOF,
     }
 
 
@@ -616,12 +623,7 @@ def test_a_new_test_set_retrains_nothing(tiny_run, tmp_path):
         "index": 1,
         "eda": 1,
         "predict": 6,  # 2 models x (2 folds + the full fit)
-        "oof_score": 2,
-        "ensemble": 1,
-        "submission": 1,
-        "demo_score": 1,
-        "demo_rounds": 1,
-        "leaderboard": 1,
+        **AFTER_OOF,
     }
     assert "rule train:" not in output and "rule folds:" not in output
 
@@ -637,12 +639,7 @@ def test_a_new_training_set_reruns_everything_after_the_index(tiny_run, tmp_path
         "folds": 1,
         "train": 6,
         "predict": 6,
-        "oof_score": 2,
-        "ensemble": 1,
-        "submission": 1,
-        "demo_score": 1,
-        "demo_rounds": 1,
-        "leaderboard": 1,
+        **AFTER_OOF,
     }
 
 
