@@ -20,10 +20,13 @@ import pytest
 from conftest import snakemake
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="chromium is not installed (.ci/run installs it with apt-get as root)",
-)
+pytestmark = [
+    pytest.mark.workflow,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="chromium is not installed (.ci/run installs it with apt-get as root)",
+    ),
+]
 
 CHECKER = """<script>
 window.__segflowErrors = [];

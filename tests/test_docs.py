@@ -4,6 +4,8 @@ import json
 import re
 import shutil
 
+import pytest
+
 from conftest import REPO, snakemake, write_config
 
 
@@ -68,6 +70,7 @@ def trained_epochs(printed: str) -> list[int]:
     return [json.loads(s)["epochs"] for s in settings]
 
 
+@pytest.mark.workflow
 def test_readme_debug_one_liner_runs_the_debug_sample(tmp_path):
     """The README's one line runs debug mode: the index samples debug.images images per
     split and every model trains debug.epochs epochs; everything else is config.yaml's."""
@@ -87,6 +90,7 @@ def test_readme_debug_one_liner_runs_the_debug_sample(tmp_path):
     assert epochs and 1 not in epochs
 
 
+@pytest.mark.workflow
 def test_the_readme_gives_the_recovery_after_a_kill(tmp_path):
     """Snakemake killed with -9 leaves its lock; the README's steps (--unlock, then the
     same command with --rerun-incomplete) get the run going again."""

@@ -74,6 +74,7 @@ def test_truncated_jpeg_names_file_and_id(tmp_path):
     assert len(index(coco, tmp_path / "out")) == 7
 
 
+@pytest.mark.workflow
 def test_empty_test_set_stops_the_index_and_the_workflow(tmp_path, small_coco):
     """[empty-test-set] no test image: nothing to predict, so nothing runs."""
     test = json.loads(small_coco["test"].read_text())
@@ -102,6 +103,7 @@ def test_a_submission_without_rows_fails_the_check(tmp_path):
         main(["check", str(path), "--size", "4", "--n-classes", "3"])
 
 
+@pytest.mark.workflow
 def test_test_image_named_like_a_training_image(tmp_path, small_coco):
     """[test-is-train-image] the same file_name in both sets stops before any job."""
     test = json.loads(small_coco["test"].read_text())
@@ -246,6 +248,7 @@ def test_submission_check_of_a_missing_file_is_one_line(tmp_path):
     )
 
 
+@pytest.mark.workflow
 def test_schema_error_is_one_line_naming_the_key(tmp_path):
     """[schema-error] the key and the problem, not the whole schema after them."""
     write_config(tmp_path, cv={"folds": "five"})
@@ -257,6 +260,7 @@ def test_schema_error_is_one_line_naming_the_key(tmp_path):
     assert len(output.splitlines()) < 15
 
 
+@pytest.mark.workflow
 def test_a_size_no_model_can_take_stops_before_any_job(tmp_path):
     """[size-misfit] one image size that the arch cannot take: named before any job."""
     root = tmp_path / "data"
@@ -284,6 +288,7 @@ def test_a_size_no_model_can_take_stops_before_any_job(tmp_path):
     assert snakemake(tmp_path / "run", "-n").returncode == 0
 
 
+@pytest.mark.workflow
 def test_a_diverging_job_fails_the_workflow_and_leaves_no_model(tmp_path):
     """[diverging-run] through Snakemake: the job fails, its log says where, no model.pt."""
     write_config(
@@ -301,6 +306,7 @@ def test_a_diverging_job_fails_the_workflow_and_leaves_no_model(tmp_path):
     assert outputs_left(tmp_path / "results/r0/train/unet/f0-s0") == set()
 
 
+@pytest.mark.workflow
 def test_a_missing_image_file_stops_before_any_job(tmp_path, small_coco):
     """[missing-image-at-start] a stat per image when the workflow starts: no job runs
     on a dataset whose files are known to be missing (the index still opens each)."""
@@ -318,6 +324,7 @@ def test_a_missing_image_file_stops_before_any_job(tmp_path, small_coco):
     )  # leaves it out and lists it
 
 
+@pytest.mark.workflow
 def test_a_truncated_checkpoint_is_named_removed_and_retrained(tiny_run, tmp_path):
     """[corrupt-checkpoint] a model.pt cut short (a kill, a full disk) fails its predict
     job with its name, and is removed: the next run retrains that model only."""

@@ -823,10 +823,6 @@ def test_tiny_relabel_run_trains_r1_on_the_relabelled_masks(tiny_relabel_run):
     assert max(shares) > 0  # some pixels really took another class
     summary = json.loads((results / "clean" / "summary.json").read_text())
     assert summary["settings"]["action"] == "relabel"
-    lines = (results / "submission" / "submission.csv").read_text().splitlines()
-    assert len(lines) == 1 + 6  # end to end: the submission comes from r1
-    ensemble = json.loads((results / "r1" / "ensemble" / "summary.json").read_text())
-    assert set(ensemble["members"]) == {"r1/fpn/s0", "r1/unet/s0"}
 
 
 def test_tiny_clean_run_reports_flags_gallery_noise_detection_and_submits_from_r1(
