@@ -12,17 +12,58 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-LOCK_DIR = Path(
-    os.environ.get(
-        "SEGFLOW_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / "segflow-gpu-locks"
-    )
-)
+
+def default_lock_dir() -> Path:
+    """One folder per user: a shared folder under /tmp would belong to whoever made it
+    first, and a second user of the node would meet a permission error. The jobs of one
+    user share the node's GPUs through it; other users' jobs are the scheduler's care."""
+    return Path(tempfile.gettempdir()) / f"segflow-gpu-locks-{os.getuid()}"
+
+
+LOCK_DIR = Path(os.environ.get("SEGFLOW_GPU_LOCK_DIR", default_lock_dir()))
 _held = []  # open lock files of this process: keep them open until exit
+
+
+class DeviceError(RuntimeError):
+    """The job cannot have the device its settings ask for; the message says why."""
+
+
+class LockDirError(DeviceError):
+    pass
+
+
+def private_lock_dir(lock_dir: Path) -> Path:
+    """``lock_dir`` made (mode 700) or checked: a real folder, not a link, owned by this
+    user and writable by nobody else, so no other user can plant a link to a file of
+    ours in it or hold our locks."""
+    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(lock_dir)
+    if not stat.S_ISDIR(info.st_mode):
+        raise LockDirError(f"GPU lock folder {lock_dir} is not a folder (a link?)")
+    if info.st_uid != os.getuid():
+        raise LockDirError(
+            f"GPU lock folder {lock_dir} belongs to user id {info.st_uid}, not to you"
+            f" ({os.getuid()}): set SEGFLOW_GPU_LOCK_DIR to a folder of your own"
+        )
+    if info.st_mode & 0o022:
+        raise LockDirError(
+            f"GPU lock folder {lock_dir} is writable by others"
+            f" (mode {stat.S_IMODE(info.st_mode):o}): chmod 700 it"
+        )
+    return lock_dir
+
+
+def open_lock_file(path: Path):
+    """The lock file, opened without following a link (O_NOFOLLOW) and never truncated
+    before it is locked: a job that waits must not erase the holder's pid."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    return os.fdopen(fd, "r+")
 
 
 def count_gpus() -> int:
@@ -40,16 +81,17 @@ def acquire_gpu(
     device_ids: list[str], lock_dir: Path = LOCK_DIR, wait_s: float = 3600.0
 ) -> str:
     """Lock and return a free device among ``device_ids``; wait while all are busy."""
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    private_lock_dir(lock_dir)
     deadline = time.monotonic() + wait_s
     while True:
         for device_id in device_ids:
-            handle = open(lock_dir / f"gpu{device_id}.lock", "w")
+            handle = open_lock_file(lock_dir / f"gpu{device_id}.lock")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.close()
                 continue
+            handle.truncate(0)
             handle.write(f"{os.getpid()}\n")
             handle.flush()
             _held.append(handle)
@@ -61,11 +103,18 @@ def acquire_gpu(
         time.sleep(2.0)
 
 
+class NoGpuError(DeviceError):
+    pass
+
+
 def select_device(prefer: str = "auto") -> str:
     """ "cuda" (one locked GPU, made the only visible one) or "cpu". Call before any CUDA use.
 
-    The candidates are CUDA_VISIBLE_DEVICES when set (by SLURM or the user), else every GPU
-    of the machine; with more than one, the job locks one and narrows the variable to it.
+    ``prefer``: ``auto`` takes a GPU where there is one, else the CPU; ``cpu`` never
+    takes one; ``cuda`` fails without one rather than train for days on the CPU of a
+    node whose GPU the job cannot see. The candidates are CUDA_VISIBLE_DEVICES when set
+    (by SLURM or the user), else every GPU of the machine; with more than one, the job
+    locks one and narrows the variable to it.
     """
     if prefer == "cpu":
         return "cpu"
@@ -75,10 +124,20 @@ def select_device(prefer: str = "auto") -> str:
         if visible is not None
         else [str(i) for i in range(count_gpus())]
     )
-    if not candidates:
-        return "cpu"
     if len(candidates) > 1:
         os.environ["CUDA_VISIBLE_DEVICES"] = acquire_gpu(candidates)
+    found = bool(candidates) and cuda_available()
+    if prefer == "cuda" and not found:
+        raise NoGpuError(
+            "device: cuda, but this job sees no GPU"
+            f" (CUDA_VISIBLE_DEVICES={visible!r}, nvidia-smi lists {count_gpus()},"
+            " torch.cuda.is_available() is False): run it where a GPU is visible"
+            " (SLURM: --gres=gpu:1), or set device: auto to allow the CPU"
+        )
+    return "cuda" if found else "cpu"
+
+
+def cuda_available() -> bool:
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.cuda.is_available()

@@ -28,7 +28,7 @@ import ttach as tta
 
 from segflow.checkpoints import load_checkpoint
 from segflow.data import SegmentationDataset, eval_transform, image_sizes, make_loader
-from segflow.device import select_device
+from segflow.device import DeviceError, select_device
 from segflow.images import image_files
 from segflow.input_size import (
     Size,
@@ -38,7 +38,13 @@ from segflow.input_size import (
     size_multiple,
 )
 from segflow.probabilities import encode_probabilities, probability_writer
-from segflow.runtime import amp_autocast, loader_workers, set_threads, to_device
+from segflow.runtime import (
+    amp_autocast,
+    loader_workers,
+    resolve_amp,
+    set_threads,
+    to_device,
+)
 from segflow.sliding_window import sliding_window
 from segflow.splits import ALL_FOLDS, fold_split, parse_fold
 
@@ -148,7 +154,7 @@ def predict(
     n_classes = len(checkpoint["classes"])
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    autocast = amp_autocast(device, settings.amp)
+    autocast = amp_autocast(device, resolve_amp(settings.amp, device))
     workers = loader_workers(settings.workers, threads, device)
 
     images = pd.read_parquet(images_path)
@@ -235,7 +241,7 @@ def main(argv=None) -> None:
             threads=args.threads,
             window_overlap=args.window_overlap,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, DeviceError) as e:
         sys.exit(f"ERROR: {e}")
 
 

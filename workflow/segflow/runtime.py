@@ -13,14 +13,18 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed every generator. ``deterministic``: the same seed gives the same weights on
+    the same machine (deterministic kernels, no cuDNN autotuning); off, cuDNN picks the
+    fastest kernels for the shapes it meets (faster on a GPU, slightly different runs;
+    the CPU's results do not change)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
     # Bilinear-interpolate backward and histc have no deterministic CUDA kernel.
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def global_random_state() -> dict:
@@ -67,6 +71,25 @@ def loader_workers(workers: int | None, threads: int, device: str) -> int:
     if workers is not None:
         return workers
     return max(1, threads - 1) if device == "cuda" else 0
+
+
+def bf16_supported() -> bool:
+    """Native bf16 (Ampere and later): V100 and T4 only emulate it, slower than fp16."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.3 has no emulation to leave out
+        return torch.cuda.is_bf16_supported()
+
+
+def resolve_amp(amp: str, device: str) -> str:
+    """The precision a job runs at: ``none`` on the CPU (fp16/bf16 there are slower than
+    fp32); on CUDA ``auto`` is bf16 where the GPU has it natively, else fp16 (which
+    training pairs with a GradScaler); an explicit choice stays."""
+    if device != "cuda":
+        return "none"
+    if amp == "auto":
+        return "bf16" if bf16_supported() else "fp16"
+    return amp
 
 
 def amp_autocast(device: str, amp: str):

@@ -121,6 +121,7 @@ class ModelSettings(Settings):
     top_k: int
     workers: int | None
     device: str
+    deterministic: bool
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from segflow.data import (
     train_transform,
     transform_random_state,
 )
-from segflow.device import select_device
+from segflow.device import DeviceError, select_device
 from segflow.input_size import as_size, model_input_size
 from segflow.io import read_ids, write_json, write_table
 from segflow.losses import create_loss
@@ -67,6 +67,7 @@ from segflow.runtime import (
     amp_autocast,
     global_random_state,
     loader_workers,
+    resolve_amp,
     seed_everything,
     set_global_random_state,
     set_threads,
@@ -332,7 +333,7 @@ def train(
     the least seconds between two saves of the resumable state."""
     n_classes = len(classes)
     device = select_device(settings.device)
-    seed_everything(seed)
+    seed_everything(seed, settings.deterministic)
     threads = set_threads(threads)
     workers = loader_workers(settings.workers, threads, device)
 
@@ -411,7 +412,7 @@ def train(
         max(1, len(loader_of(e)) // settings.accumulate) for e in range(1, epochs + 1)
     )
     schedule = LrSchedule(optimizer, settings, total_steps / epochs)
-    amp = settings.amp if device == "cuda" else "none"
+    amp = resolve_amp(settings.amp, device)
     autocast = amp_autocast(device, amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
 
@@ -697,7 +698,11 @@ def main(argv=None) -> None:
             labelled_epochs=args.labelled_epochs or 0,
             match_presentations=args.match_presentations,
         )
-    except (ValueError, FileNotFoundError) as e:  # TrainingDiverged among them
+    except (
+        ValueError,
+        FileNotFoundError,
+        DeviceError,
+    ) as e:  # TrainingDiverged among them
         sys.exit(f"ERROR: {e}")
 
 
