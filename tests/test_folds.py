@@ -230,3 +230,41 @@ def test_every_split_method_keeps_each_group_on_one_side(method):
     sides = sides_of_groups(images, folds)
     assert (sides == 1).all(), sides[sides > 1]
     assert folds["fold"].nunique() == (2 if method == "holdout" else FOLDS)
+
+
+def test_the_leak_summary_counts_the_related_pairs_the_folds_split():
+    """Six frames of one video (each hash 8 bits from the last: alike, yet no
+    near-duplicates) and three unrelated photos; the folds put frames 0-2 in fold 0 and
+    3-5 in fold 1 (one split pair of five), or alternate them (five of five). Test
+    images are not the folds' business."""
+    from segflow.folds import leak_summary
+
+    frames = [f"{0x0123456789ABCDEF ^ ((1 << 8 * k) - 1):016x}" for k in range(6)]
+    photos = ["a5a5a5a5a5a5a5a5", "3c3c3c3c3c3c3c3c", "f0f0f0f00f0f0f0f"]
+    images = pd.DataFrame(
+        {
+            "image_id": [10, 11, 12, 13, 14, 15, 20, 21, 22, 30],
+            "file_name": [f"clip/frame_{n:03d}.png" for n in range(6)]
+            + ["a.jpg", "b.jpg", "c.jpg", "clip/frame_006.png"],
+            "dhash": frames + photos + [frames[-1]],
+            "split": ["train"] * 9 + ["test"],
+        }
+    )
+    runs = pd.DataFrame({"image_id": images["image_id"][:9], "fold": [0] * 3 + [1] * 6})
+    summary = leak_summary(images, runs, group_by=None, n_folds=2)
+    assert summary["sequences"] == 1 and summary["images_in_sequences"] == 6
+    assert (summary["related_pairs"], summary["split_pairs"]) == (5, 1)
+    assert summary["split_share"] == pytest.approx(1 / 5)
+    assert summary["near_duplicates"] == 0
+    assert summary["warning"].startswith("1 of 5 pairs of related labelled images")
+    alternating = runs.assign(fold=[0, 1, 0, 1, 0, 1, 0, 1, 0])
+    summary = leak_summary(images, alternating, group_by="^(.*)_", n_folds=2)
+    assert (summary["related_pairs"], summary["split_pairs"]) == (5, 5)
+    assert summary["group_by"] == "^(.*)_"
+    assert "Set cv.group_by" not in summary["warning"]  # the user has set one
+    together = runs.assign(fold=[1] * 6 + [0] * 3)
+    assert leak_summary(images, together, None, 2)["warning"] is None
+    # An image no fold validates (-1) trains in every fold: beside a validated frame
+    # of its sequence, that pair is split.
+    partial = runs[runs["image_id"] != 10].assign(fold=[1] * 5 + [0] * 3)
+    assert leak_summary(images, partial, None, 2)["split_pairs"] == 1

@@ -686,3 +686,33 @@ def test_a_test_file_name_the_submission_cannot_carry_stops_at_start():
         ConfigError, match=r"test\.json: image id 5: file_name 'b,c\.png'"
     ):
         check_test_images([], test, paths)
+
+
+def test_the_index_merge_keeps_split_order_and_integer_ids(tmp_path):
+    """The merge job's tables: train rows then test rows, whatever the file order on
+    disk; skipped.csv keeps its columns and integer ids when one split skipped nothing
+    (an all-empty CSV would otherwise read back as floats or lose its header)."""
+    from segflow.index import SKIPPED_COLUMNS, merge_tables
+
+    train = pd.DataFrame({"image_id": [3, 1], "split": ["train", "train"]})
+    test = pd.DataFrame({"image_id": [7], "split": ["test"]})
+    train.to_parquet(tmp_path / "train.parquet")
+    test.to_parquet(tmp_path / "test.parquet")
+    merged = merge_tables(
+        [tmp_path / "train.parquet", tmp_path / "test.parquet"],
+        tmp_path / "all.parquet",
+    )
+    back = pd.read_parquet(tmp_path / "all.parquet")
+    assert back["image_id"].tolist() == [3, 1, 7] == merged["image_id"].tolist()
+    assert back["split"].tolist() == ["train", "train", "test"]
+    pd.DataFrame(columns=SKIPPED_COLUMNS).to_csv(tmp_path / "none.csv", index=False)
+    one = {
+        "file": ["x.png"],
+        "reason": ["bad"],
+        "image_id": [5],
+        "annotation_id": [None],
+    }
+    pd.DataFrame(one).to_csv(tmp_path / "one.csv", index=False)
+    merge_tables([tmp_path / "none.csv", tmp_path / "one.csv"], tmp_path / "all.csv")
+    lines = (tmp_path / "all.csv").read_text().splitlines()
+    assert lines == ["file,reason,image_id,annotation_id", "x.png,bad,5,"]

@@ -360,3 +360,57 @@ def test_griddropout_and_cropnonemptymask_from_the_yaml():
         # label: the same pixels.
         filled = tensor[0].numpy() < -1.5
         assert np.array_equal(filled, dropped)
+
+
+@pytest.mark.parametrize("method", ["ema", "swa", "topk"])
+def test_an_average_saved_and_loaded_mid_run_ends_as_the_uninterrupted_one(method):
+    """What resume saves of the average (state_dict) and loads into a fresh one gives,
+    after the same further steps, the uninterrupted run's averaged weights: a training
+    job killed mid-run keeps the epochs it had averaged."""
+    settings = model_params(
+        averaging=method, ema_decay=0.5, swa_start=0.25, top_k=2, epochs=4
+    )
+
+    def tiny_model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1)
+        )
+
+    def train_epochs(model, average, epochs, step=0):
+        for epoch in epochs:
+            for _ in range(3):
+                step += 1
+                noise = torch.Generator().manual_seed(step)  # the step's "gradient"
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.add_(torch.randn(p.shape, generator=noise) * 0.1)
+                average.after_step(model, step)
+            average.after_epoch(model, epoch, val_miou=[0.3, 0.9, 0.1, 0.5][epoch - 1])
+        return step
+
+    batches = [(torch.randn(2, 3, 4, 4), torch.zeros(2, 4, 4))]
+    whole_model = tiny_model()
+    whole = WeightAverage(whole_model, method, 4, settings)
+    train_epochs(whole_model, whole, range(1, 5))
+    expected = whole.averaged_state(whole_model, batches, "cpu")
+    epochs_expected = whole.averaged_epochs()
+
+    first_model = tiny_model()
+    first = WeightAverage(first_model, method, 4, settings)
+    step = train_epochs(first_model, first, range(1, 3))
+    saved_model, saved_average = first_model.state_dict(), first.state_dict()
+    resumed_model = tiny_model()
+    resumed_model.load_state_dict(saved_model)
+    resumed = WeightAverage(resumed_model, method, 4, settings)
+    resumed.load_state_dict(saved_average)
+    train_epochs(resumed_model, resumed, range(3, 5), step)
+    got = resumed.averaged_state(resumed_model, batches, "cpu")
+    assert resumed.averaged_epochs() == epochs_expected
+    assert expected.keys() == got.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+    if method == "topk":
+        assert epochs_expected == [2, 4]  # the two best val mIoU: 0.9 and 0.5
+    if method == "swa":
+        assert epochs_expected == [1, 2, 3, 4]  # swa_start 0.25 of 4 epochs

@@ -205,7 +205,11 @@ def linked_outside(image_root: Path, file_names) -> list[str]:
 
 def merge_tables(paths, out: str | Path) -> pd.DataFrame:
     """The splits' tables (images.parquet or skipped.csv) as one, in the order given."""
-    tables = [read_table(path) for path in paths]
+    return write_merged([read_table(path) for path in paths], out)
+
+
+def write_merged(tables: list[pd.DataFrame], out: str | Path) -> pd.DataFrame:
+    """``tables`` (one per split) concatenated and written to ``out``."""
     merged = pd.concat(tables, ignore_index=True)
     if Path(out).suffix == ".csv":  # CSV keeps no dtypes: ids stay integers
         merged = merged.reindex(columns=SKIPPED_COLUMNS).astype(SKIPPED_ID_TYPES)
@@ -239,13 +243,9 @@ def build_index(
         train_json=train_json,
         **options,
     )
-    images = pd.concat([train.images, test.images], ignore_index=True)
-    write_table(images, images_out)
     write_table(train.annotations, annotations_out)
-    write_table(
-        pd.concat([train.skipped, test.skipped], ignore_index=True), skipped_out
-    )
-    return images
+    write_merged([train.skipped, test.skipped], skipped_out)
+    return write_merged([train.images, test.images], images_out)
 
 
 def check_test_split(coco, test_json, train_json) -> None:
