@@ -83,3 +83,23 @@ def test_the_configs_arch_list_is_the_one_smp_builds():
     assert sorted(listed) == sorted(built)
     for arch in listed:
         assert smp.MODEL_ARCHITECTURES_MAPPING[arch.lower()].__name__ == arch
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0"])
+def test_a_timm_weights_file_loads_into_its_tu_encoder(tmp_path, name):
+    """A timm model's own state_dict (what timm's hub files hold: no ``model.`` prefix,
+    the classifier and, for EfficientNet, the layers after the last feature stage)
+    loads into smp's ``tu-`` encoder; every encoder weight comes from the file."""
+    import timm
+
+    torch.manual_seed(0)
+    source = timm.create_model(name, pretrained=False)
+    torch.save(source.state_dict(), tmp_path / f"{name}.pth")
+    model = create_model("Unet", f"tu-{name}", 3, str(tmp_path / f"{name}.pth"))
+    loaded = model.encoder.state_dict()
+    expected = source.state_dict()
+    for key, value in loaded.items():
+        assert torch.equal(value, expected[key.removeprefix("model.")]), key
+    with pytest.raises(ModelError, match="does not fit the encoder"):
+        other = "resnet18" if name != "resnet18" else "efficientnet_b0"
+        create_model("Unet", f"tu-{other}", 3, str(tmp_path / f"{name}.pth"))

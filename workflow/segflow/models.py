@@ -116,7 +116,14 @@ def check_model_args(arch: str, encoder: str, model_args: dict) -> None:
 
 
 def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load a local encoder state_dict (or a full smp model's ``encoder.*`` part) strictly."""
+    """Load a local encoder state_dict strictly: an smp encoder's, a whole smp model's
+    (its ``encoder.*`` part), or a timm model's for a ``tu-`` encoder (smp keeps the
+    timm model under ``model.``; timm's own files have no prefix).
+
+    Every weight of the encoder must be in the file. Keys of layers the encoder has not
+    at all (the classifier head, the layers timm's feature extractor drops after its
+    last stage) are unused; a key inside one of its layers that it does not have means
+    the file is another network's."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"encoder_weights: file {path} does not exist")
@@ -133,16 +140,32 @@ def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> None:
             for k, v in state.items()
             if k.startswith("encoder.")
         }
+    own = model.encoder.state_dict()
+    timm_prefix = "model."
+    if all(k.startswith(timm_prefix) for k in own) and not any(
+        k.startswith(timm_prefix) for k in state
+    ):
+        state = {timm_prefix + k: v for k, v in state.items()}
     # nn.Module's own method: smp encoders override load_state_dict (drop fc.*, return None).
-    missing, unexpected = torch.nn.Module.load_state_dict(
-        model.encoder, state, strict=False
-    )
-    # A classifier head (fc.*) in an ImageNet checkpoint is expected to be unused.
-    unexpected = [
-        k for k in unexpected if not k.startswith(("fc.", "classifier.", "head."))
-    ]
+    try:
+        missing, unexpected = torch.nn.Module.load_state_dict(
+            model.encoder, state, strict=False
+        )
+    except RuntimeError as e:  # a weight of another shape under the same name
+        reason = str(e).splitlines()[1:2] or [str(e)]
+        raise ModelError(
+            f"encoder_weights {path}: does not fit the encoder ({reason[0].strip()})"
+        ) from None
+    layers = {top_layer(k) for k in own}
+    unexpected = [k for k in unexpected if top_layer(k) in layers]
     if missing or unexpected:
         raise ModelError(
             f"encoder_weights {path}: does not fit the encoder"
             f" (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
+
+
+def top_layer(key: str) -> str:
+    """``model.layer4.1.bn2.weight`` -> ``model.layer4``; ``fc.weight`` -> ``fc``."""
+    parts = key.split(".")
+    return ".".join(parts[:2]) if parts[0] == "model" else parts[0]
