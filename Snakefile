@@ -50,5 +50,9 @@ rule baselines:
         rules.demo_baselines.output.baselines,
 
 
+onstart:
+    preflight()
+
+
 onsuccess:
     print_run_summary()

@@ -545,3 +545,17 @@ def run_warnings():
         if message:
             warnings.append(f"  {message} ({path})")
     return warnings
+
+
+def preflight():
+    """Before the first job of a run (not a dry run): segflow.preflight's checks."""
+    from segflow.preflight import run_problems
+
+    found = run_problems(
+        config,
+        members=len(MODELS) * len(SEEDS) * len(ROUNDS),
+        fold_jobs=len(TRAINED_FOLDS),
+        local=workflow.local_exec,
+    )
+    if found:
+        sys.exit("\n".join(f"ERROR pre-flight: {problem}" for problem in found))
