@@ -27,6 +27,7 @@ for variable, first in (
 from segflow.coco import DataError
 from segflow.probabilities import ids_path
 from segflow.splits import ALL_FOLDS as FULL
+from segflow.weights_cache import is_local
 from segflow.settings import (
     DEMO_ROOT,
     ConfigError,
@@ -122,6 +123,13 @@ def train_settings(wildcards):
     """JSON of what training reads, keys sorted: a change reruns this model's jobs only."""
     round_ = "r0" if wildcards.round == MATCHED else wildcards.round
     return round_model_settings(config, wildcards.model, round_).to_json()
+
+
+def encoder_weights_file(wildcards):
+    """The local weights file the model's encoder starts from (a file of the user's, or
+    a named set in the weights cache): an input, so new weights retrain the model."""
+    weights = round_model_settings(config, wildcards.model, "r0").encoder_weights
+    return [weights] if is_local(weights) else []
 
 
 def train_runtime_minutes(wildcards):

@@ -5,6 +5,7 @@ rule train:
         images=training_images_table,
         masks=rules.index_train.output.masks,
         folds=rules.folds.output.folds,
+        encoder_weights=encoder_weights_file,
     output:
         model="results/{round}/train/{model}/f{fold}-s{seed}/model.pt",
         history="results/{round}/train/{model}/f{fold}-s{seed}/history.csv",

@@ -10,6 +10,7 @@ one rule calls; no step imports another step:
 Commands a user runs, which no rule calls (they import libraries only):
   status         where the whole run stands: every training job's progress
   convert        images + label PNGs -> the COCO file segflow reads (lossless)
+  weights        pretrained encoder weights into a local cache, with checksums
 
 Libraries, shared by the steps; a library never imports a step:
   settings       the validated config as typed settings; config checks; data paths
@@ -22,6 +23,7 @@ Libraries, shared by the steps; a library never imports a step:
   probabilities  stored probabilities: uint8 encode/decode, memmap writer, member reader
   metrics        the competition mIoU from one confusion matrix
   models         the model factory (smp), offline-safe encoder weights
+  weights_cache  where encoder weights come from: local file or cached named set
   checkpoints    save/load a state_dict with the settings that rebuild the model
   losses         the weighted loss terms
   mixing         batch mixing augmentations: MixUp, CutMix, Copy-Paste
@@ -35,6 +37,7 @@ Libraries, shared by the steps; a library never imports a step:
   optim          optimizers and learning-rate schedules
   runtime        seeds, threads, autocast, batches on the device
   device         which GPU a job takes (a lock per device)
+  preflight      checks before the first job: imports, GPU, disk (the workflow's onstart)
   tracking       wandb runs
   progress       a training job's live progress.json and curves.png
   label_noise    scoring labels against OOF probabilities (confident learning)

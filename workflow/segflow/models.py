@@ -24,6 +24,8 @@ from pathlib import Path
 import segmentation_models_pytorch as smp  # segflow/__init__ turned hub downloads off
 import torch
 
+from segflow.weights_cache import is_local
+
 # ImageNet statistics, written out: smp.encoders.get_preprocessing_params may download.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,10 +64,7 @@ def create_model(
     check_model_args(arch, encoder, kwargs)
     if kwargs.get("aux_params") is not None:
         kwargs["aux_params"] = {"classes": n_classes, **kwargs["aux_params"]}
-    local = encoder_weights is not None and (
-        Path(encoder_weights).suffix in {".pt", ".pth", ".bin", ".safetensors"}
-        or Path(encoder_weights).exists()
-    )
+    local = is_local(encoder_weights)
     try:
         model = smp.create_model(
             arch,
@@ -84,8 +83,9 @@ def create_model(
                 f"encoder_weights {encoder_weights!r} for encoder {encoder!r} could not"
                 f" be loaded ({type(e).__name__}: {e}). Downloads are off"
                 " (HF_HUB_OFFLINE=1): run once with HF_HUB_OFFLINE=0 and network to"
-                " fill the cache, "
-                "or set encoder_weights to a local weights file, or null."
+                " fill the cache (python -m segflow.weights fetch writes it as files"
+                " for offline machines), or set encoder_weights to a local weights"
+                " file, or null."
             ) from None
         raise
     if local:

@@ -30,6 +30,7 @@ from segflow.input_size import (
     size_text,
 )
 from segflow.submission_format import NATIVE
+from segflow.weights_cache import resolve as resolve_weights
 
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 DEMO_ROOT = "results/demo_data"
@@ -241,6 +242,9 @@ def model_settings(config: dict, model: str) -> ModelSettings:
     a model's ``loss`` or ``augment`` replaces the default one whole), debug epochs
     applied, predict-only keys left out."""
     merged = model_entry(config, model)
+    merged["encoder_weights"] = resolve_weights(
+        merged["encoder"], merged["encoder_weights"], config["weights_cache"]
+    )
     if config["debug"]["enabled"]:
         merged["epochs"] = config["debug"]["epochs"]
     for key in PREDICT_ONLY:
