@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import validated_config
-from segflow.clean import CleanOutputs, clean
+from segflow.clean import CleanOutputs, clean, gallery_figure_name
 from segflow.label_noise import (
     cleaned_mask,
     flag_images,
@@ -669,3 +669,18 @@ def test_classes_the_judge_segments_badly_are_not_judged(indexed):
     flags = pd.read_csv(root / "clean_none" / "flags.csv")
     judged = flags[flags["level"] == "annotation"]
     assert set(judged["class_index"]) <= {["bg", "A", "B"].index(c) for c in trusted}
+
+
+@pytest.mark.parametrize(
+    "image_id, expected",
+    [
+        ("b1/0001.jpg", "03_b1_0001.png"),
+        ('<script>alert("x")</script>.png', "03__script_alert_x_script_.png"),
+        ("a b/é&c.d.png", "03_a_b_c_d.png"),
+        (17, "03_17.png"),
+    ],
+)
+def test_gallery_figure_names_carry_no_markup_into_the_report(image_id, expected):
+    """The figure's name is its label in snakemake --report's script block: only
+    letters, digits and _ get there, whatever the COCO file names the image."""
+    assert gallery_figure_name(3, image_id) == expected

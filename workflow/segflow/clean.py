@@ -420,6 +420,15 @@ def clean(
     return summary
 
 
+def gallery_figure_name(rank: int, image_id) -> str:
+    """``NN_<file name>.png`` with every run of characters outside [A-Za-z0-9] one
+    ``_``: the name becomes the figure's label in ``snakemake --report``, which puts it
+    in a script block unescaped. The batch folder stays in the name: file names repeat
+    across batches."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", str(Path(str(image_id)).with_suffix("")))
+    return f"{rank:02d}_{stem}.png"
+
+
 def write_gallery(
     image_ids,
     labelled,
@@ -475,10 +484,7 @@ def write_gallery(
                 fontsize=9,
             )
             class_legend(fig, classes, palette, fontsize=7, below=0.08)
-            # The batch folder stays in the name: file names repeat across batches.
-            stem = re.sub(r"[^A-Za-z0-9]+", "_", str(Path(image_id).with_suffix("")))
-            name = f"{rank:02d}_{stem}.png"
-            png = save_figure(fig, figures_tmp / name)
+            png = save_figure(fig, figures_tmp / gallery_figure_name(rank, image_id))
             entries.append(
                 (
                     image_id,
