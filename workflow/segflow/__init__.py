@@ -10,6 +10,7 @@ one rule calls; no step imports another step:
 Commands a user runs, which no rule calls (they import libraries only):
   status         where the whole run stands: every training job's progress
   convert        images + label PNGs -> the COCO file segflow reads (lossless)
+  init           your COCO files -> a config overlay, checked, and the command to run
   weights        pretrained encoder weights into a local cache, with checksums
 
 Libraries, shared by the steps; a library never imports a step:
