@@ -181,3 +181,21 @@ def test_time_left_uses_each_jobs_own_pace_then_its_models():
     assert (
         "training time left: about 1m06s (1 job at once; 1 job not estimated;" in text
     )
+
+
+def test_a_long_steps_log_gets_a_progress_line_at_most_every_interval_and_at_the_end():
+    from segflow.progress import ProgressLine
+
+    now, lines = [0.0], []
+    progress = ProgressLine(
+        "predict test.npy", 10, every_s=30, clock=lambda: now[0], out=lines.append
+    )
+    for t in (10, 20, 40, 50, 60, 75, 80, 85, 90, 100):
+        now[0] = float(t)
+        progress.update()
+    # Lines at 40 s (4 done, 30 s after the start) and 75 s; the last at the end.
+    assert lines == [
+        "predict test.npy: 3/10 images, 0.1/s, 93 s left",
+        "predict test.npy: 6/10 images, 0.1/s, 50 s left",
+        "predict test.npy: 10/10 images, 0.1/s, 100 s in all",
+    ]

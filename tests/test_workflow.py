@@ -506,6 +506,21 @@ def test_tiny_run_trains_predicts_and_scores_every_model(tiny_run):
     assert not (workdir / "results" / "wandb").exists()  # disabled: nothing written
 
 
+def test_long_steps_write_their_progress_into_their_logs(tiny_run):
+    """The last progress line of each long step counts every image it handled."""
+    workdir, _ = tiny_run
+    logs = workdir / "results" / "logs"
+    expected = {
+        "index/train.log": "index train: 24/24 images",  # every image opened
+        "index/test.log": "index test: 6/6 images",
+        "r0/predict/fpn/f0-s0.log": "predict test.npy: 6/6 images",
+        "r0/predict/fpn/all-s0.log": "predict test.npy: 6/6 images",
+        "ensemble.log": "ensemble test.npy: 6/6 images",
+    }
+    for log, line in expected.items():
+        assert line in (logs / log).read_text(), log
+
+
 def test_snakemake_report_holds_the_eda_figures(tiny_run, tmp_path):
     workdir, _ = tiny_run
     snakemake(

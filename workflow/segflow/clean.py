@@ -50,6 +50,7 @@ from segflow.labels import (
 )
 from segflow.metrics import confusion_matrix, iou_per_class, mean_iou, per_class_iou
 from segflow.probabilities import MemberProbabilities, PredictionError
+from segflow.progress import ProgressLine
 from segflow.settings import CleanSettings
 from segflow.tables import pixel_columns
 from segflow.viz import (
@@ -191,7 +192,9 @@ def score_images(
     """(image, annotation, region) score tables of every labelled image; the maps of
     each image are dropped as soon as it is scored."""
     image_rows, annotation_rows, region_rows = [], [], []
+    progress = ProgressLine("clean: scoring labels", len(judge.labelled))
     for image_id, probabilities in judge.chunks():
+        progress.update()
         row = judge.labelled.loc[image_id]
         scale = (row["width"] / judge.size[1], row["height"] / judge.size[0])
         scores = score_image(

@@ -51,6 +51,7 @@ from segflow.probabilities import (
     encode_probabilities,
     probability_writer,
 )
+from segflow.progress import ProgressLine
 from segflow.settings import EnsembleSettings
 
 METHODS = ("soft", "hard")
@@ -405,6 +406,7 @@ def write_combined(
                 dtype=np.uint8,
                 shape=(len(image_ids), *shape[1:]),
             )
+        progress = ProgressLine(f"ensemble {Path(out).name}", len(image_ids))
         for start in range(0, len(image_ids), chunk):
             ids = image_ids[start : start + chunk]
             chunk_labels, mean = combine(
@@ -417,6 +419,7 @@ def write_combined(
                         [remove_small_components(m, min_area) for m in chunk_labels]
                     )
                 labels[start : start + len(ids)] = chunk_labels
+            progress.update(len(ids))
         if labels is not None:
             labels.flush()
             del labels

@@ -66,6 +66,7 @@ from segflow.labels import (
     write_instances,
     write_label,
 )
+from segflow.progress import ProgressLine
 from segflow.tables import ANNOTATION_COLUMNS, image_columns, pixel_columns
 
 SPLITS = ("train", "test")
@@ -154,8 +155,10 @@ def index_split(
             )
             for image in coco.images
         ]
+        progress = ProgressLine(f"index {split}", len(jobs))
         for job in jobs:
             row, annotations, problem = job.result()
+            progress.update()
             if problem is not None:
                 if log.on_error == "skip" and coco.annotations.get(problem.image_id):
                     n = len(coco.annotations[problem.image_id])

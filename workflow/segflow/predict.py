@@ -38,6 +38,7 @@ from segflow.input_size import (
     size_multiple,
 )
 from segflow.probabilities import encode_probabilities, probability_writer
+from segflow.progress import ProgressLine
 from segflow.runtime import (
     amp_autocast,
     loader_workers,
@@ -110,6 +111,7 @@ def write_probabilities(
     """Stream ``model``'s probabilities for ``loader`` into the stored set ``out`` at
     ``size`` (height, width); ``window``: (tile, overlap, tiles per batch) of a sliding
     window."""
+    progress = ProgressLine(f"predict {Path(out).name}", len(image_ids))
     with probability_writer(out, image_ids, (n_classes, *size)) as stored:
         with torch.no_grad():
             for batch, index in loader:
@@ -127,6 +129,7 @@ def write_probabilities(
                 )
                 encoded = encode_probabilities(probabilities)  # on the device
                 stored[index.numpy()] = encoded.cpu().numpy()
+                progress.update(len(index))
 
 
 def predict(

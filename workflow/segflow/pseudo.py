@@ -37,6 +37,7 @@ from segflow.probabilities import (
     ids_path,
     read_probability_set,
 )
+from segflow.progress import ProgressLine
 from segflow.settings import PseudoSettings
 from segflow.viz import class_palette, plt, save_figure
 
@@ -153,9 +154,11 @@ def pseudo_labels(
     predicted = np.zeros(len(classes), np.int64)
     kept_pixels = np.zeros(len(classes), np.int64)
     rows = []
+    progress = ProgressLine("pseudo labels", len(ids))
     with atomic_dir(masks_out) as masks_tmp:
         for start in range(0, len(ids), CHUNK):  # stream: one chunk of maps in memory
             block = decode_probabilities(probabilities[start : start + CHUNK])
+            progress.update(len(block))
             for image_id, image_probabilities in zip(ids[start : start + CHUNK], block):
                 row = test.loc[image_id]
                 full = resize_probabilities(
