@@ -245,8 +245,9 @@ def test_mixed_image_sizes_train_at_a_size_derived_from_the_data():
     assert model_input_size(sizes, "FPN", [256, 320]) == (256, 320)
 
 
-def test_a_dataset_of_mixed_sizes_trains_and_predicts(tmp_path):
-    """Images of three sizes, no input_size: both steps resize to the derived side."""
+def test_a_dataset_of_mixed_sizes_trains_and_predicts(tmp_path, monkeypatch):
+    """Images of three sizes, no input_size: both steps resize to the derived side, the
+    one training derived."""
     from conftest import index_coco, predict_fold, train_fold
     from segflow.demo import make_demo
     from segflow.folds import make_folds
@@ -294,6 +295,26 @@ def test_a_dataset_of_mixed_sizes_trains_and_predicts(tmp_path):
     assert metrics["val_images"] == 6
     out = predict_fold(tiny, tmp_path / "run" / "model.pt", tmp_path / "predict")
     assert np.load(out / "test.npy").shape[1:] == (len(CLASSES), 48, 48)
+
+    # As the workflow runs round r0: training reads the training split's table, where
+    # 48, 64 and 40 px tie (the larger wins: 64), prediction the whole index, where the
+    # three 48 px test images make 48 the most common. The model is predicted at the
+    # side it was trained at, which its checkpoint holds.
+    import segflow.predict
+
+    train_only = dict(tiny, images=tmp_path / "train_images.parquet")
+    images[images["split"] == "train"].to_parquet(train_only["images"])
+    unet = model_params(epochs=1, arch="Unet")  # any side: no rounding to hide it
+    train_fold(train_only, tmp_path / "split", settings=unet)
+    checkpoint = torch.load(tmp_path / "split" / "model.pt", weights_only=True)
+    assert checkpoint["input_size"] == [64, 64]
+    seen = []
+    real = segflow.predict.eval_transform
+    monkeypatch.setattr(
+        segflow.predict, "eval_transform", lambda side: seen.append(side) or real(side)
+    )
+    predict_fold(tiny, tmp_path / "split" / "model.pt", tmp_path / "split_predict")
+    assert seen == [(64, 64)]
 
 
 def test_wandb_offline_writes_a_local_run_and_nothing_else(

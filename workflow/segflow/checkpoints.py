@@ -26,11 +26,15 @@ def save_checkpoint(
     seed: int,
     epoch: int,
     val_miou: float | None,
+    input_size: tuple[int, int] | None,
 ) -> None:
-    """Write the checkpoint atomically; identical runs give identical bytes."""
+    """Write the checkpoint atomically; identical runs give identical bytes.
+    ``input_size``: the (height, width) the model saw its images at (None: as they
+    are), which prediction reads back instead of deriving it again."""
     checkpoint = {
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
         "config": settings.to_dict(),
+        "input_size": None if input_size is None else [int(v) for v in input_size],
         "classes": list(classes),
         "fold": None if fold is None else int(fold),  # None: the full fit
         "seed": int(seed),
@@ -75,6 +79,18 @@ def read_checkpoint(path: str | Path) -> dict:
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The state_dict of a checkpoint, on the CPU (a warm start loads it)."""
     return read_checkpoint(path)["state_dict"]
+
+
+def trained_input_size(checkpoint: dict) -> tuple[int, int] | None | str:
+    """The (height, width) the checkpoint's model saw its images at, None for "as they
+    are", or ``UNKNOWN`` for a checkpoint written before segflow stored it."""
+    if "input_size" not in checkpoint:
+        return UNKNOWN
+    size = checkpoint["input_size"]
+    return None if size is None else (int(size[0]), int(size[1]))
+
+
+UNKNOWN = "unknown"
 
 
 def load_checkpoint(

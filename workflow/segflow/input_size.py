@@ -17,9 +17,10 @@ A model trained on random crops (``crop``) sees its images at their own size, or
 to ``input_size`` when that is set, tile by tile through a sliding window: only the crop
 must fit the arch.
 
-Training and prediction derive the size from the whole index (labelled and test
-images), so both see the same size; the workflow checks the configured models against
-the COCO files' sizes before any job starts.
+Training derives the size from the images it reads (in round r0 the training split
+alone, so a new test set retrains nothing) and stores it in model.pt; prediction reads
+it from there and never derives it again. The workflow checks the configured models
+against the COCO files' sizes before any job starts.
 """
 
 from __future__ import annotations

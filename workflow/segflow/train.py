@@ -627,6 +627,7 @@ def train(
         seed,
         best["epoch"],
         best["val_miou"],
+        side,
     )
     finish_tracking(tracker, best)
     resume_path.unlink(missing_ok=True)  # the outputs are complete: nothing to resume
