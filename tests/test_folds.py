@@ -268,3 +268,63 @@ def test_the_leak_summary_counts_the_related_pairs_the_folds_split():
     # of its sequence, that pair is split.
     partial = runs[runs["image_id"] != 10].assign(fold=[1] * 5 + [0] * 3)
     assert leak_summary(images, partial, None, 2)["split_pairs"] == 1
+
+
+def tiny_table(pixels: list[list[int]], present: list[str], names=None):
+    """Rows of images.parquet with the pixel counts and classes_present given (3 classes:
+    background, a, b)."""
+    table = pd.DataFrame(pixels, columns=pixel_columns(3))
+    table["classes_present"] = present
+    names = names or [f"i{k}.png" for k in range(len(pixels))]
+    table.insert(0, "image_id", names)
+    table.insert(1, "file_name", names)
+    table.insert(2, "group", "g")
+    table.insert(3, "split", "train")
+    return table
+
+
+def test_a_one_pixel_object_is_present_and_an_image_without_objects_has_no_class():
+    from segflow.folds import dominant_class
+
+    # Row 0: one pixel of class 1 (a real object); row 1: no object (background only);
+    # row 2: b outweighs a.
+    table = tiny_table([[99, 1, 0], [100, 0, 0], [10, 30, 60]], ["1", "", "1 2"])
+    assert class_presence(table, 3).tolist() == [[0, 1, 0], [0, 0, 0], [0, 1, 1]]
+    assert dominant_class(table, 3).tolist() == [1, -1, 2]
+
+
+def test_a_group_pattern_without_a_capture_groups_by_the_whole_match():
+    from segflow.folds import groups_of
+
+    table = tiny_table(
+        [[1, 0, 0]] * 3, [""] * 3, ["cam1_001.png", "cam1_002.png", "cam22_001.png"]
+    )
+    assert groups_of(table, r"^cam\d+").tolist() == ["cam1", "cam1", "cam22"]
+    assert groups_of(table, r"^(cam)\d+").tolist() == ["cam"] * 3  # first capture
+
+
+def test_as_many_groups_as_folds_is_enough_one_fewer_is_not():
+    table = tiny_table(
+        [[1, 0, 0]] * 4, [""] * 4, ["a/1.png", "a/2.png", "b/1.png", "c/1.png"]
+    )
+    folds = make_folds(table, 3, "kfold", 3, seed=0, group_by=r"^(\w)/")
+    assert sorted(folds["fold"].unique()) == [0, 1, 2]
+    with pytest.raises(DataError, match=r"cv.folds=4 but only 3 groups"):
+        make_folds(table, 3, "kfold", 4, seed=0, group_by=r"^(\w)/")
+
+
+def test_grouped_multilabel_folds_share_a_rare_class_and_the_images():
+    """Eight groups of three images; a rare class in two of them. Two folds of twelve
+    images each, the rare class in both (greedy assignment against each fold's share)."""
+    names = [f"g{g}/{k}.png" for g in range(8) for k in range(3)]
+    present = ["1 2" if g < 2 else "2" for g in range(8) for _ in range(3)]
+    pixels = [[10, 5 if g < 2 else 0, 5] for g in range(8) for _ in range(3)]
+    table = tiny_table(pixels, present, names)
+    for seed in (0, 1, 2):
+        folds = make_folds(
+            table, 3, "multilabel_stratified", 2, seed=seed, group_by=r"^(g\d)/"
+        )
+        merged = table.merge(folds, on="image_id")
+        assert merged.groupby("fold").size().tolist() == [12, 12]
+        rare = merged[merged["classes_present"] == "1 2"]
+        assert sorted(rare["fold"].unique()) == [0, 1]

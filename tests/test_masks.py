@@ -193,3 +193,16 @@ def test_category_ids_map_by_name_not_by_id():
 def test_image_without_annotations_is_all_background():
     raster = rasterize([], H, W, {})
     assert raster.mask.shape == (H, W) and not raster.mask.any()
+
+
+def test_a_missing_mask_or_instance_map_names_what_which_image_and_where(tmp_path):
+    from segflow.labels import read_instances, read_label
+
+    with pytest.raises(
+        FileNotFoundError, match=rf"^mask of image 7 missing under {tmp_path}$"
+    ):
+        read_label(tmp_path, 7)
+    with pytest.raises(
+        FileNotFoundError, match=rf"^instance map of image 8 missing under {tmp_path}$"
+    ):
+        read_instances(tmp_path, 8, size=(4, 6))

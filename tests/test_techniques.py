@@ -252,6 +252,14 @@ def test_tile_starts_cover_the_side_and_end_flush():
     weights = border_weights((24, 40))
     assert weights.shape == (24, 40) and weights.max() == 1
     assert torch.allclose(weights[12, 0], weights[0, 20], atol=0.02)
+    # A Gaussian of sigma = side / 8 about the tile's centre, written out: symmetric,
+    # and at the border of a 9-pixel side 4 pixels from the centre.
+    weights = border_weights((9, 9))
+    assert torch.equal(weights, weights.flip(0)) and torch.equal(weights, weights.T)
+    sigma = 9 / 8
+    expected_edge = float(np.exp(-0.5 * (4 / sigma) ** 2))  # the centre row's end
+    assert float(weights[4, 0]) == pytest.approx(expected_edge, rel=1e-5)
+    assert float(weights[4, 3]) == pytest.approx(np.exp(-0.5 / sigma**2), rel=1e-5)
 
 
 def test_sliding_window_equals_the_whole_image_where_it_fits_in_a_tile():
