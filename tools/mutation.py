@@ -196,6 +196,14 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="of the sample")
     parser.add_argument(
+        "--tests",
+        nargs="+",
+        metavar="FILE",
+        help="judge with these test files instead of the configured selection (a"
+        " module's own tests: mutants of a function that every training test reaches"
+        " would otherwise each run them all)",
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help="go on in --work: keep the mutants judged there (same code and config)",
@@ -214,6 +222,8 @@ def main(argv=None) -> None:
         config["only_mutate"] = [
             p for p in config["only_mutate"] if Path(p).stem in args.modules
         ]
+    if args.tests:
+        config["pytest_add_cli_args_test_selection"] = args.tests
     if not args.report_only:
         if not args.keep:
             stage(args.work, config)
