@@ -130,3 +130,45 @@ def test_paths_of_results_are_spelled_once_in_the_helpers():
     text = (REPO / "workflow" / "rules" / "common.smk").read_text()
     spelled = re.findall(r'"results/[^"]*"', text)
     assert spelled == ['"results/wandb"'], spelled  # wandb's folder is no rule's output
+
+
+def test_every_choice_the_code_knows_is_the_one_the_schema_allows():
+    """Python lists of choices and the schema's enums name the same values in the same
+    order: a value the schema lets through that the code does not handle (or the
+    reverse) stops here, not in a job."""
+    import yaml
+
+    from segflow import (
+        averaging,
+        coco,
+        ensemble,
+        folds,
+        images,
+        label_noise,
+        labels,
+        losses,
+        mixing,
+        noise_detection,
+        predict,
+    )
+    from segflow.demo import NOISE_KINDS
+
+    schema = yaml.safe_load(
+        (REPO / "workflow" / "schemas" / "config.schema.yaml").read_text()
+    )
+    top, model = schema["properties"], schema["$defs"]["model"]["properties"]
+    pairs = {
+        "data.on_error": (coco.ON_ERROR, top["data"]["properties"]["on_error"]),
+        "data.unlabelled": (labels.UNLABELLED, top["data"]["properties"]["unlabelled"]),
+        "data.exif": (images.EXIF_SETTINGS, top["data"]["properties"]["exif"]),
+        "cv.method": (folds.METHODS, top["cv"]["properties"]["method"]),
+        "ensemble.method": (ensemble.METHODS, top["ensemble"]["properties"]["method"]),
+        "clean.action": (label_noise.ACTIONS, top["clean"]["properties"]["action"]),
+        "averaging": (averaging.METHODS, model["averaging"]),
+        "mix": (mixing.METHODS, model["mix"]),
+        "tta": (predict.TTA_MODES, model["tta"]),
+    }
+    for key, (code, allowed) in pairs.items():
+        assert list(code) == allowed["enum"], key
+    assert list(losses.LOSS_NAMES) == list(model["loss"]["properties"])
+    assert noise_detection.KINDS == NOISE_KINDS  # the demo plants what is scored
