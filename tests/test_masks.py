@@ -206,3 +206,78 @@ def test_a_missing_mask_or_instance_map_names_what_which_image_and_where(tmp_pat
         FileNotFoundError, match=rf"^instance map of image 8 missing under {tmp_path}$"
     ):
         read_instances(tmp_path, 8, size=(4, 6))
+
+
+def test_label_maps_round_trip_and_resize_by_nearest_on_non_square_maps(tmp_path):
+    """What is written is read back (uint8 masks, 16-bit instance maps); a size reads
+    back each side by nearest neighbour, height first; n means n x n."""
+    from segflow.labels import (
+        read_instances,
+        read_label,
+        resize_label,
+        write_instances,
+        write_label,
+    )
+
+    mask = (np.arange(24).reshape(4, 6) % 11).astype(np.int64)  # classes 0..10
+    write_label(mask, tmp_path, 3)
+    back = read_label(tmp_path, 3)
+    assert back.dtype == np.uint8 and np.array_equal(back, mask)
+    assert np.array_equal(read_label(tmp_path, 3, size=(2, 3)), mask[::2, ::2])
+    assert read_label(tmp_path, 3, size=2).shape == (2, 2)
+    assert np.array_equal(resize_label(mask, 4, 6), mask)  # its own size: unchanged
+    assert resize_label(mask, 3).shape == (3, 3)  # no width: square
+    tall = resize_label(mask[:, :2], 8, 2)  # height doubles, width kept
+    assert np.array_equal(tall, np.repeat(mask[:, :2], 2, axis=0))
+    instances = np.arange(24, dtype=np.uint16).reshape(4, 6) * 300  # over 255
+    write_instances(instances, tmp_path, 3)
+    assert np.array_equal(read_instances(tmp_path, 3), instances)
+    assert np.array_equal(read_instances(tmp_path, 3, (2, 3)), instances[::2, ::2])
+    with pytest.raises(OSError, match=r"could not write the mask of image id 4 to .*4"):
+        write_label(mask, tmp_path / "no" / "such" / "folder", 4)
+
+
+def test_a_test_image_with_a_training_images_file_name_is_named(tmp_path):
+    from segflow.coco import DataError
+    from segflow.index import check_test_split
+
+    class Split:
+        images = [{"id": 5, "file_name": "a.png"}, {"id": 6, "file_name": "t.png"}]
+
+    train = {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "categories": [{"id": 1, "name": "glass"}],
+    }
+    with pytest.raises(
+        DataError,
+        match=r"1 test images have the file_name of a training image .*'a.png' \(id 5\)",
+    ):
+        check_test_split(Split, "test.json", _json(train, tmp_path))
+    Split.images = Split.images[1:]
+    check_test_split(Split, "test.json", _json(train, tmp_path))
+    Split.images = []
+    with pytest.raises(DataError, match="no test images"):
+        check_test_split(Split, "test.json", None)
+
+
+def _json(content, folder) -> str:
+    import json
+
+    path = folder / "train.json"
+    path.write_text(json.dumps(content))
+    return str(path)
+
+
+def test_only_a_file_that_starts_like_a_jpeg_is_checked_as_one(tmp_path):
+    import cv2
+
+    from segflow.index import jpeg_problem
+
+    picture = np.full((8, 8, 3), 90, np.uint8)
+    cv2.imwrite(str(tmp_path / "good.jpg"), picture)
+    data = (tmp_path / "good.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    cv2.imwrite(str(tmp_path / "png.png"), picture)
+    assert jpeg_problem(tmp_path / "good.jpg") is None
+    assert "is a broken JPEG" in jpeg_problem(tmp_path / "cut.jpg")
+    assert jpeg_problem(tmp_path / "png.png") is None  # not a JPEG: not its business
