@@ -281,3 +281,33 @@ def test_only_a_file_that_starts_like_a_jpeg_is_checked_as_one(tmp_path):
     assert jpeg_problem(tmp_path / "good.jpg") is None
     assert "is a broken JPEG" in jpeg_problem(tmp_path / "cut.jpg")
     assert jpeg_problem(tmp_path / "png.png") is None  # not a JPEG: not its business
+
+
+def test_the_index_tables_carry_every_field_of_the_json_and_the_pixels(
+    small_coco, tmp_path
+):
+    """Sizes, brightness (the grey test images are 100 everywhere), crowd flags and
+    class presence reach the tables under their documented names."""
+    import json
+
+    import pandas as pd
+
+    from conftest import index_coco
+    from segflow.tables import ANNOTATION_COLUMNS, image_columns
+
+    coco = json.loads(small_coco["train"].read_text())
+    coco["annotations"][1]["iscrowd"] = 1
+    small_coco["train"].write_text(json.dumps(coco))
+    images = index_coco(
+        small_coco["train"], small_coco["test"], small_coco["root"], tmp_path
+    )
+    assert list(images.columns) == image_columns(len(CLASSES))
+    assert images["height"].tolist() == [30, 30, 30]
+    assert images["width"].tolist() == [40, 40, 40]
+    assert images["brightness"].tolist() == pytest.approx([100.0] * 3)
+    assert str(images["classes_present"].dtype) == "string"
+    train = images[images["split"] == "train"]
+    assert train["classes_present"].tolist() == ["2 9", "8"]
+    annotations = pd.read_parquet(tmp_path / "annotations.parquet")
+    assert list(annotations.columns) == ANNOTATION_COLUMNS
+    assert annotations["iscrowd"].tolist() == [0, 1, 0]
