@@ -64,10 +64,12 @@ def test_checkpoint_holds_plain_types_and_loads_with_weights_only(trained):
         "seed",
         "epoch",
         "val_miou",
+        "input_size",
     }
     assert (
         checkpoint["epoch"] == metrics["best_epoch"]
         and checkpoint["classes"] == CLASSES
+        and checkpoint["input_size"] is None  # the tiny images' own 64 x 64
     )
     model, _, _ = load_checkpoint(out / "model.pt")
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, len(CLASSES), 64, 64)

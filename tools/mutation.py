@@ -204,6 +204,14 @@ def main(argv=None) -> None:
         " would otherwise each run them all)",
     )
     parser.add_argument(
+        "--deselect",
+        nargs="+",
+        default=[],
+        metavar="TEST",
+        help="leave these tests out (node ids): a test that starts a training process"
+        " cannot run the mutated module outside mutmut's runner",
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help="go on in --work: keep the mutants judged there (same code and config)",
@@ -224,6 +232,9 @@ def main(argv=None) -> None:
         ]
     if args.tests:
         config["pytest_add_cli_args_test_selection"] = args.tests
+    config["pytest_add_cli_args"] = config["pytest_add_cli_args"] + [
+        f"--deselect={test}" for test in args.deselect
+    ]
     if not args.report_only:
         if not args.keep:
             stage(args.work, config)
