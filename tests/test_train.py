@@ -70,6 +70,9 @@ def test_checkpoint_holds_plain_types_and_loads_with_weights_only(trained):
         checkpoint["epoch"] == metrics["best_epoch"]
         and checkpoint["classes"] == CLASSES
         and checkpoint["input_size"] is None  # the tiny images' own 64 x 64
+        and checkpoint["seed"] == 0
+        and checkpoint["fold"] == 0
+        and checkpoint["val_miou"] == pytest.approx(metrics["val_miou"])
     )
     model, _, _ = load_checkpoint(out / "model.pt")
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, len(CLASSES), 64, 64)
@@ -440,3 +443,11 @@ def test_a_saved_state_of_another_job_is_not_resumed(tmp_path):
     loaded = load_training_state(tmp_path / RESUME_FILE, "job A")
     assert loaded["epoch"] == 1 and torch.equal(loaded["model"]["w"], torch.ones(2))
     assert load_training_state(tmp_path / "missing.pt", "job A") is None
+
+
+def test_the_stored_input_side_reads_back_height_first():
+    from segflow.checkpoints import UNKNOWN, trained_input_size
+
+    assert trained_input_size({"input_size": [48, 64]}) == (48, 64)
+    assert trained_input_size({"input_size": None}) is None  # images as they are
+    assert trained_input_size({"state_dict": {}}) == UNKNOWN  # an older checkpoint
