@@ -514,8 +514,8 @@ def test_long_steps_write_their_progress_into_their_logs(tiny_run):
         "index/train.log": "index train: 24/24 images",  # every image opened
         "index/test.log": "index test: 6/6 images",
         "r0/predict/fpn/f0-s0.log": "predict test.npy: 6/6 images",
-        "r0/predict/fpn/all-s0.log": "predict test.npy: 6/6 images",
-        "ensemble.log": "ensemble test.npy: 6/6 images",
+        "r0/predict/fpn/fall-s0.log": "predict test.npy: 6/6 images",
+        "r0/ensemble.log": "ensemble test.npy: 6/6 images",
     }
     for log, line in expected.items():
         assert line in (logs / log).read_text(), log
