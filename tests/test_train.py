@@ -446,8 +446,7 @@ def test_a_saved_state_of_another_job_is_not_resumed(tmp_path):
 
 
 def test_the_stored_input_side_reads_back_height_first():
-    from segflow.checkpoints import UNKNOWN, trained_input_size
+    from segflow.checkpoints import trained_input_size
 
     assert trained_input_size({"input_size": [48, 64]}) == (48, 64)
     assert trained_input_size({"input_size": None}) is None  # images as they are
-    assert trained_input_size({"state_dict": {}}) == UNKNOWN  # an older checkpoint

@@ -81,16 +81,12 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     return read_checkpoint(path)["state_dict"]
 
 
-def trained_input_size(checkpoint: dict) -> tuple[int, int] | None | str:
+def trained_input_size(checkpoint: dict) -> tuple[int, int] | None:
     """The (height, width) the checkpoint's model saw its images at, None for "as they
-    are", or ``UNKNOWN`` for a checkpoint written before segflow stored it."""
-    if "input_size" not in checkpoint:
-        return UNKNOWN
+    are". (A checkpoint from before the side was stored has older settings too, which
+    load_checkpoint already refuses: its training job reruns.)"""
     size = checkpoint["input_size"]
     return None if size is None else (int(size[0]), int(size[1]))
-
-
-UNKNOWN = "unknown"
 
 
 def load_checkpoint(

@@ -26,14 +26,13 @@ import torch
 import torch.nn.functional as F
 import ttach as tta
 
-from segflow.checkpoints import UNKNOWN, load_checkpoint, trained_input_size
-from segflow.data import SegmentationDataset, eval_transform, image_sizes, make_loader
+from segflow.checkpoints import load_checkpoint, trained_input_size
+from segflow.data import SegmentationDataset, eval_transform, make_loader
 from segflow.device import DeviceError, select_device
 from segflow.images import image_files
 from segflow.input_size import (
     Size,
     as_size,
-    model_input_size,
     parse_size,
     size_multiple,
 )
@@ -165,10 +164,6 @@ def predict(
     # (the training split alone in round r0), so deriving it here from every image
     # could give another side where the test images' sizes differ.
     side = trained_input_size(checkpoint)
-    if side == UNKNOWN:  # a checkpoint from before the side was stored
-        side = model_input_size(
-            image_sizes(images), settings.arch, settings.input_size, settings.crop
-        )
     transform = eval_transform(side)
     crop = as_size(settings.crop)
     window = None
