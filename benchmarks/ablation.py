@@ -59,8 +59,7 @@ from segflow.settings import (  # noqa: E402
     validated,
     wandb_settings,
 )
-from segflow.splits import RoundLabels  # noqa: E402
-from segflow.train import train  # noqa: E402
+from segflow.train import TrainArgs, train  # noqa: E402
 
 # The recipe every row starts from: config.yaml's first model with every technique off
 # (class_weights became a default because of this table; its row turns it back on).
@@ -115,23 +114,24 @@ def run_job(config: dict, work: Path, row: str, seed: int) -> dict:
     job = work / "ablation" / row / f"s{seed}"
     paths = data_paths(config)
     metrics = train(
-        settings=settings,
-        images_path=results / "data/images.parquet",
-        folds_path=results / "folds/folds.csv",
-        masks_dir=results / "data/masks",
-        image_root=work / paths.root,
-        classes=config["classes"],
-        fold=FOLD,
-        seed=seed,
-        model_out=job / "model.pt",
-        history_out=job / "history.csv",
-        metrics_out=job / "metrics.json",
-        threads=2,
-        round_labels=RoundLabels.none(),
-        wandb=wandb_settings(
-            {**config, "wandb": {**config["wandb"], "mode": "disabled"}}, str(job)
-        ),
-        run_name=f"ablation/{row}/s{seed}",
+        TrainArgs(
+            settings=settings,
+            images_path=results / "data/images.parquet",
+            folds_path=results / "folds/folds.csv",
+            masks_dir=results / "data/masks",
+            image_root=work / paths.root,
+            classes=config["classes"],
+            fold=FOLD,
+            seed=seed,
+            model_out=job / "model.pt",
+            history_out=job / "history.csv",
+            metrics_out=job / "metrics.json",
+            threads=2,
+            wandb=wandb_settings(
+                {**config, "wandb": {**config["wandb"], "mode": "disabled"}}, str(job)
+            ),
+            run_name=f"ablation/{row}/s{seed}",
+        )
     )
     # The job's wall time: its epochs, and what a technique adds after them (the
     # averaged weights' BatchNorm pass and scoring).

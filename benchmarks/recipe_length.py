@@ -46,8 +46,7 @@ from segflow.settings import (  # noqa: E402
     prediction_tta,
     wandb_settings,
 )
-from segflow.splits import RoundLabels  # noqa: E402
-from segflow.train import train  # noqa: E402
+from segflow.train import TrainArgs, train  # noqa: E402
 
 FLIPS = [{"HorizontalFlip": {"p": 0.5}}, {"VerticalFlip": {"p": 0.5}}]
 
@@ -72,23 +71,24 @@ def run_job(config: dict, work: Path, row: str, epochs: int, seed: int) -> dict:
     root = work / data_paths(config).root
     started = time.perf_counter()
     train(
-        settings=settings,
-        images_path=results / "data/images.parquet",
-        folds_path=results / "folds/folds.csv",
-        masks_dir=results / "data/masks",
-        image_root=root,
-        classes=config["classes"],
-        fold=None,
-        seed=seed,
-        model_out=job / "model.pt",
-        history_out=job / "history.csv",
-        metrics_out=job / "metrics.json",
-        threads=2,
-        round_labels=RoundLabels.none(),
-        wandb=wandb_settings(
-            {**config, "wandb": {**config["wandb"], "mode": "disabled"}}, str(job)
-        ),
-        run_name=f"length/{row}/e{epochs}-s{seed}",
+        TrainArgs(
+            settings=settings,
+            images_path=results / "data/images.parquet",
+            folds_path=results / "folds/folds.csv",
+            masks_dir=results / "data/masks",
+            image_root=root,
+            classes=config["classes"],
+            fold=None,
+            seed=seed,
+            model_out=job / "model.pt",
+            history_out=job / "history.csv",
+            metrics_out=job / "metrics.json",
+            threads=2,
+            wandb=wandb_settings(
+                {**config, "wandb": {**config["wandb"], "mode": "disabled"}}, str(job)
+            ),
+            run_name=f"length/{row}/e{epochs}-s{seed}",
+        )
     )
     seconds = time.perf_counter() - started
     size = prediction_size(config)

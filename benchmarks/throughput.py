@@ -41,6 +41,8 @@ from segflow.data import (  # noqa: E402
     eval_transform,
     image_sizes,
 )
+from segflow.epoch import train_epoch  # noqa: E402
+from segflow.fold_loaders import fold_loaders  # noqa: E402
 from segflow.input_size import model_input_size  # noqa: E402
 from segflow.losses import create_loss  # noqa: E402
 from segflow.models import create_model  # noqa: E402
@@ -53,14 +55,11 @@ from segflow.settings import (  # noqa: E402
     validated,
 )
 from segflow.splits import RoundLabels, fold_data  # noqa: E402
-from segflow.train import fold_loaders, train_epoch  # noqa: E402
 
 
-def workflow_loop(settings, data, side, model, epochs: int) -> float:
+def workflow_loop(settings, data, n_classes, side, model, epochs: int) -> float:
     """Images/s of segflow.train's loop over ``epochs`` epochs after one warm-up."""
-    train_loader, *_ = fold_loaders(
-        data, side, settings.augment, settings.batch_size, 0, 0, "cpu"
-    )
+    train_loader = fold_loaders(data, settings, n_classes, side, 0, 0, "cpu").train
     criterion = create_loss(
         settings.loss, settings.label_smoothing, settings.focal_gamma
     )
@@ -202,7 +201,9 @@ def main(argv=None) -> None:
             settings.arch, settings.encoder, len(config["classes"]), None
         )
 
-    workflow = workflow_loop(settings, data, side, fresh_model(), args.epochs)
+    workflow = workflow_loop(
+        settings, data, len(config["classes"]), side, fresh_model(), args.epochs
+    )
     memory = in_memory_loop(settings, data, side, fresh_model(), args.epochs)
     start_up = start_up_seconds(config, name, results, threads)
     result = {

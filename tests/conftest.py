@@ -267,28 +267,37 @@ def model_params(**changes):
 
 def train_fold(tiny_dataset, out_dir, *, fold=0, seed=0, settings=None, **options):
     """segflow.train.train on the tiny dataset as the workflow lays out a run folder:
-    model.pt, history.csv and metrics.json under ``out_dir``."""
-    from segflow.splits import RoundLabels
-    from segflow.train import train
+    model.pt, history.csv and metrics.json under ``out_dir``. ``round_labels``: a
+    segflow.splits.RoundLabels of a later round."""
+    from segflow.train import TrainArgs, train
 
     out_dir = Path(out_dir)
+    labels = options.pop("round_labels", None)
+    if labels is not None:
+        options |= {
+            "train_masks_dir": labels.train_masks_dir,
+            "drop": labels.drop,
+            "pseudo": labels.pseudo,
+            "pseudo_masks_dir": labels.pseudo_masks_dir,
+        }
     return train(
-        settings=settings if settings is not None else model_params(epochs=1),
-        images_path=tiny_dataset["images"],
-        folds_path=tiny_dataset["folds"],
-        masks_dir=tiny_dataset["masks"],
-        image_root=tiny_dataset["root"],
-        classes=CLASSES,
-        fold=fold,
-        seed=seed,
-        model_out=out_dir / "model.pt",
-        history_out=out_dir / "history.csv",
-        metrics_out=out_dir / "metrics.json",
-        threads=2,
-        round_labels=options.pop("round_labels", RoundLabels.none()),
-        wandb=options.pop("wandb", None),
-        run_name=options.pop("run_name", f"fpn/f{fold}-s{seed}"),
-        **options,
+        TrainArgs(
+            settings=settings if settings is not None else model_params(epochs=1),
+            images_path=tiny_dataset["images"],
+            folds_path=tiny_dataset["folds"],
+            masks_dir=tiny_dataset["masks"],
+            image_root=tiny_dataset["root"],
+            classes=CLASSES,
+            fold=fold,
+            seed=seed,
+            model_out=out_dir / "model.pt",
+            history_out=out_dir / "history.csv",
+            metrics_out=out_dir / "metrics.json",
+            threads=2,
+            wandb=options.pop("wandb", None),
+            run_name=options.pop("run_name", f"fpn/f{fold}-s{seed}"),
+            **options,
+        )
     )
 
 

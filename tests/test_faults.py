@@ -178,7 +178,7 @@ def test_diverging_run_stops_with_epoch_and_step_and_saves_nothing(
     tiny_dataset, tmp_path, optimizer
 ):
     """[diverging-run] a non-finite or exploding loss stops the job; no checkpoint."""
-    from segflow.train import TrainingDiverged
+    from segflow.epoch import TrainingDiverged
 
     settings = model_params(optimizer=optimizer, lr=1e4, scheduler="none", epochs=3)
     with pytest.raises(

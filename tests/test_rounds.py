@@ -98,7 +98,7 @@ def test_a_warm_rounds_first_step_runs_at_the_documented_lr(
     """README: a warm round peaks at retrain.lr after retrain.warmup_epochs of linear
     warmup (none by default). Its first optimizer step runs at retrain.lr, or, with half
     an epoch of warmup over 12 images in batches of 4 (2 warmup steps), at half of it."""
-    import segflow.train
+    import segflow.run_state
 
     train_fold(tiny_dataset, tmp_path / "r0", settings=model_params(epochs=1))
     config = validated_config(
@@ -117,8 +117,8 @@ def test_a_warm_rounds_first_step_runs_at_the_documented_lr(
         )
         return optimizer
 
-    create = segflow.train.create_optimizer
-    monkeypatch.setattr(segflow.train, "create_optimizer", recording)
+    create = segflow.run_state.create_optimizer
+    monkeypatch.setattr(segflow.run_state, "create_optimizer", recording)
     train_fold(
         tiny_dataset, tmp_path / "r1", settings=small, init=tmp_path / "r0" / "model.pt"
     )

@@ -16,10 +16,10 @@ import torch
 
 from conftest import write_coco
 from segflow.demo_score import demo_score
+from segflow.epoch import evaluate
 from segflow.labels import mask_file
 from segflow.oof_score import oof_score
 from segflow.submission_format import HEADER, encode_mask
-from segflow.train import evaluate
 
 CLASSES = ["bg", "a", "b"]
 

@@ -11,7 +11,7 @@ import cv2
 import pandas as pd
 import pytest
 
-import segflow.train
+import segflow.progress
 from conftest import REPO, model_params, train_fold
 from segflow.progress import Progress, curves_path, read_progress, write_progress
 from segflow.status import format_status, run_status, snakemake_text
@@ -26,7 +26,7 @@ def test_progress_is_rewritten_after_every_epoch(tiny_dataset, tmp_path, monkeyp
         write_progress(job_dir, progress)
         snapshots.append(read_progress(job_dir))
 
-    monkeypatch.setattr(segflow.train, "write_progress", spy)
+    monkeypatch.setattr(segflow.progress, "write_progress", spy)
     train_fold(
         tiny_dataset, tmp_path, settings=model_params(epochs=2), run_name="r0/m/f0-s0"
     )

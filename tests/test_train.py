@@ -450,3 +450,52 @@ def test_the_stored_input_side_reads_back_height_first():
 
     assert trained_input_size({"input_size": [48, 64]}) == (48, 64)
     assert trained_input_size({"input_size": None}) is None  # images as they are
+
+
+def test_the_last_labelled_epochs_leave_the_pseudo_labelled_images_out():
+    """FoldLoaders picks the labelled-only loader for the last ``labelled_epochs`` of
+    the run, and counts the run's optimizer steps per epoch's loader (at least one)."""
+    from segflow.fold_loaders import FoldLoaders
+
+    mixed, labelled = list(range(10)), list(range(3))  # batches per epoch
+    loaders = FoldLoaders(mixed, labelled, None, None, epochs=5, labelled_epochs=2)
+    assert [loaders.for_epoch(e) is labelled for e in range(1, 6)] == [
+        False,
+        False,
+        False,
+        True,
+        True,
+    ]
+    assert loaders.optimizer_steps(accumulate=1) == 3 * 10 + 2 * 3
+    assert loaders.optimizer_steps(accumulate=4) == 3 * 2 + 2 * 1
+    none = FoldLoaders(mixed, labelled, None, None, epochs=5, labelled_epochs=0)
+    assert all(none.for_epoch(e) is mixed for e in range(1, 6))
+
+
+def test_an_epoch_is_kept_only_when_it_validates_better():
+    """RunState.keep_if_best: a better val mIoU replaces the kept epoch and copies its
+    weights; an equal, worse or NaN one does not; without validation every epoch does."""
+    import math
+
+    import torch
+
+    from segflow.run_state import RunState
+
+    class NoAverage:
+        active = False
+
+    model = torch.nn.Linear(2, 1)
+    state = RunState(model, None, None, None, None, NoAverage(), None)
+    assert state.keep_if_best(1, {"val_miou": 0.3})
+    kept = state.best_state["weight"].clone()
+    with torch.no_grad():
+        model.weight += 1
+    for worse in (0.3, 0.2, math.nan):
+        assert not state.keep_if_best(2, {"val_miou": worse})
+    assert state.best["epoch"] == 1 and torch.equal(state.best_state["weight"], kept)
+    assert state.keep_if_best(3, {"val_miou": 0.31})
+    assert state.best == {"epoch": 3, "val_miou": 0.31}
+    assert torch.equal(state.best_state["weight"], model.weight)
+    full_fit = RunState(model, None, None, None, None, NoAverage(), None)
+    assert full_fit.keep_if_best(1, {}) and full_fit.keep_if_best(2, {})
+    assert full_fit.best == {"epoch": 2, "val_miou": None}

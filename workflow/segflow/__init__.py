@@ -35,6 +35,9 @@ Libraries, shared by the steps; a library never imports a step:
   data           datasets, albumentations pipelines, loaders
   input_size     sizes (height, width): what a model sees (arch multiples, mixed sizes)
   splits         which images and labels a fold job of a round trains and validates on
+  fold_loaders   a training job's loaders, which epoch uses which, their random state
+  epoch          one epoch of a training job: training pass, validation pass, history row
+  run_state      what a training run changes (weights, optimizer, best epoch...): resume
   optim          optimizers and learning-rate schedules
   runtime        seeds, threads, autocast, batches on the device
   device         which GPU a job takes (a lock per device)
@@ -45,6 +48,7 @@ Libraries, shared by the steps; a library never imports a step:
   submission_format  the competition CSV: encode, decode, check
   viz            palette, overlays, figure encoding
   io             atomic writes, id sidecars
+  step_cli       a step's command line, derived from its declared arguments
 """
 
 import os

@@ -100,6 +100,34 @@ def write_curves(job_dir: str | os.PathLike, progress: Progress) -> None:
     save_figure(fig, curves_path(job_dir))
 
 
+# How often (seconds) curves.png is redrawn during a run: the figure costs about 0.2 s
+# (benchmarks/progress_cost.py), a lot beside a short CPU epoch.
+CURVES_EVERY_S = 20.0
+
+
+class TrainingProgress:
+    """A training job's live report: progress.json at the start and after every epoch,
+    curves.png at most every CURVES_EVERY_S seconds and after the last epoch.
+    ``history`` is the run's own list of rows, read as it grows."""
+
+    def __init__(self, job_dir, run: str, epochs: int, history: list[dict]) -> None:
+        self.job_dir = Path(job_dir)
+        self.progress = Progress(run=run, epochs=epochs, history=history)
+        self.curves_written = 0.0
+        write_progress(self.job_dir, self.progress)
+
+    def epoch_done(self, epoch: int) -> None:
+        write_progress(self.job_dir, self.progress)
+        last = epoch == self.progress.epochs
+        if last or time.time() - self.curves_written > CURVES_EVERY_S:
+            write_curves(self.job_dir, self.progress)
+            self.curves_written = time.time()
+
+    def finish(self) -> None:
+        self.progress.finished = True
+        write_progress(self.job_dir, self.progress)
+
+
 def _nan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)
 

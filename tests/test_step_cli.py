@@ -1,0 +1,122 @@
+"""A step's command line is derived from its declared arguments (segflow.step_cli): the
+flags the rules pass are exactly the declared ones, values arrive typed, a bad value
+names its flag."""
+
+import json
+import re
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from segflow.settings import ModelSettings
+from segflow.step_cli import arg, command_line, flag_of, parse_declared, run_step
+from segflow.train import TrainArgs
+
+
+@dataclass(frozen=True, kw_only=True)
+class Example:
+    """A step's arguments of every kind the derivation handles."""
+
+    count: int = arg("a required int")
+    ratio: float = arg("a float with a default", default=0.5)
+    out: Path = arg("a path")
+    name: str = arg("renamed flag", flag="--label")
+    maybe: Path | None = arg("optional path", default=None, group="later")
+    items: list[Path] | None = arg("several", default=None, nargs="+")
+    parsed: list[int] = arg("JSON list", parse=json.loads)
+    mode: str = arg("one of", default="a", choices=["a", "b"])
+
+
+def test_values_arrive_typed_and_defaults_come_from_the_declaration():
+    got = parse_declared(
+        Example,
+        ["--count", "3", "--out", "x/y.pt", "--label", "n", "--parsed", "[1, 2]"],
+        "example",
+    )
+    assert got == Example(count=3, out=Path("x/y.pt"), name="n", parsed=[1, 2])
+    assert got.ratio == 0.5 and got.maybe is None and got.items is None
+    full = parse_declared(
+        Example,
+        ["--count", "1", "--out", "o", "--label", "n", "--parsed", "[]"]
+        + ["--ratio", "0.25", "--maybe", "m", "--items", "a", "b", "--mode", "b"],
+        "example",
+    )
+    assert (full.ratio, full.maybe, full.items, full.mode) == (
+        0.25,
+        Path("m"),
+        [Path("a"), Path("b")],
+        "b",
+    )
+
+
+def test_a_missing_required_flag_or_a_bad_value_names_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        parse_declared(Example, ["--out", "o", "--label", "n", "--parsed", "[]"], "e")
+    assert "--count" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_declared(
+            Example,
+            ["--count", "1", "--out", "o", "--label", "n", "--parsed", "[1,"],
+            "e",
+        )
+    err = capsys.readouterr().err
+    assert "--parsed" in err and "Expecting" in err  # json's own message is kept
+    with pytest.raises(SystemExit):
+        parse_declared(
+            Example,
+            ["--count", "1", "--out", "o", "--label", "n", "--parsed", "[]"]
+            + ["--mode", "c"],
+            "e",
+        )
+    assert "--mode" in capsys.readouterr().err
+
+
+def test_a_type_the_derivation_cannot_parse_is_refused_when_the_parser_is_built():
+    @dataclass
+    class Unparseable:
+        settings: ModelSettings = arg("no parse given")
+
+    with pytest.raises(TypeError, match="settings"):
+        command_line(Unparseable, "x")
+
+
+def test_help_lists_every_declared_flag_with_its_help_and_group():
+    text = command_line(Example, "example").format_help()
+    for field in fields(Example):
+        assert flag_of(field) in text
+    assert "renamed flag" in text and "later:" in text
+
+
+def test_run_step_turns_an_expected_error_into_one_line():
+    def failing(arguments):
+        raise ValueError(f"{arguments.out}: broken")
+
+    argv = ["--count", "1", "--out", "f.json", "--label", "n", "--parsed", "[]"]
+    with pytest.raises(SystemExit, match=r"^ERROR: f.json: broken$"):
+        run_step(failing, Example, argv, "e", (ValueError,))
+
+
+def test_the_train_rule_passes_exactly_flags_the_train_step_declares():
+    """The rule's shell text and the round arguments (common.smk's
+    round_training_args) against TrainArgs: every flag passed is declared, every
+    required flag is passed, and every declared later-round flag is passed by some
+    round."""
+    rules = (REPO / "workflow" / "rules" / "train.smk").read_text()
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    shell = rules[rules.index("python -m segflow.train") :]
+    shell = shell[: shell.index("> {log}")]
+    round_args = common[common.index("def round_training_args") :]
+    round_args = round_args[: round_args.index("return")]
+    flag = r"(--[a-z][a-z-]*)"
+    passed = set(re.findall(flag, shell)) | set(re.findall(flag, round_args))
+    declared = {flag_of(f): f for f in fields(TrainArgs)}
+    required = {
+        name
+        for name, field in declared.items()
+        if field.default is MISSING and field.default_factory is MISSING
+    }
+    assert passed - set(declared) == set()
+    assert required <= passed
+    assert {flag_of(f) for f in fields(TrainArgs) if f.metadata["group"]} <= passed

@@ -1,0 +1,124 @@
+"""A step's command line, derived from the step's one declaration of its arguments.
+
+A step declares what it reads, writes and is set by once: a frozen dataclass whose
+fields carry their help (:func:`arg`). Python callers build that dataclass; the command
+line is derived from it: the flag ``--name-with-dashes`` (or the field's ``flag``), a
+required option unless the field has a default, the text turned into the value by the
+field's ``parse`` or its type (int, float, str, Path; ``X | None`` as X). So a flag, its
+type and its help cannot drift from what the step reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+# Types whose text converts by calling the type.
+PLAIN_TYPES = (int, float, str, Path)
+
+
+def arg(
+    help: str,
+    *,
+    default=dataclasses.MISSING,
+    parse: Callable[[str], object] | None = None,
+    flag: str | None = None,
+    nargs: str | None = None,
+    choices: typing.Sequence[str] | None = None,
+    group: str | None = None,
+):
+    """A declared argument: ``help`` for its flag, ``parse`` to read its text (else its
+    type), ``flag`` to name it otherwise, ``nargs``/``choices`` as in argparse, ``group``
+    to list it under a heading of the help."""
+    meta = {"help": help, "parse": parse, "flag": flag, "nargs": nargs}
+    return dataclasses.field(
+        default=default, metadata=meta | {"choices": choices, "group": group}
+    )
+
+
+def flag_of(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _converter(field: dataclasses.Field, annotation) -> Callable[[str], object]:
+    if field.metadata.get("parse") is not None:
+        return _reporting(field.metadata["parse"])
+    options = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is (
+        typing.Union
+    ):
+        options = [a for a in options if a is not type(None)]
+        annotation = options[0] if len(options) == 1 else annotation
+    if typing.get_origin(annotation) is list and field.metadata.get("nargs"):
+        annotation = typing.get_args(annotation)[0]
+    if annotation in PLAIN_TYPES:
+        return annotation
+    raise TypeError(f"{field.name}: declare how to parse {annotation!r} (arg(parse=))")
+
+
+def _reporting(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """``parse`` whose errors keep their message: argparse replaces a ValueError's with
+    "invalid value" and turns an OSError into a traceback."""
+
+    def parsed(text: str):
+        try:
+            return parse(text)
+        except (ValueError, OSError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+
+    return parsed
+
+
+def command_line(declared: type, description: str) -> argparse.ArgumentParser:
+    """The argparse parser of a step's declared arguments."""
+    parser = argparse.ArgumentParser(description=description)
+    hints = typing.get_type_hints(declared)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for field in dataclasses.fields(declared):
+        if not field.init:
+            continue
+        group = field.metadata.get("group")
+        target = parser
+        if group:
+            target = groups.setdefault(group, parser.add_argument_group(group))
+        required = (
+            field.default is dataclasses.MISSING
+            and field.default_factory is dataclasses.MISSING
+        )
+        options = {
+            "dest": field.name,
+            "type": _converter(field, hints[field.name]),
+            "help": field.metadata.get("help"),
+        }
+        if required:
+            options["required"] = True
+        else:
+            options["default"] = argparse.SUPPRESS  # the dataclass's default applies
+        for key in ("nargs", "choices"):
+            if field.metadata.get(key) is not None:
+                options[key] = field.metadata[key]
+        target.add_argument(flag_of(field), **options)
+    return parser
+
+
+def parse_declared(declared: type, argv, description: str):
+    """The declared dataclass, built from ``argv``."""
+    namespace = command_line(declared, description).parse_args(argv)
+    return declared(**vars(namespace))
+
+
+def run_step(
+    step: Callable, declared: type, argv, description: str, errors: tuple
+) -> None:
+    """Parse ``argv`` into ``declared``, run ``step`` on it; an expected error (bad
+    input, a missing file) ends the process with one ``ERROR:`` line, no traceback."""
+    arguments = parse_declared(declared, argv, description)
+    try:
+        step(arguments)
+    except errors as e:
+        sys.exit(f"ERROR: {e}")
