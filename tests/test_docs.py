@@ -1,4 +1,4 @@
-"""The README tells the truth about how to run things."""
+"""The README and the docs tree tell the truth about how to run things."""
 
 import json
 import re
@@ -8,13 +8,75 @@ import pytest
 
 from conftest import REPO, snakemake, write_config
 
+DOCS = REPO / "docs"
+
 
 def readme() -> str:
     return (REPO / "README.md").read_text()
 
 
+def doc(name: str) -> str:
+    return (DOCS / name).read_text()
+
+
+def pages() -> dict[str, str]:
+    """The README and every page of the docs tree, by path from the repository root."""
+    found = {"README.md": readme()}
+    for path in sorted(DOCS.glob("*.md")):
+        found[f"docs/{path.name}"] = path.read_text()
+    return found
+
+
 def readme_commands() -> list[str]:
     return re.findall(r"```bash\n(.*?)\n```", readme(), flags=re.S)
+
+
+def test_the_readme_is_a_front_page_and_links_every_page_of_the_docs():
+    """Under 12 KB; the docs tree is reachable from it."""
+    assert len(readme().encode()) < 12_000
+    linked = set(re.findall(r"\]\((docs/[\w.-]+\.md)\)", readme()))
+    assert linked == {f"docs/{p.name}" for p in DOCS.glob("*.md")}
+
+
+def test_every_link_and_named_file_of_the_docs_exists():
+    """Relative links, and the repository files a page names in backticks
+    (tools/, benchmarks/, tests/, workflow/, profiles/, docs/)."""
+    for name, text in pages().items():
+        base = (REPO / name).parent
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if "://" not in target:
+                assert (base / target).exists(), f"{name}: broken link {target}"
+        for path in re.findall(
+            r"`((?:tools|benchmarks|tests|workflow|profiles|docs)/[\w./-]+?)`", text
+        ):
+            if "*" not in path:
+                assert (REPO / path).exists(), f"{name}: names missing {path}"
+
+
+def test_every_step_a_page_runs_is_a_module_with_a_command_line():
+    for name, text in pages().items():
+        for module in set(re.findall(r"python -m segflow\.(\w+)", text)):
+            source = REPO / "workflow" / "segflow" / f"{module}.py"
+            assert source.exists(), f"{name}: no segflow.{module}"
+            assert '__name__ == "__main__"' in source.read_text(), module
+
+
+def test_the_config_reference_is_generated_from_the_current_schema():
+    """docs/config.md equals what tools/config_reference.py writes, and names every
+    key of every section of the schema."""
+    import runpy
+
+    import yaml
+
+    tool = runpy.run_path(str(REPO / "tools" / "config_reference.py"))
+    schema = yaml.safe_load(tool["SCHEMA"].read_text())
+    assert doc("config.md") == tool["reference"](schema), (
+        "docs/config.md is stale: run python tools/config_reference.py"
+    )
+    for section in schema["properties"]:
+        assert f"## `{section}`" in doc("config.md")
+    for key in schema["$defs"]["model"]["properties"]:
+        assert f"| `defaults.{key}` |" in doc("config.md")
 
 
 def test_ci_runs_the_readme_test_command():
@@ -27,14 +89,19 @@ def test_readme_main_job_builds_the_default_target():
     assert main_line.endswith(".venv/bin/snakemake") and "pip install -e ." in main_line
 
 
-def test_every_yaml_block_of_the_readme_is_a_valid_config_section():
-    """The README's config examples use keys and values the schema accepts."""
+def test_every_yaml_block_of_the_docs_is_a_valid_config_section():
+    """The config examples of the README and the docs use keys and values the schema
+    accepts."""
     import yaml
 
     from conftest import DEFAULT_CONFIG, deep_update
     from segflow.settings import validate_config
 
-    blocks = re.findall(r"```yaml\n(.*?)\n```", readme(), flags=re.S)
+    blocks = [
+        block
+        for text in pages().values()
+        for block in re.findall(r"```yaml\n(.*?)\n```", text, flags=re.S)
+    ]
     assert len(blocks) >= 4
     for block in blocks:
         section = yaml.safe_load(block)
@@ -61,7 +128,7 @@ def test_readme_wandb_sync_path_is_where_offline_runs_land():
     test_train's offline test); the README's sync command must name that folder."""
     common = (REPO / "workflow" / "rules" / "common.smk").read_text()
     wandb_dir = re.search(r'^WANDB_DIR = "([^"]+)"', common, flags=re.M).group(1)
-    assert f"`wandb sync {wandb_dir}/wandb/offline-run-*`" in readme()
+    assert f"`wandb sync {wandb_dir}/wandb/offline-run-*`" in doc("training.md")
 
 
 def trained_epochs(printed: str) -> list[int]:

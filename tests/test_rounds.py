@@ -95,7 +95,7 @@ def test_a_warm_round_fine_tunes_with_retrains_epochs_and_lr():
 def test_a_warm_rounds_first_step_runs_at_the_documented_lr(
     tiny_dataset, tmp_path, monkeypatch, warmup, first
 ):
-    """README: a warm round peaks at retrain.lr after retrain.warmup_epochs of linear
+    """docs/stages.md: a warm round peaks at retrain.lr after retrain.warmup_epochs of linear
     warmup (none by default). Its first optimizer step runs at retrain.lr, or, with half
     an epoch of warmup over 12 images in batches of 4 (2 warmup steps), at half of it."""
     import segflow.run_state

@@ -21,10 +21,11 @@ PROFILE = REPO / "profiles" / "slurm"
 
 
 def readme_cpu_only_override() -> list[str]:
-    """The README's --set-resources for a cluster without GPU nodes, as the test runs it."""
-    readme = (REPO / "README.md").read_text().replace("\\\n", " ")
+    """docs/scale-out.md's --set-resources for a cluster without GPU nodes, as the test
+    runs it."""
+    readme = (REPO / "docs" / "scale-out.md").read_text().replace("\\\n", " ")
     found = re.search(r"profiles/slurm --set-resources (.+?) -- submission", readme)
-    assert found, "README: no --set-resources override for a cluster without GPUs"
+    assert found, "docs/scale-out.md: no --set-resources override without GPUs"
     return found.group(1).split()
 
 

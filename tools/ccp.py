@@ -9,9 +9,9 @@ and 56 garments and accessories, many rare). This script
 2. holds out a fixed random 30% of the labelled photos (seed 0) as the test set: their
    labels go to ``holdout/labels`` (read only by ``benchmarks/ccp_score.py``);
 3. converts both sets with ``python -m segflow.convert`` (null is the background);
-4. writes ``config.yaml``: the project's config.yaml with the edits README's "Your own
-   dataset" documents (classes, data, a native-size submission) and the CPU budget of
-   the README's CCP table (``--input-size``, ``--epochs``, ``--folds``).
+4. writes ``config.yaml``: the project's config.yaml with the edits docs/own-data.md
+   documents (classes, data, a native-size submission) and the CPU budget of its CCP
+   table (``--input-size``, ``--epochs``, ``--folds``).
 
     python tools/ccp.py --source /path/to/clothing-co-parsing --out data/ccp
     snakemake -s /path/to/segflow/Snakefile -d data/ccp -- submission
@@ -80,7 +80,7 @@ def prepare(source: str | Path, out: str | Path) -> dict:
 def write_config(
     out: Path, lines: dict, input_size: list[int], epochs: int, folds: int
 ) -> dict:
-    """config.yaml of the run: the project's, with the README's documented edits."""
+    """config.yaml of the run: the project's, with the documented edits (docs/own-data.md)."""
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["classes"] = lines["classes"]
     config["data"].update(

@@ -195,7 +195,7 @@ def leak_summary(
             " optimistic."
         )
         if not group_by and related.suggestion:
-            warning += f" Set cv.group_by: '{related.suggestion}' (README: Folds)."
+            warning += f" Set cv.group_by: '{related.suggestion}' (docs/own-data.md)."
     return {
         **leaks,
         "sequences": related.sequences,

@@ -467,7 +467,7 @@ def start_warnings(config: dict) -> list[str]:
     return [
         f"segflow: models {random} train from random encoder weights"
         " (encoder_weights: null); on real data pretrained weights score far higher:"
-        " set encoder_weights to a local weights file or imagenet (README: Models)"
+        " set encoder_weights to a local weights file or imagenet (docs/training.md)"
     ]
 
 
