@@ -12,7 +12,7 @@ twice: flagging as many images as segflow flagged (the same budget), and with
 ``issues_from_scores``' default threshold (0.1). Its pixel-level finder
 (``cleanlab.segmentation.filter.find_label_issues``, confident learning) is turned into
 image flags as "at least ``--min-issue-share`` of the image's pixels are issues".
-Scores are segflow.noise_detection's (image level, per noise kind): the injected-noise
+Scores are segflow.demo_noise_score's (image level, per noise kind): the injected-noise
 manifest is the truth.
 
 cleanlab is never imported by the segflow package or needed by the workflow.
@@ -30,9 +30,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
+from segflow.demo_noise_score import image_detection  # noqa: E402
 from segflow.labels import read_label  # noqa: E402
-from segflow.noise_detection import KINDS, image_detection  # noqa: E402
 from segflow.probabilities import MemberProbabilities  # noqa: E402
+from segflow.settings import DEMO_NOISE_KINDS as KINDS  # noqa: E402
 
 
 def load_oof(results: Path, oof_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:

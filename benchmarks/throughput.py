@@ -42,6 +42,7 @@ from segflow.data import (  # noqa: E402
     image_sizes,
 )
 from segflow.epoch import train_epoch  # noqa: E402
+from segflow.fold_data import RoundLabels, fold_data  # noqa: E402
 from segflow.fold_loaders import fold_loaders  # noqa: E402
 from segflow.input_size import model_input_size  # noqa: E402
 from segflow.losses import create_loss  # noqa: E402
@@ -54,7 +55,6 @@ from segflow.settings import (  # noqa: E402
     model_settings,
     validated,
 )
-from segflow.splits import RoundLabels, fold_data  # noqa: E402
 
 
 def workflow_loop(settings, data, n_classes, side, model, epochs: int) -> float:

@@ -268,7 +268,7 @@ def model_params(**changes):
 def train_fold(tiny_dataset, out_dir, *, fold=0, seed=0, settings=None, **options):
     """segflow.train.train on the tiny dataset as the workflow lays out a run folder:
     model.pt, history.csv and metrics.json under ``out_dir``. ``round_labels``: a
-    segflow.splits.RoundLabels of a later round."""
+    segflow.fold_data.RoundLabels of a later round."""
     from segflow.train import TrainArgs, train
 
     out_dir = Path(out_dir)

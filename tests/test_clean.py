@@ -10,6 +10,8 @@ import pytest
 
 from conftest import validated_config
 from segflow.clean import CleanOutputs, clean, gallery_figure_name
+from segflow.demo_noise_score import annotation_detection, image_detection
+from segflow.fold_data import RoundLabels, fold_data, fold_split, label_changes
 from segflow.label_noise import (
     cleaned_mask,
     flag_images,
@@ -17,10 +19,8 @@ from segflow.label_noise import (
     self_confidence_sums,
 )
 from segflow.labels import IGNORE_INDEX, instance_file, mask_file
-from segflow.noise_detection import annotation_detection, image_detection
 from segflow.probabilities import PredictionError
 from segflow.settings import clean_settings
-from segflow.splits import RoundLabels, fold_data, fold_split, label_changes
 
 
 def clean_config(**changes):

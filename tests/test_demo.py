@@ -10,7 +10,8 @@ import pytest
 
 from conftest import CLASSES
 from segflow.coco import load_coco, rasterize
-from segflow.demo import NOISE_KINDS, make_demo
+from segflow.demo import make_demo
+from segflow.settings import DEMO_NOISE_KINDS
 
 SMALL = {
     "train_images": 40,
@@ -86,7 +87,7 @@ def test_noise_manifest_is_the_truth(demo):
         == summary["noisy_images"]
     )
     assert manifest["coco_image_id"].is_unique  # one error per noisy image
-    assert set(manifest["kind"]) == set(NOISE_KINDS)
+    assert set(manifest["kind"]) == set(DEMO_NOISE_KINDS)
     noisy = {
         a["id"]: a
         for a in json.loads((root / "train_all.json").read_text())["annotations"]

@@ -7,10 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from segflow.fold_data import fold_split, pseudo_rows
 from segflow.labels import IGNORE_INDEX, mask_file
-from segflow.pseudo import PseudoError, class_thresholds, pseudo_labels, pseudo_mask
+from segflow.pseudo import (
+    PseudoError,
+    confidence_thresholds,
+    pseudo_labels,
+    pseudo_mask,
+)
 from segflow.settings import PseudoSettings
-from segflow.splits import fold_split, pseudo_rows
 
 CLASSES = ["bg", "A", "B"]
 
@@ -32,7 +37,7 @@ def test_confident_pixels_keep_the_argmax_and_the_rest_is_ignored():
 
 
 def test_per_class_thresholds_with_a_default():
-    thresholds = class_thresholds({"B": 0.6, "default": 0.95}, CLASSES)
+    thresholds = confidence_thresholds({"B": 0.6, "default": 0.95}, CLASSES)
     assert thresholds.tolist() == [0.95, 0.95, 0.6]
     label = np.array([[0, 1, 2]])
     mask = pseudo_mask(
@@ -41,11 +46,11 @@ def test_per_class_thresholds_with_a_default():
     assert mask.tolist() == [
         [0, IGNORE_INDEX, 2]
     ]  # B, a rare class, is kept at a lower confidence
-    assert class_thresholds(0.8, CLASSES).tolist() == [0.8, 0.8, 0.8]
+    assert confidence_thresholds(0.8, CLASSES).tolist() == [0.8, 0.8, 0.8]
     with pytest.raises(PseudoError, match=r"\['C'\] are not class names"):
-        class_thresholds({"C": 0.5}, CLASSES)
+        confidence_thresholds({"C": 0.5}, CLASSES)
     with pytest.raises(PseudoError, match=r"no threshold for \['bg', 'A'\]"):
-        class_thresholds({"B": 0.5}, CLASSES)  # neither named nor a default
+        confidence_thresholds({"B": 0.5}, CLASSES)  # neither named nor a default
 
 
 @pytest.fixture()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import CLASSES, model_params, predict_fold, train_fold, validated_config
+from segflow.fold_data import RoundLabels, fold_split
 from segflow.probabilities import (
     MemberProbabilities,
     decode_probabilities,
@@ -17,7 +18,6 @@ from segflow.probabilities import (
     read_probability_set,
 )
 from segflow.settings import round_model_settings
-from segflow.splits import RoundLabels, fold_split
 from segflow.train import matched_epochs
 
 

@@ -10,9 +10,9 @@ import torch
 
 from conftest import CLASSES, model_params, train_fold
 from segflow.checkpoints import load_checkpoint
+from segflow.fold_data import fold_split
 from segflow.optim import LrSchedule, create_optimizer
 from segflow.settings import WandbSettings
-from segflow.splits import fold_split
 
 
 def run(tiny_dataset, out_dir, seed=0, **changes):

@@ -185,7 +185,7 @@ def main(argv=None) -> None:
         "--modules",
         nargs="+",
         metavar="MODULE",
-        help="only these modules of only_mutate (e.g. metrics splits): one module's "
+        help="only these modules of only_mutate (e.g. metrics fold_data): one module's "
         "score after a change, in minutes instead of the whole run's hour",
     )
     parser.add_argument(

@@ -68,6 +68,6 @@ rule demo_noise:
         mem_mb=job_memory_mb(config, "demo_noise"),
         runtime=job_runtime_minutes(config, "demo_noise"),
     shell:
-        "python -m segflow.noise_detection --flags {input.flags} --images {input.images}"
+        "python -m segflow.demo_noise_score --flags {input.flags} --images {input.images}"
         " --noise {input.noise} --clean-truth {input.truth} --out {output.detection}"
         " > {log} 2>&1"

@@ -26,7 +26,7 @@ for variable, first in (
 
 from segflow.coco import DataError
 from segflow.probabilities import ids_path
-from segflow.splits import ALL_FOLDS as FULL
+from segflow.fold_data import ALL_FOLDS as FULL
 from segflow.weights_cache import is_local
 from segflow.settings import (
     DEMO_ROOT,

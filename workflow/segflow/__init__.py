@@ -5,7 +5,7 @@ Two kinds of module, and imports run one way (tests/test_layers.py holds it):
 Steps, each a plain function with a thin ``python -m segflow.<step>`` command line that
 one rule calls; no step imports another step:
   demo, index, eda, folds, train, predict, oof_score, clean, pseudo, ensemble,
-  submission, demo_score, noise_detection, leaderboard.
+  submission, demo_score, demo_noise_score, leaderboard.
 
 Commands a user runs, which no rule calls (they import libraries only):
   status         where the whole run stands: every training job's progress
@@ -34,7 +34,7 @@ Libraries, shared by the steps; a library never imports a step:
   postprocess    small connected components removed, the areas tuned on OOF
   data           datasets, albumentations pipelines, loaders
   input_size     sizes (height, width): what a model sees (arch multiples, mixed sizes)
-  splits         which images and labels a fold job of a round trains and validates on
+  fold_data      which images and labels a fold job of a round trains and validates on
   fold_loaders   a training job's loaders, which epoch uses which, their random state
   epoch          one epoch of a training job: training pass, validation pass, history row
   run_state      what a training run changes (weights, optimizer, best epoch...): resume

@@ -136,7 +136,9 @@ class Judge:
             yield from zip(ids, self.probabilities(ids))
 
 
-def class_thresholds(judge: Judge, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def self_confidence_thresholds(
+    judge: Judge, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(each class's mean self-confidence over every pixel labelled with it, the judge's
     OOF confusion matrix: how good it is, class by class), in one streamed pass."""
     sums, counts = np.zeros(n_classes), np.zeros(n_classes)
@@ -244,7 +246,7 @@ def clean(
 
     # 1. The judge and its per-class thresholds (one streamed pass), 2. the scores (another).
     judge = Judge(sources, labelled, masks_dir)
-    thresholds, judge_confusion = class_thresholds(judge, len(classes))
+    thresholds, judge_confusion = self_confidence_thresholds(judge, len(classes))
     judge_iou = iou_per_class(judge_confusion)
     # A class the judge itself gets wrong is judged by nobody (clean.min_judge_iou).
     trusted = np.nan_to_num(judge_iou, nan=0.0) >= settings.min_judge_iou

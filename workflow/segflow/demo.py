@@ -32,9 +32,7 @@ from pycocotools import mask as mask_utils
 
 from segflow.coco import annotation_rle
 from segflow.io import write_json, write_table
-from segflow.settings import DemoSettings
-
-NOISE_KINDS = ("class_swap", "missing", "shifted", "bloated")
+from segflow.settings import DEMO_NOISE_KINDS, DemoSettings
 
 
 @dataclass(frozen=True)
@@ -451,7 +449,7 @@ def _inject_noise(rng, images, annotations, looks, noise_rate: float, size: int)
     n_noisy = min(int(round(noise_rate * len(images))), len(candidates))
     chosen = rng.permutation(candidates)[:n_noisy]
     kinds = [
-        NOISE_KINDS[i % len(NOISE_KINDS)] for i in range(n_noisy)
+        DEMO_NOISE_KINDS[i % len(DEMO_NOISE_KINDS)] for i in range(n_noisy)
     ]  # balanced kinds
     noisy = [dict(a) for a in annotations]
     removed, rows = set(), []
@@ -538,7 +536,9 @@ def _summary(
         "test_objects_per_class": per_class(test_anns),
         "noisy_images": int(len(manifest)),
         "noise_rate": round(len(manifest) / max(1, len(train_imgs)), 4),
-        "noise_kinds": {k: int((manifest["kind"] == k).sum()) for k in NOISE_KINDS},
+        "noise_kinds": {
+            k: int((manifest["kind"] == k).sum()) for k in DEMO_NOISE_KINDS
+        },
     }
 
 

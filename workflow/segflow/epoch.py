@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from segflow.class_balance import ce_class_weights
+from segflow.fold_data import FoldData
 from segflow.input_size import Size, as_size
 from segflow.losses import create_loss
 from segflow.metrics import confusion_matrix, mean_iou, per_class_iou
@@ -27,7 +28,6 @@ from segflow.run_state import RunState
 from segflow.runtime import amp_autocast, resolve_amp, to_device
 from segflow.settings import ModelSettings
 from segflow.sliding_window import sliding_window
-from segflow.splits import FoldData
 from segflow.tables import class_iou_column
 
 # A loss this many times the first batch's is a divergence, not noise: a healthy run

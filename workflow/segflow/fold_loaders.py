@@ -24,9 +24,9 @@ from segflow.data import (
     train_transform,
     transform_random_state,
 )
+from segflow.fold_data import FoldData
 from segflow.input_size import Size, as_size
 from segflow.settings import ModelSettings
-from segflow.splits import FoldData
 
 
 @dataclass

@@ -83,7 +83,8 @@ class ImageScores:
 def self_confidence_sums(
     label: np.ndarray, probabilities: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(sum of p_k over the pixels labelled k, their count) per class k, for class_thresholds."""
+    """(sum of p_k over the pixels labelled k, their count) per class k (for clean's
+    self_confidence_thresholds)."""
     n_classes = probabilities.shape[0]
     labelled = label != IGNORE_INDEX
     own = np.take_along_axis(

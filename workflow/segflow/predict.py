@@ -29,6 +29,7 @@ import ttach as tta
 from segflow.checkpoints import load_checkpoint, trained_input_size
 from segflow.data import SegmentationDataset, eval_transform, make_loader
 from segflow.device import DeviceError, select_device
+from segflow.fold_data import ALL_FOLDS, fold_split, parse_fold
 from segflow.images import image_files
 from segflow.input_size import (
     Size,
@@ -46,7 +47,6 @@ from segflow.runtime import (
     to_device,
 )
 from segflow.sliding_window import sliding_window
-from segflow.splits import ALL_FOLDS, fold_split, parse_fold
 
 TTA_MODES = ("none", "hflip", "d4", "multiscale")
 MULTISCALE = (0.75, 1.0, 1.25)

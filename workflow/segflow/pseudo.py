@@ -48,7 +48,7 @@ class PseudoError(ValueError):
     """Pseudo-label inputs that do not fit together."""
 
 
-def class_thresholds(confidence: float | dict, classes: list[str]) -> np.ndarray:
+def confidence_thresholds(confidence: float | dict, classes: list[str]) -> np.ndarray:
     """Per-class confidence thresholds from a number or {class name: threshold, default: t}."""
     if not isinstance(confidence, dict):
         return np.full(len(classes), float(confidence))
@@ -121,7 +121,7 @@ def pseudo_labels(
     figure_out: str | Path,
 ) -> dict:
     """Write the pseudo-label masks of the test images; see module doc."""
-    confidence = class_thresholds(settings.confidence, classes)
+    confidence = confidence_thresholds(settings.confidence, classes)
     min_coverage = settings.min_coverage
     try:
         probabilities, ids = read_probability_set(test_npy)

@@ -19,12 +19,12 @@ import torch
 from segflow.averaging import WeightAverage, cpu_state
 from segflow.checkpoints import load_training_state, save_training_state
 from segflow.class_balance import class_image_shares
+from segflow.fold_data import FoldData
 from segflow.fold_loaders import FoldLoaders
 from segflow.mixing import BatchMixer, rare_class_weights
 from segflow.optim import LrSchedule, create_optimizer
 from segflow.runtime import global_random_state, set_global_random_state
 from segflow.settings import ModelSettings
-from segflow.splits import FoldData
 from segflow.tables import object_class_presence
 
 

@@ -174,6 +174,11 @@ class WandbSettings(Settings):
     dir: str
 
 
+# The kinds of label error the demo injects (segflow.demo) and whose detection
+# segflow.demo_noise_score scores, one kind per noisy image, in turn.
+DEMO_NOISE_KINDS = ("class_swap", "missing", "shifted", "bloated")
+
+
 @dataclass(frozen=True)
 class DemoSettings(Settings):
     seed: int

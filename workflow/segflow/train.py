@@ -4,7 +4,7 @@
 optimizer), loop over epochs (segflow.passes: one training pass, one validation pass),
 keep the best or the averaged weights, write. Everything the loop changes lives in one
 segflow.run_state.RunState, which is also exactly what a killed job's rerun resumes
-from. Which images and labels a fold job of a round sees is segflow.splits' business;
+from. Which images and labels a fold job of a round sees is segflow.fold_data's business;
 wandb tracking is segflow.tracking's; the live progress.json and curves.png are
 segflow.progress's.
 
@@ -33,6 +33,15 @@ from segflow.checkpoints import RESUME_FILE, load_state, save_checkpoint
 from segflow.data import image_sizes
 from segflow.device import DeviceError, select_device
 from segflow.epoch import Job, new_job, run_epoch
+from segflow.fold_data import (
+    ALL_FOLDS,
+    FoldData,
+    RoundLabels,
+    fold_data,
+    kept_pseudo_images,
+    label_changes,
+    parse_fold,
+)
 from segflow.fold_loaders import FoldLoaders, fold_loaders
 from segflow.input_size import model_input_size
 from segflow.io import read_ids, write_json, write_table
@@ -45,15 +54,6 @@ from segflow.runtime import (
     set_threads,
 )
 from segflow.settings import ModelSettings, WandbSettings
-from segflow.splits import (
-    ALL_FOLDS,
-    FoldData,
-    RoundLabels,
-    fold_data,
-    kept_pseudo_images,
-    label_changes,
-    parse_fold,
-)
 from segflow.step_cli import arg, run_step
 from segflow.tracking import finish_tracking, log_epoch, log_images, start_tracking
 

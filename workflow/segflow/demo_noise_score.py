@@ -24,8 +24,8 @@ import pandas as pd
 
 from segflow.coco import read_json
 from segflow.io import write_json
+from segflow.settings import DEMO_NOISE_KINDS
 
-KINDS = ("class_swap", "missing", "shifted", "bloated")
 BOX_OVERLAP = 0.3
 
 
@@ -57,7 +57,7 @@ def image_detection(
     result = {
         "all": precision_recall_f1(len(flagged & set(noisy)), len(flagged), len(noisy))
     }
-    for kind in KINDS:
+    for kind in DEMO_NOISE_KINDS:
         positives = {i for i, k in noisy.items() if k == kind}
         tp = len(flagged & positives)
         result[kind] = precision_recall_f1(tp, tp + false_positives, len(positives))
@@ -112,7 +112,7 @@ def annotation_detection(
             sum(found.values()), sum(found.values()) + false_positives, len(manifest)
         )
     }
-    for kind in KINDS:
+    for kind in DEMO_NOISE_KINDS:
         ids = manifest.loc[manifest["kind"] == kind, "annotation_id"].astype(int)
         tp = sum(found.get(int(a), False) for a in ids)
         result[kind] = precision_recall_f1(tp, tp + false_positives, len(ids))
