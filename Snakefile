@@ -20,7 +20,7 @@ include: "workflow/rules/common.smk"
 wildcard_constraints:
     round="|".join([*ROUNDS, MATCHED]),
     model="|".join(MODELS),
-    fold=rf"\d+|{FULL}",
+    fold=rf"f\d+|{FULL}",
     ensemble=r"ensemble|r\d+/ensemble",
     seed=r"\d+",
 

@@ -141,7 +141,7 @@ def start_up_seconds(config, model_name, results: Path, threads: int) -> dict:
             "--classes",
             json.dumps(config["classes"]),
             "--fold",
-            "0",
+            "f0",
             "--seed",
             "0",
             "--model-out",

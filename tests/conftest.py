@@ -416,5 +416,7 @@ def tiny_relabel_run(tiny_run, tmp_path_factory):
     """Cleaning with ``relabel``: flagged regions take the confident OOF class. Only
     fpn's round-r1 models are trained: they are what the relabel test reads (the run to
     the submission is the ``ignore`` run's, and costs as much again)."""
-    targets = [f"results/r1/train/fpn/f{fold}-s0/model.pt" for fold in (0, 1, "all")]
+    targets = [
+        f"results/r1/train/fpn/{fold}-s0/model.pt" for fold in ("f0", "f1", "full")
+    ]
     return cleaning_run(tiny_run, tmp_path_factory, "relabel", targets)

@@ -40,7 +40,7 @@ def member_files(results, member):
     return {
         "oof": [str(predict / f"f{fold}-{seed}" / "oof.npy") for fold in (0, 1)],
         "test": [str(predict / f"f{fold}-{seed}" / "test.npy") for fold in (0, 1)],
-        "full": [str(predict / f"fall-{seed}" / "test.npy")],
+        "full": [str(predict / f"full-{seed}" / "test.npy")],
     }
 
 
@@ -126,7 +126,7 @@ def test_the_demo_scores_are_recomputed_from_the_submission_and_the_truth(
     # submission is.
     model = next(iter(config["models"]))
     full_fit = probabilities_by_id(
-        [results / "r0" / "predict" / model / "fall-s0" / "test.npy"]
+        [results / "r0" / "predict" / model / "full-s0" / "test.npy"]
     )
     baseline = reference_miou(
         np.stack([truth[i] for i in ids]),
@@ -189,8 +189,8 @@ def test_round_r1_is_built_from_round_r0(tiny_clean_run):
     clean = json.loads((results / "clean" / "summary.json").read_text())
     assert clean["sources"] == ["r0/ensemble"]
     for model in TINY_MODELS:
-        for fold in (0, 1, "all"):
-            run = f"{model}/f{fold}-s0"
+        for fold in ("f0", "f1", "full"):
+            run = f"{model}/{fold}-s0"
             metrics = json.loads(
                 (results / "r1" / "train" / run / "metrics.json").read_text()
             )

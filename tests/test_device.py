@@ -228,7 +228,7 @@ def test_a_training_job_with_device_cuda_and_no_gpu_stops_in_one_line(
         "--classes",
         json.dumps(CLASSES),
     ]
-    argv += ["--fold", "0", "--seed", "0", "--threads", "1", "--name", "fpn/f0-s0"]
+    argv += ["--fold", "f0", "--seed", "0", "--threads", "1", "--name", "fpn/f0-s0"]
     argv += ["--wandb", json.dumps({"mode": "disabled", "project": "p", "dir": "w"})]
     for name in ("model.pt", "history.csv", "metrics.json"):
         argv += [f"--{name.split('.')[0]}-out", str(out / name)]

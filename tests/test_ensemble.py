@@ -256,7 +256,7 @@ def test_a_full_fit_enters_the_test_probabilities_at_its_documented_share(
     with_full = {}
     for name, files in members.items():
         # The full fit of each member: its second fold model's test set, stored again.
-        full = root / "predict" / name / "fall-s0"
+        full = root / "predict" / name / "full-s0"
         full.mkdir()
         stored = np.load(files["test"][1])
         np.save(full / "test.npy", 255 - stored)  # far from the folds' mean

@@ -50,7 +50,7 @@ def test_the_leaderboard_ranks_every_model_seed_round_and_ensemble(tiny_run):
         assert row["fold_miou_mean"] == pytest.approx(np.mean(fold_mious))
         assert row["fold_miou_std"] == pytest.approx(np.std(fold_mious))
         assert row["folds"] == len(fold_mious) and row["seed"] == 0
-        full_fit = read_json(results / "r0/train" / model / "fall-s0" / "metrics.json")
+        full_fit = read_json(results / "r0/train" / model / "full-s0" / "metrics.json")
         assert row["train_seconds"] == pytest.approx(
             sum(m["seconds"] for m in folds) + full_fit["seconds"]
         )

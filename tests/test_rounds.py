@@ -31,7 +31,7 @@ def test_the_full_fit_trains_on_every_labelled_image_and_predicts_no_oof(
 ):
     metrics = train_fold(tiny_dataset, tmp_path / "train", fold=None)
     labelled = labelled_count(tiny_dataset)
-    assert metrics["fold"] == "all" and metrics["val_images"] == 0
+    assert metrics["fold"] == "full" and metrics["val_images"] == 0
     assert metrics["train_images"] == labelled and metrics["val_miou"] is None
     assert metrics["best_epoch"] == metrics["epochs"]  # the last epoch is kept
     out = predict_fold(

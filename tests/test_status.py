@@ -88,7 +88,7 @@ def mid_run(tiny_run, tmp_path_factory):
     models = sorted(p.name for p in train_dir.iterdir())
     running, stopped = (
         train_dir / models[0] / "f1-s0",
-        train_dir / models[0] / "fall-s0",
+        train_dir / models[0] / "full-s0",
     )
     for job_dir in [running, stopped, *(train_dir / models[1]).iterdir()]:
         unfinish(job_dir)
@@ -106,7 +106,7 @@ def mid_run(tiny_run, tmp_path_factory):
     write_progress(running, Progress(run="r0/a/f1-s0", epochs=3, history=rows))
     write_progress(
         stopped,
-        Progress(run="r0/a/fall-s0", epochs=1, history=[], pid=finished_process_pid()),
+        Progress(run="r0/a/full-s0", epochs=1, history=[], pid=finished_process_pid()),
     )
     return workdir, models
 
@@ -118,7 +118,7 @@ def test_status_reads_each_jobs_state_from_the_plan_and_its_files(mid_run):
     )
     jobs = {job.name: job for job in run_status(summary, dry_run, workdir)}
     first, second = models
-    assert set(jobs) == {f"r0/{m}/{f}-s0" for m in models for f in ("f0", "f1", "fall")}
+    assert set(jobs) == {f"r0/{m}/{f}-s0" for m in models for f in ("f0", "f1", "full")}
     done = jobs[f"r0/{first}/f0-s0"]
     metrics = json.loads(
         (workdir / f"results/r0/train/{first}/f0-s0/metrics.json").read_text()
@@ -129,8 +129,8 @@ def test_status_reads_each_jobs_state_from_the_plan_and_its_files(mid_run):
     running = jobs[f"r0/{first}/f1-s0"]
     assert (running.state, running.epoch, running.epochs) == ("running", 2, 3)
     assert (running.val_miou, running.images_per_s) == (pytest.approx(0.2), 22.0)
-    assert jobs[f"r0/{first}/fall-s0"].state == "stopped"
-    waiting = [jobs[f"r0/{second}/{f}-s0"] for f in ("f0", "f1", "fall")]
+    assert jobs[f"r0/{first}/full-s0"].state == "stopped"
+    waiting = [jobs[f"r0/{second}/{f}-s0"] for f in ("f0", "f1", "full")]
     # The tiny run's debug sample trains 1 epoch: the dry run's commands say so.
     assert [(j.state, j.epoch, j.epochs) for j in waiting] == [("waiting", 0, 1)] * 3
 
@@ -156,10 +156,10 @@ def test_the_status_command_prints_progress_counts_and_time_left(mid_run):
     lines = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line}
     first, second = models
     assert lines[f"r0/{first}/f1-s0"][1:] == ["running", "2/3", "0.2000", "22.0", "3s"]
-    assert lines[f"r0/{first}/fall-s0"][1:3] == ["stopped", "0/1"]
+    assert lines[f"r0/{first}/full-s0"][1:3] == ["stopped", "0/1"]
     assert lines[f"r0/{second}/f0-s0"][1:3] == ["waiting", "0/1"]
     assert "training jobs: 6; 1 done, 1 running, 3 waiting, 1 stopped" in done.stdout
-    assert f"stopped (process gone, outputs missing): r0/{first}/fall-s0" in done.stdout
+    assert f"stopped (process gone, outputs missing): r0/{first}/full-s0" in done.stdout
 
 
 def test_time_left_uses_each_jobs_own_pace_then_its_models():

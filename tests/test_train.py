@@ -499,3 +499,15 @@ def test_an_epoch_is_kept_only_when_it_validates_better():
     full_fit = RunState(model, None, None, None, None, NoAverage(), None)
     assert full_fit.keep_if_best(1, {}) and full_fit.keep_if_best(2, {})
     assert full_fit.best == {"epoch": 2, "val_miou": None}
+
+
+def test_folds_are_named_f_number_and_the_full_fit_full():
+    """Job folders and --fold: f0, f1, ... and full; anything else is refused."""
+    from segflow.fold_data import fold_name, parse_fold
+
+    assert [fold_name(f) for f in (0, 3, 12, None)] == ["f0", "f3", "f12", "full"]
+    for fold in (0, 3, 12, None):
+        assert parse_fold(fold_name(fold)) == fold
+    for bad in ("3", "all", "fall", "f", "f-1", "F3"):
+        with pytest.raises(ValueError, match="f<number>"):
+            parse_fold(bad)

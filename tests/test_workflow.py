@@ -19,6 +19,7 @@ from conftest import (
     write_coco,
     write_config,
 )
+from segflow.fold_data import fold_name
 from stage_files import label_reader, oof_miou, read_mask
 
 # Tests that name models fix them, whatever config.yaml's default models are.
@@ -165,7 +166,7 @@ def test_dry_run_of_the_default_config_runs_every_stage(tmp_path):
     }
     model = next(iter(config["models"]))
     assert f"output: results/r1/train/{model}/f0-s0/model.pt" in output
-    assert f"output: results/r0/train/{model}/fall-s0/model.pt" in output
+    assert f"output: results/r0/train/{model}/full-s0/model.pt" in output
     assert f"--init results/r0/train/{model}/f0-s0/model.pt" in output  # warm start
     assert "--labels results/r1/ensemble/test_labels.npy" in output  # r1 submits
 
@@ -514,7 +515,7 @@ def test_long_steps_write_their_progress_into_their_logs(tiny_run):
         "index/train.log": "index train: 24/24 images",  # every image opened
         "index/test.log": "index test: 6/6 images",
         "r0/predict/fpn/f0-s0.log": "predict test.npy: 6/6 images",
-        "r0/predict/fpn/fall-s0.log": "predict test.npy: 6/6 images",
+        "r0/predict/fpn/full-s0.log": "predict test.npy: 6/6 images",
         "r0/ensemble.log": "ensemble test.npy: 6/6 images",
     }
     for log, line in expected.items():
@@ -768,8 +769,8 @@ def test_tiny_clean_run_trains_r1_on_the_cleaned_labels(tiny_clean_run):
     assert len(list((results / "pseudo" / "r1" / "masks").glob("*.png"))) == n_pseudo
     ignored = []
     for model in TINY_MODELS:
-        for fold in (0, 1, "all"):
-            run = f"{model}/f{fold}-s0"
+        for fold in (0, 1, None):
+            run = f"{model}/{fold_name(fold)}-s0"
             r0 = json.loads(
                 (results / "r0" / "train" / run / "metrics.json").read_text()
             )
@@ -777,13 +778,13 @@ def test_tiny_clean_run_trains_r1_on_the_cleaned_labels(tiny_clean_run):
                 (results / "r1" / "train" / run / "metrics.json").read_text()
             )
             assert r0["train_label_changes"] == {"ignored": 0.0, "relabelled": 0.0}
-            trained = [i for i in folds.index if fold == "all" or folds[i] != fold]
+            trained = [i for i in folds.index if fold is None or folds[i] != fold]
             expected = label_changes_from_files(results, images, trained)
             assert r1["train_label_changes"] == pytest.approx(expected)
             ignored.append(expected["ignored"])
             assert r1["train_images"] == len(trained) and r1["dropped_images"] == 0
             assert r1["pseudo_images"] == n_pseudo > 0
-            if fold != "all":
+            if fold is not None:
                 assert r1["val_images"] == 8  # every labelled image of the fold
     assert max(ignored) > 0
     for model in TINY_MODELS:
@@ -825,13 +826,18 @@ def test_tiny_relabel_run_trains_r1_on_the_relabelled_masks(tiny_relabel_run):
     images = pd.read_parquet(results / "data" / "images.parquet").set_index("image_id")
     folds = pd.read_csv(results / "folds" / "folds.csv").set_index("image_id")["fold"]
     shares = []
-    for fold in (0, 1, "all"):
+    for fold in (0, 1, None):
         r1 = json.loads(
             (
-                results / "r1" / "train" / "fpn" / f"f{fold}-s0" / "metrics.json"
+                results
+                / "r1"
+                / "train"
+                / "fpn"
+                / f"{fold_name(fold)}-s0"
+                / "metrics.json"
             ).read_text()
         )
-        trained = [i for i in folds.index if fold == "all" or folds[i] != fold]
+        trained = [i for i in folds.index if fold is None or folds[i] != fold]
         expected = label_changes_from_files(results, images, trained)
         assert r1["train_label_changes"] == pytest.approx(expected)
         shares.append(expected["relabelled"])

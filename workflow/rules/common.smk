@@ -26,7 +26,8 @@ for variable, first in (
 
 from segflow.coco import DataError
 from segflow.probabilities import ids_path
-from segflow.fold_data import ALL_FOLDS as FULL
+from segflow.fold_data import FULL_FIT as FULL
+from segflow.fold_data import fold_name, parse_fold
 from segflow.weights_cache import is_local
 from segflow.settings import (
     DEMO_ROOT,
@@ -102,9 +103,13 @@ def debug_sample():
 MODELS = sorted(config["models"])
 SEEDS = config["cv"]["seeds"]
 # holdout validates one fold only; its other images (fold -1) are always trained on.
-FOLDS = (
-    [0] if config["cv"]["method"] == "holdout" else list(range(config["cv"]["folds"]))
-)
+# Folds as job folders and --fold name them: f0, f1, ... (and full, the full fit).
+FOLDS = [
+    fold_name(fold)
+    for fold in (
+        [0] if config["cv"]["method"] == "holdout" else range(config["cv"]["folds"])
+    )
+]
 
 
 # cv.full_fit: every model x seed of every round is also fitted on all labelled images.
@@ -151,7 +156,7 @@ def oof_runs(wildcards):
     return json.dumps(
         [
             {
-                "fold": fold,
+                "fold": parse_fold(fold),
                 "seed": seed,
                 "oof": expand(
                     rules.predict.output.oof,

@@ -5,14 +5,14 @@ rule predict:
         images=rules.index.output.images,
         folds=rules.folds.output.folds,
     output:
-        oof="results/{round}/predict/{model}/f{fold}-s{seed}/oof.npy",
-        oof_ids="results/{round}/predict/{model}/f{fold}-s{seed}/oof_ids.txt",
-        test="results/{round}/predict/{model}/f{fold}-s{seed}/test.npy",
-        test_ids="results/{round}/predict/{model}/f{fold}-s{seed}/test_ids.txt",
+        oof="results/{round}/predict/{model}/{fold}-s{seed}/oof.npy",
+        oof_ids="results/{round}/predict/{model}/{fold}-s{seed}/oof_ids.txt",
+        test="results/{round}/predict/{model}/{fold}-s{seed}/test.npy",
+        test_ids="results/{round}/predict/{model}/{fold}-s{seed}/test_ids.txt",
     log:
-        "results/logs/{round}/predict/{model}/f{fold}-s{seed}.log",
+        "results/logs/{round}/predict/{model}/{fold}-s{seed}.log",
     benchmark:
-        "results/benchmarks/{round}/predict/{model}/f{fold}-s{seed}.tsv"
+        "results/benchmarks/{round}/predict/{model}/{fold}-s{seed}.tsv"
     conda:
         ENV
     threads: config["threads"]["predict"]

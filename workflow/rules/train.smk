@@ -7,13 +7,13 @@ rule train:
         folds=rules.folds.output.folds,
         encoder_weights=encoder_weights_file,
     output:
-        model="results/{round}/train/{model}/f{fold}-s{seed}/model.pt",
-        history="results/{round}/train/{model}/f{fold}-s{seed}/history.csv",
-        metrics="results/{round}/train/{model}/f{fold}-s{seed}/metrics.json",
+        model="results/{round}/train/{model}/{fold}-s{seed}/model.pt",
+        history="results/{round}/train/{model}/{fold}-s{seed}/history.csv",
+        metrics="results/{round}/train/{model}/{fold}-s{seed}/metrics.json",
     log:
-        "results/logs/{round}/train/{model}/f{fold}-s{seed}.log",
+        "results/logs/{round}/train/{model}/{fold}-s{seed}.log",
     benchmark:
-        "results/benchmarks/{round}/train/{model}/f{fold}-s{seed}.tsv"
+        "results/benchmarks/{round}/train/{model}/{fold}-s{seed}.tsv"
     conda:
         ENV
     threads: config["threads"]["train"]
@@ -33,5 +33,5 @@ rule train:
         " --classes {params.classes:q} --fold {wildcards.fold} --seed {wildcards.seed}"
         " --model-out {output.model} --history-out {output.history}"
         " --metrics-out {output.metrics} --threads {threads} --wandb {params.wandb:q}"
-        " --name {wildcards.round}/{wildcards.model}/f{wildcards.fold}-s{wildcards.seed}"
+        " --name {wildcards.round}/{wildcards.model}/{wildcards.fold}-s{wildcards.seed}"
         " {params.round_args} > {log} 2>&1"

@@ -7,12 +7,14 @@ test images, masks in ``pseudo_masks_dir``). Validation always scores the ORIGIN
 labels of every labelled image of the fold, so OOF numbers compare between rounds; with
 cleaned labels, they are scored beside (``val_cleaned_masks``).
 
-The full fit (fold ``ALL_FOLDS``, ``None`` in Python) trains on every labelled image
-and validates on none: it has no OOF, only test predictions.
+The full fit (fold ``FULL_FIT``, ``None`` in Python) trains on every labelled image
+and validates on none: it has no OOF, only test predictions. A job's folder and its
+``--fold`` name the fold as :func:`fold_name` does: ``f3-s0``, ``full-s0``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +23,23 @@ import pandas as pd
 from segflow.images import ImageFile, image_files
 from segflow.labels import IGNORE_INDEX, mask_file, read_label
 
-ALL_FOLDS = "all"  # the fold name of the full fit, in paths and on the command line
+FULL_FIT = (
+    "full"  # the full fit's fold: in job folders, on the command line, in metrics
+)
+
+
+def fold_name(fold: int | None) -> str:
+    """How paths and command lines name a fold: ``f3``, or ``full`` for the full fit."""
+    return FULL_FIT if fold is None else f"f{fold}"
 
 
 def parse_fold(text: str) -> int | None:
-    """``"3"`` -> 3; ``"all"`` -> None (the full fit)."""
-    return None if text == ALL_FOLDS else int(text)
+    """``"f3"`` -> 3; ``"full"`` -> None (the full fit)."""
+    if text == FULL_FIT:
+        return None
+    if re.fullmatch(r"f\d+", text):
+        return int(text[1:])
+    raise ValueError(f"fold {text!r}: f<number> (f0, f1, ...) or {FULL_FIT}")
 
 
 @dataclass(frozen=True)

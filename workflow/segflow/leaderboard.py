@@ -52,7 +52,7 @@ def leaderboard_table(
     """One row per model x seed x round and per ensemble, best OOF mIoU first.
 
     ``runs``: {"round", "model", "oof": oof_score JSON, "jobs": [{"fold", "seed",
-    "metrics"}]} (the full fit among the jobs, fold "all"); ``summaries``: ensemble
+    "metrics"}]} (the full fit among the jobs, fold "full"); ``summaries``: ensemble
     name -> its summary.json's content."""
     rows = []
     for run in runs:
@@ -374,7 +374,7 @@ def leaderboard(
     with atomic_dir(outputs["curves"]) as curves_dir:
         for run in runs:
             histories = {
-                f"f{job['fold']} s{job['seed']}": pd.read_csv(job["history"]).to_dict(
+                f"{job['fold']} s{job['seed']}": pd.read_csv(job["history"]).to_dict(
                     "records"
                 )
                 for job in run["jobs"]

@@ -29,7 +29,7 @@ import ttach as tta
 from segflow.checkpoints import load_checkpoint, trained_input_size
 from segflow.data import SegmentationDataset, eval_transform, make_loader
 from segflow.device import DeviceError, select_device
-from segflow.fold_data import ALL_FOLDS, fold_split, parse_fold
+from segflow.fold_data import FULL_FIT, fold_split, parse_fold
 from segflow.images import image_files
 from segflow.input_size import (
     Size,
@@ -207,7 +207,10 @@ def main(argv=None) -> None:
     parser.add_argument("--folds", required=True)
     parser.add_argument("--image-root", required=True)
     parser.add_argument(
-        "--fold", type=parse_fold, required=True, help=f"a fold, or {ALL_FOLDS}"
+        "--fold",
+        type=parse_fold,
+        required=True,
+        help=f"a fold (f0, f1, ...), or {FULL_FIT}",
     )
     parser.add_argument(
         "--size",

@@ -34,7 +34,7 @@ from segflow.data import image_sizes
 from segflow.device import DeviceError, select_device
 from segflow.epoch import Job, new_job, run_epoch
 from segflow.fold_data import (
-    ALL_FOLDS,
+    FULL_FIT,
     FoldData,
     RoundLabels,
     fold_data,
@@ -94,7 +94,7 @@ class TrainArgs:
     masks_dir: Path = arg("the index's masks")
     image_root: Path = arg("the folder image file names are relative to")
     classes: list[str] = arg("JSON list of class names", parse=json.loads)
-    fold: int | None = arg(f"a fold, or {ALL_FOLDS}", parse=parse_fold)
+    fold: int | None = arg(f"a fold (f0, f1, ...), or {FULL_FIT}", parse=parse_fold)
     seed: int = arg("the run's seed")
     model_out: Path = arg("model.pt")
     history_out: Path = arg("history.csv")
@@ -303,7 +303,7 @@ def run_metrics(args: TrainArgs, best, state: RunState, job: Job, data) -> dict:
     history, init = state.history, args.init
     return {
         "model": args.run_name,
-        "fold": ALL_FOLDS if args.fold is None else args.fold,
+        "fold": FULL_FIT if args.fold is None else args.fold,
         "seed": args.seed,
         "best_epoch": best["epoch"],
         "averaging": job.settings.averaging,
