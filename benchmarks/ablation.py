@@ -49,7 +49,7 @@ from segflow.postprocess import (  # noqa: E402
     remove_small_components,
     tune_min_areas,
 )
-from segflow.predict import predict  # noqa: E402
+from segflow.predict import PredictArgs, predict  # noqa: E402
 from segflow.probabilities import MemberProbabilities  # noqa: E402
 from segflow.settings import (  # noqa: E402
     data_paths,
@@ -138,18 +138,20 @@ def run_job(config: dict, work: Path, row: str, seed: int) -> dict:
     job_seconds = time.perf_counter() - started
     started = time.perf_counter()
     predict(
-        model_path=job / "model.pt",
-        images_path=results / "data/images.parquet",
-        folds_path=results / "folds/folds.csv",
-        image_root=work / paths.root,
-        fold=FOLD,
-        size=SIZE,
-        tta_mode=prediction_tta(config, name),
-        batch_size=16,
-        oof_out=job / "oof.npy",
-        test_out=job / "test.npy",
-        threads=2,
-        window_overlap=prediction_overlap(config, name),
+        PredictArgs(
+            model_path=job / "model.pt",
+            images_path=results / "data/images.parquet",
+            folds_path=results / "folds/folds.csv",
+            image_root=work / paths.root,
+            fold=FOLD,
+            size=SIZE,
+            tta_mode=prediction_tta(config, name),
+            batch_size=16,
+            oof_out=job / "oof.npy",
+            test_out=job / "test.npy",
+            threads=2,
+            window_overlap=prediction_overlap(config, name),
+        )
     )
     scores = score(config, work, job, None)
     return {

@@ -37,7 +37,7 @@ from ablation import prepare  # noqa: E402  (the same work folder: demo data, fo
 
 from segflow.demo_score import truth_labels  # noqa: E402
 from segflow.metrics import confusion_matrix, mean_iou  # noqa: E402
-from segflow.predict import predict  # noqa: E402
+from segflow.predict import PredictArgs, predict  # noqa: E402
 from segflow.probabilities import MemberProbabilities  # noqa: E402
 from segflow.settings import (  # noqa: E402
     data_paths,
@@ -93,18 +93,20 @@ def run_job(config: dict, work: Path, row: str, epochs: int, seed: int) -> dict:
     seconds = time.perf_counter() - started
     size = prediction_size(config)
     predict(
-        model_path=job / "model.pt",
-        images_path=results / "data/images.parquet",
-        folds_path=results / "folds/folds.csv",
-        image_root=root,
-        fold=None,
-        size=size,
-        tta_mode=prediction_tta(config, name),
-        batch_size=16,
-        oof_out=job / "oof.npy",
-        test_out=job / "test.npy",
-        threads=2,
-        window_overlap=0.5,
+        PredictArgs(
+            model_path=job / "model.pt",
+            images_path=results / "data/images.parquet",
+            folds_path=results / "folds/folds.csv",
+            image_root=root,
+            fold=None,
+            size=size,
+            tta_mode=prediction_tta(config, name),
+            batch_size=16,
+            oof_out=job / "oof.npy",
+            test_out=job / "test.npy",
+            threads=2,
+            window_overlap=0.5,
+        )
     )
     stored = MemberProbabilities("test", [job / "test.npy"], "test")
     ids = sorted(stored.rows)

@@ -305,22 +305,24 @@ def predict_fold(
     tiny_dataset, model_path, out_dir, *, fold=0, size=48, tta="hflip", overlap=0.5
 ):
     """segflow.predict.predict into ``out_dir``: oof.npy and test.npy with their ids."""
-    from segflow.predict import predict
+    from segflow.predict import PredictArgs, predict
 
     out_dir = Path(out_dir)
     predict(
-        model_path=model_path,
-        images_path=tiny_dataset["images"],
-        folds_path=tiny_dataset["folds"],
-        image_root=tiny_dataset["root"],
-        fold=fold,
-        size=size,
-        tta_mode=tta,
-        batch_size=4,
-        oof_out=out_dir / "oof.npy",
-        test_out=out_dir / "test.npy",
-        threads=2,
-        window_overlap=overlap,
+        PredictArgs(
+            model_path=model_path,
+            images_path=tiny_dataset["images"],
+            folds_path=tiny_dataset["folds"],
+            image_root=tiny_dataset["root"],
+            fold=fold,
+            size=size,
+            tta_mode=tta,
+            batch_size=4,
+            oof_out=out_dir / "oof.npy",
+            test_out=out_dir / "test.npy",
+            threads=2,
+            window_overlap=overlap,
+        )
     )
     return out_dir
 

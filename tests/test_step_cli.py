@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from segflow.predict import PredictArgs
 from segflow.settings import ModelSettings
 from segflow.step_cli import arg, command_line, flag_of, parse_declared, run_step
 from segflow.train import TrainArgs
@@ -98,25 +99,41 @@ def test_run_step_turns_an_expected_error_into_one_line():
         run_step(failing, Example, argv, "e", (ValueError,))
 
 
-def test_the_train_rule_passes_exactly_flags_the_train_step_declares():
-    """The rule's shell text and the round arguments (common.smk's
-    round_training_args) against TrainArgs: every flag passed is declared, every
-    required flag is passed, and every declared later-round flag is passed by some
-    round."""
-    rules = (REPO / "workflow" / "rules" / "train.smk").read_text()
-    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
-    shell = rules[rules.index("python -m segflow.train") :]
+def rule_flags(rule_file: str, step: str) -> set[str]:
+    """The flags a rule file's shell command passes to ``python -m segflow.<step>``."""
+    text = (REPO / "workflow" / "rules" / rule_file).read_text()
+    shell = text[text.index(f"python -m segflow.{step}") :]
     shell = shell[: shell.index("> {log}")]
+    return set(re.findall(r"(--[a-z][a-z-]*)", shell))
+
+
+def required_flags(declared) -> set[str]:
+    return {
+        flag_of(f)
+        for f in fields(declared)
+        if f.default is MISSING and f.default_factory is MISSING
+    }
+
+
+@pytest.mark.parametrize(
+    "rule_file, step, declared",
+    [("train.smk", "train", TrainArgs), ("predict.smk", "predict", PredictArgs)],
+)
+def test_a_rule_passes_exactly_flags_its_step_declares(rule_file, step, declared):
+    """Every flag the rule passes is declared, every required flag is passed."""
+    passed = rule_flags(rule_file, step)
+    assert passed - {flag_of(f) for f in fields(declared)} == set()
+    assert required_flags(declared) <= passed
+
+
+def test_the_round_arguments_are_declared_by_the_train_step():
+    """common.smk's round_training_args (the later rounds' flags) against TrainArgs:
+    each is declared, and every declared later-round flag is passed by some round."""
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
     round_args = common[common.index("def round_training_args") :]
     round_args = round_args[: round_args.index("return")]
-    flag = r"(--[a-z][a-z-]*)"
-    passed = set(re.findall(flag, shell)) | set(re.findall(flag, round_args))
+    passed = set(re.findall(r"(--[a-z][a-z-]*)", round_args))
     declared = {flag_of(f): f for f in fields(TrainArgs)}
-    required = {
-        name
-        for name, field in declared.items()
-        if field.default is MISSING and field.default_factory is MISSING
-    }
     assert passed - set(declared) == set()
-    assert required <= passed
-    assert {flag_of(f) for f in fields(TrainArgs) if f.metadata["group"]} <= passed
+    later = {flag for flag, f in declared.items() if f.metadata["group"]}
+    assert later <= passed

@@ -17,8 +17,7 @@ grow with the number of images.
 
 from __future__ import annotations
 
-import argparse
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -47,6 +46,7 @@ from segflow.runtime import (
     to_device,
 )
 from segflow.sliding_window import sliding_window
+from segflow.step_cli import arg, run_step
 
 TTA_MODES = ("none", "hflip", "d4", "multiscale")
 MULTISCALE = (0.75, 1.0, 1.25)
@@ -131,35 +131,45 @@ def write_probabilities(
                 progress.update(len(index))
 
 
-def predict(
-    *,
-    model_path: str | Path,
-    images_path: str | Path,
-    folds_path: str | Path,
-    image_root: str | Path,
-    fold: int | None,
-    size: Size,
-    tta_mode: str,
-    batch_size: int,
-    oof_out: str | Path,
-    test_out: str | Path,
-    threads: int,
-    window_overlap: float,
-) -> None:
+@dataclass(frozen=True, kw_only=True)
+class PredictArgs:
+    """What one prediction job reads, writes and is set by (its command line:
+    segflow.step_cli)."""
+
+    model_path: Path = arg("model.pt from segflow.train", flag="--model")
+    images_path: Path = arg("images.parquet (both splits)", flag="--images")
+    folds_path: Path = arg("folds.csv", flag="--folds")
+    image_root: Path = arg("the folder image file names are relative to")
+    fold: int | None = arg(f"a fold (f0, f1, ...), or {FULL_FIT}", parse=parse_fold)
+    size: Size = arg(
+        "height x width of the stored maps (e.g. 96x128, or 96 for 96x96)",
+        parse=parse_size,
+    )
+    tta_mode: str = arg("test-time augmentation", flag="--tta", choices=TTA_MODES)
+    batch_size: int = arg("images per batch (tiles per batch with a crop)")
+    oof_out: Path = arg("oof.npy (ids written beside)")
+    test_out: Path = arg("test.npy (ids written beside)")
+    threads: int = arg("CPU threads of the job")
+    window_overlap: float = arg(
+        "tile overlap of the sliding window (models trained on crops)"
+    )
+
+
+def predict(args: PredictArgs) -> None:
     """Write the OOF set (this fold's validation images; none for the full fit, fold
     None) and the test set, at ``size`` (height, width). ``window_overlap``: of the
     sliding window's tiles, for a model trained on crops."""
-    size = as_size(size)
+    size, batch_size, fold = as_size(args.size), args.batch_size, args.fold
     device = select_device()
-    threads = set_threads(threads)
-    model, checkpoint, settings = load_checkpoint(model_path, device)
+    threads = set_threads(args.threads)
+    model, checkpoint, settings = load_checkpoint(args.model_path, device)
     n_classes = len(checkpoint["classes"])
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
     autocast = amp_autocast(device, resolve_amp(settings.amp, device))
     workers = loader_workers(settings.workers, threads, device)
 
-    images = pd.read_parquet(images_path)
+    images = pd.read_parquet(args.images_path)
     # The side the model was trained at: training derives it from the images it reads
     # (the training split alone in round r0), so deriving it here from every image
     # could give another side where the test images' sizes differ.
@@ -169,13 +179,13 @@ def predict(
     window = None
     if crop:
         # One image at a time (sizes may differ); the window batches its tiles.
-        window = (crop, window_overlap, batch_size)
+        window = (crop, args.window_overlap, batch_size)
         batch_size = 1
-    _, val_rows = fold_split(images, pd.read_csv(folds_path), fold)
+    _, val_rows = fold_split(images, pd.read_csv(args.folds_path), fold)
     test_rows = images[images["split"] == "test"].reset_index(drop=True)
-    for rows, out in ((val_rows, oof_out), (test_rows, test_out)):
+    for rows, out in ((val_rows, args.oof_out), (test_rows, args.test_out)):
         loader = make_loader(
-            SegmentationDataset(image_files(rows, image_root), None, transform),
+            SegmentationDataset(image_files(rows, args.image_root), None, transform),
             batch_size,
             shuffle=False,
             seed=0,
@@ -190,7 +200,7 @@ def predict(
             seen_at = (int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
         else:
             seen_at = size
-        wrapped = tta_model(model, tta_mode, seen_at, size_multiple(settings.arch))
+        wrapped = tta_model(model, args.tta_mode, seen_at, size_multiple(settings.arch))
         ids = rows["image_id"].tolist()
         write_probabilities(
             wrapped, loader, ids, n_classes, size, device, autocast, out, window
@@ -199,56 +209,13 @@ def predict(
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Export OOF and test probabilities of one trained model."
+    run_step(
+        predict,
+        PredictArgs,
+        argv,
+        "Export OOF and test probabilities of one trained model.",
+        (ValueError, FileNotFoundError, DeviceError),
     )
-    parser.add_argument("--model", required=True, help="model.pt from segflow.train")
-    parser.add_argument("--images", required=True)
-    parser.add_argument("--folds", required=True)
-    parser.add_argument("--image-root", required=True)
-    parser.add_argument(
-        "--fold",
-        type=parse_fold,
-        required=True,
-        help=f"a fold (f0, f1, ...), or {FULL_FIT}",
-    )
-    parser.add_argument(
-        "--size",
-        type=parse_size,
-        required=True,
-        help="height x width of the stored maps (e.g. 96x128, or 96 for 96x96)",
-    )
-    parser.add_argument("--tta", choices=TTA_MODES, required=True)
-    parser.add_argument("--batch-size", type=int, required=True)
-    parser.add_argument("--oof-out", required=True, help="oof.npy (ids written beside)")
-    parser.add_argument(
-        "--test-out", required=True, help="test.npy (ids written beside)"
-    )
-    parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument(
-        "--window-overlap",
-        type=float,
-        required=True,
-        help="tile overlap of the sliding window (models trained on crops)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        predict(
-            model_path=args.model,
-            images_path=args.images,
-            folds_path=args.folds,
-            image_root=args.image_root,
-            fold=args.fold,
-            size=args.size,
-            tta_mode=args.tta,
-            batch_size=args.batch_size,
-            oof_out=args.oof_out,
-            test_out=args.test_out,
-            threads=args.threads,
-            window_overlap=args.window_overlap,
-        )
-    except (ValueError, FileNotFoundError, DeviceError) as e:
-        sys.exit(f"ERROR: {e}")
 
 
 if __name__ == "__main__":
