@@ -16,7 +16,7 @@ import pytest
 from conftest import CLASSES
 from segflow.io import read_ids
 from segflow.labels import IGNORE_INDEX
-from segflow.oof_score import oof_score
+from segflow.oof_score import OofScoreArgs, oof_score
 from segflow.probabilities import PredictionError
 from stage_files import label_reader, oof_miou, reference_miou
 
@@ -59,15 +59,17 @@ def runs_of(dirs, folds=(0, 1)):
 
 def score(tiny_dataset, tmp_path, runs, name="x"):
     return oof_score(
-        model_name="fpn",
-        runs=runs,
-        images_path=tiny_dataset["images"],
-        folds_path=tiny_dataset["folds"],
-        masks_dir=tiny_dataset["masks"],
-        classes=CLASSES,
-        out_json=tmp_path / f"{name}.json",
-        out_csv=tmp_path / f"{name}.csv",
-        cleaned_masks_dir=None,
+        OofScoreArgs(
+            model_name="fpn",
+            runs=runs,
+            images_path=tiny_dataset["images"],
+            folds_path=tiny_dataset["folds"],
+            masks_dir=tiny_dataset["masks"],
+            classes=CLASSES,
+            out_json=tmp_path / f"{name}.json",
+            out_csv=tmp_path / f"{name}.csv",
+            cleaned_masks_dir=None,
+        )
     )
 
 
@@ -171,15 +173,17 @@ def test_a_later_round_is_also_scored_against_its_cleaned_labels(
             mask[mask > 0] = 1  # the relabel action
         cv2.imwrite(str(path), mask)
     summary = oof_score(
-        model_name="fpn",
-        runs=runs_of(oof_sets),
-        images_path=tiny_dataset["images"],
-        folds_path=tiny_dataset["folds"],
-        masks_dir=tiny_dataset["masks"],
-        classes=CLASSES,
-        out_json=tmp_path / "c.json",
-        out_csv=tmp_path / "c.csv",
-        cleaned_masks_dir=cleaned,
+        OofScoreArgs(
+            model_name="fpn",
+            runs=runs_of(oof_sets),
+            images_path=tiny_dataset["images"],
+            folds_path=tiny_dataset["folds"],
+            masks_dir=tiny_dataset["masks"],
+            classes=CLASSES,
+            out_json=tmp_path / "c.json",
+            out_csv=tmp_path / "c.csv",
+            cleaned_masks_dir=cleaned,
+        )
     )
     paths = [d / "oof.npy" for d in oof_sets]
     original = oof_miou(

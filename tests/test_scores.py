@@ -18,7 +18,7 @@ from conftest import write_coco
 from segflow.demo_score import demo_score
 from segflow.epoch import evaluate
 from segflow.labels import mask_file
-from segflow.oof_score import oof_score
+from segflow.oof_score import OofScoreArgs, oof_score
 from segflow.submission_format import HEADER, encode_mask
 
 CLASSES = ["bg", "a", "b"]
@@ -65,15 +65,17 @@ def test_oof_miou_is_one_confusion_matrix_over_the_folds(tmp_path):
         (d / "oof_ids.txt").write_text("".join(f"{ids[k]}\n" for k in rows))
         runs.append({"fold": fold, "seed": 0, "oof": str(d / "oof.npy")})
     summary = oof_score(
-        model_name="m",
-        runs=runs,
-        images_path=tmp_path / "images.parquet",
-        folds_path=tmp_path / "folds.csv",
-        masks_dir=masks,
-        classes=CLASSES,
-        out_json=tmp_path / "m.json",
-        out_csv=tmp_path / "m.csv",
-        cleaned_masks_dir=None,
+        OofScoreArgs(
+            model_name="m",
+            runs=runs,
+            images_path=tmp_path / "images.parquet",
+            folds_path=tmp_path / "folds.csv",
+            masks_dir=masks,
+            classes=CLASSES,
+            out_json=tmp_path / "m.json",
+            out_csv=tmp_path / "m.csv",
+            cleaned_masks_dir=None,
+        )
     )
     # Set: bg 32/32, a 8/16, b 0/8. Per image mean: (1 + 0.25 + 1) / 3 = 0.75.
     assert summary["miou"] == pytest.approx(SET_MIOU)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from segflow.demo_noise_score import NoiseScoreArgs
+from segflow.oof_score import OofScoreArgs
 from segflow.predict import PredictArgs
 from segflow.settings import ModelSettings
 from segflow.step_cli import arg, command_line, flag_of, parse_declared, run_step
@@ -117,7 +119,12 @@ def required_flags(declared) -> set[str]:
 
 @pytest.mark.parametrize(
     "rule_file, step, declared",
-    [("train.smk", "train", TrainArgs), ("predict.smk", "predict", PredictArgs)],
+    [
+        ("train.smk", "train", TrainArgs),
+        ("predict.smk", "predict", PredictArgs),
+        ("predict.smk", "oof_score", OofScoreArgs),
+        ("clean.smk", "demo_noise_score", NoiseScoreArgs),
+    ],
 )
 def test_a_rule_passes_exactly_flags_its_step_declares(rule_file, step, declared):
     """Every flag the rule passes is declared, every required flag is passed."""

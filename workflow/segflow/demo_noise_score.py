@@ -16,15 +16,16 @@ The demo gives each noisy image exactly one error (truth/noise.csv: image, annot
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
 from segflow.coco import read_json
 from segflow.io import write_json
 from segflow.settings import DEMO_NOISE_KINDS
+from segflow.step_cli import arg, run_step
 
 BOX_OVERLAP = 0.3
 
@@ -119,21 +120,28 @@ def annotation_detection(
     return result
 
 
-def noise_detection(
-    *,
-    flags_path: str,
-    images_path: str,
-    noise_path: str,
-    clean_truth_path: str,
-    out: str,
-) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class NoiseScoreArgs:
+    """What the demo's noise scoring reads and writes (its command line: step_cli)."""
+
+    flags_path: Path = arg("results/clean/flags.csv", flag="--flags")
+    images_path: Path = arg("results/clean/images.csv", flag="--images")
+    noise_path: Path = arg("the demo's truth/noise.csv", flag="--noise")
+    clean_truth_path: Path = arg(
+        "the demo's truth/train_all_clean.json", flag="--clean-truth"
+    )
+    out: Path = arg("noise_detection.json")
+
+
+def demo_noise_score(args: NoiseScoreArgs) -> dict:
+    flags_path, images_path = args.flags_path, args.images_path
     flags = pd.read_csv(flags_path)
     images = pd.read_csv(images_path)
-    manifest = pd.read_csv(noise_path)
+    manifest = pd.read_csv(args.noise_path)
     labelled = set(images["image_id"])
     manifest = manifest[manifest["image_id"].isin(labelled)]  # debug runs keep a sample
     true_boxes = {
-        a["id"]: a["bbox"] for a in read_json(clean_truth_path)["annotations"]
+        a["id"]: a["bbox"] for a in read_json(args.clean_truth_path)["annotations"]
     }
     flagged_images = set(images.loc[images["flagged"], "image_id"])
     result = {
@@ -143,34 +151,20 @@ def noise_detection(
         "images": image_detection(flagged_images, manifest, labelled),
         "annotations": annotation_detection(flags, manifest, true_boxes),
     }
-    write_json(result, out)
+    write_json(result, args.out)
     return result
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Score label-noise flags against the demo's injected-noise manifest."
-    )
-    parser.add_argument("--flags", required=True, help="results/clean/flags.csv")
-    parser.add_argument("--images", required=True, help="results/clean/images.csv")
-    parser.add_argument("--noise", required=True, help="demo truth/noise.csv")
-    parser.add_argument(
-        "--clean-truth", required=True, help="demo truth/train_all_clean.json"
-    )
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    try:
-        result = noise_detection(
-            flags_path=args.flags,
-            images_path=args.images,
-            noise_path=args.noise,
-            clean_truth_path=args.clean_truth,
-            out=args.out,
-        )
-    except (KeyError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"ERROR: {e}")
-    print(
-        json.dumps({level: result[level]["all"] for level in ("images", "annotations")})
+    run_step(
+        demo_noise_score,
+        NoiseScoreArgs,
+        argv,
+        "Score label-noise flags against the demo's injected-noise manifest.",
+        (KeyError, ValueError, FileNotFoundError),
+        report=lambda result: json.dumps(
+            {level: result[level]["all"] for level in ("images", "annotations")}
+        ),
     )
 
 

@@ -15,9 +15,8 @@ labels is reported beside (``miou_cleaned``).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,26 +26,37 @@ from segflow.io import write_json, write_table
 from segflow.labels import IGNORE_INDEX, read_label
 from segflow.metrics import confusion_matrix, mean_iou, per_class_iou
 from segflow.probabilities import PredictionError, read_probability_set
+from segflow.step_cli import arg, run_step
 
 CHUNK = 32  # images whose maps are in memory at once
 
 
-def oof_score(
-    *,
-    model_name: str,
-    runs: list[dict],
-    images_path: str | Path,
-    folds_path: str | Path,
-    masks_dir: str | Path,
-    classes: list[str],
-    out_json: str | Path,
-    out_csv: str | Path,
-    cleaned_masks_dir: str | Path | None,
-) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class OofScoreArgs:
+    """What one model's OOF scoring reads and writes (its command line: step_cli)."""
+
+    model_name: str = arg("the model's name in the summary")
+    runs: list[dict] = arg(
+        'JSON list of {"fold", "seed", "oof": oof.npy}', parse=json.loads
+    )
+    images_path: Path = arg("images.parquet", flag="--images")
+    folds_path: Path = arg("folds.csv", flag="--folds")
+    masks_dir: Path = arg("the index's masks")
+    classes: list[str] = arg("JSON list of class names", parse=json.loads)
+    out_json: Path = arg("the summary (JSON)")
+    out_csv: Path = arg("per-image IoU (CSV)")
+    cleaned_masks_dir: Path | None = arg(
+        "also score against these (cleaned) labels", default=None
+    )
+
+
+def oof_score(args: OofScoreArgs) -> dict:
     """Score the OOF sets of ``runs`` (each {"fold", "seed", "oof": path}); see module doc."""
+    model_name, runs, classes = args.model_name, args.runs, args.classes
+    masks_dir, cleaned_masks_dir = args.masks_dir, args.cleaned_masks_dir
     n_classes = len(classes)
-    coco_ids = pd.read_parquet(images_path).set_index("image_id")["coco_id"]
-    folds = pd.read_csv(folds_path).set_index("image_id")["fold"]
+    coco_ids = pd.read_parquet(args.images_path).set_index("image_id")["coco_id"]
+    folds = pd.read_csv(args.folds_path).set_index("image_id")["fold"]
     validated = set(folds[folds >= 0].index)
     by_seed: dict[int, list[dict]] = {}
     for run in runs:
@@ -130,42 +140,22 @@ def oof_score(
             np.mean([s["miou_cleaned"] for s in per_seed.values()])
         )
     columns = ["image_id", "fold", "seed", "iou", "pixel_accuracy"]
-    write_table(pd.DataFrame(rows, columns=columns), out_csv)
-    write_json(summary, out_json)
+    write_table(pd.DataFrame(rows, columns=columns), args.out_csv)
+    write_json(summary, args.out_json)
     return summary
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Score a model's OOF predictions.")
-    parser.add_argument("--model-name", required=True)
-    parser.add_argument(
-        "--runs", required=True, help='JSON list of {"fold", "seed", "oof": oof.npy}'
+    run_step(
+        oof_score,
+        OofScoreArgs,
+        argv,
+        "Score a model's OOF predictions.",
+        (PredictionError, FileNotFoundError),
+        report=lambda summary: json.dumps(
+            {"model": summary["model"], "miou": summary["miou"]}
+        ),
     )
-    parser.add_argument("--images", required=True)
-    parser.add_argument("--folds", required=True)
-    parser.add_argument("--masks-dir", required=True)
-    parser.add_argument("--classes", required=True, help="JSON list of class names")
-    parser.add_argument("--out-json", required=True)
-    parser.add_argument("--out-csv", required=True)
-    parser.add_argument(
-        "--cleaned-masks-dir", help="also score against these (cleaned) labels"
-    )
-    args = parser.parse_args(argv)
-    try:
-        summary = oof_score(
-            model_name=args.model_name,
-            runs=json.loads(args.runs),
-            images_path=args.images,
-            folds_path=args.folds,
-            masks_dir=args.masks_dir,
-            classes=json.loads(args.classes),
-            out_json=args.out_json,
-            out_csv=args.out_csv,
-            cleaned_masks_dir=args.cleaned_masks_dir,
-        )
-    except (PredictionError, FileNotFoundError) as e:
-        sys.exit(f"ERROR: {e}")
-    print(json.dumps({"model": summary["model"], "miou": summary["miou"]}))
 
 
 if __name__ == "__main__":

@@ -113,12 +113,20 @@ def parse_declared(declared: type, argv, description: str):
 
 
 def run_step(
-    step: Callable, declared: type, argv, description: str, errors: tuple
+    step: Callable,
+    declared: type,
+    argv,
+    description: str,
+    errors: tuple,
+    report: Callable[[object], str] | None = None,
 ) -> None:
     """Parse ``argv`` into ``declared``, run ``step`` on it; an expected error (bad
-    input, a missing file) ends the process with one ``ERROR:`` line, no traceback."""
+    input, a missing file) ends the process with one ``ERROR:`` line, no traceback.
+    ``report``: the line printed from the step's result (its log's last line)."""
     arguments = parse_declared(declared, argv, description)
     try:
-        step(arguments)
+        result = step(arguments)
     except errors as e:
         sys.exit(f"ERROR: {e}")
+    if report is not None:
+        print(report(result), flush=True)
