@@ -10,6 +10,7 @@ import pytest
 from segflow.fold_data import fold_split, pseudo_rows
 from segflow.labels import IGNORE_INDEX, mask_file
 from segflow.pseudo import (
+    PseudoArgs,
     PseudoError,
     confidence_thresholds,
     pseudo_labels,
@@ -87,14 +88,16 @@ def run_pseudo(test_set, **settings):
     settings = {"coverage": None, "min_images": 0.0, "below_min": "warn", **settings}
     out = test_set / "pseudo"
     return pseudo_labels(
-        settings=PseudoSettings(**settings),
-        test_npy=test_set / "test.npy",
-        images_path=test_set / "images.parquet",
-        classes=CLASSES,
-        images_out=out / "images.csv",
-        masks_out=out / "masks",
-        summary_out=out / "summary.json",
-        figure_out=out / "summary.png",
+        PseudoArgs(
+            settings=PseudoSettings(**settings),
+            test_npy=test_set / "test.npy",
+            images_path=test_set / "images.parquet",
+            classes=CLASSES,
+            images_out=out / "images.csv",
+            masks_out=out / "masks",
+            summary_out=out / "summary.json",
+            figure_out=out / "summary.png",
+        )
     )
 
 

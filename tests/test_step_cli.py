@@ -11,8 +11,10 @@ import pytest
 
 from conftest import REPO
 from segflow.demo_noise_score import NoiseScoreArgs
+from segflow.eda import EdaArgs
 from segflow.oof_score import OofScoreArgs
 from segflow.predict import PredictArgs
+from segflow.pseudo import PseudoArgs
 from segflow.settings import ModelSettings
 from segflow.step_cli import arg, command_line, flag_of, parse_declared, run_step
 from segflow.train import TrainArgs
@@ -124,6 +126,8 @@ def required_flags(declared) -> set[str]:
         ("predict.smk", "predict", PredictArgs),
         ("predict.smk", "oof_score", OofScoreArgs),
         ("clean.smk", "demo_noise_score", NoiseScoreArgs),
+        ("pseudo.smk", "pseudo", PseudoArgs),
+        ("eda.smk", "eda", EdaArgs),
     ],
 )
 def test_a_rule_passes_exactly_flags_its_step_declares(rule_file, step, declared):

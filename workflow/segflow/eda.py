@@ -7,8 +7,8 @@ registers them with ``report()``) and embedded in the HTML, which needs no other
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -22,6 +22,7 @@ from segflow.groups import related_images
 from segflow.images import image_file, read_rgb
 from segflow.io import atomic_dir, atomic_path, write_json
 from segflow.labels import IGNORE_INDEX, mask_file
+from segflow.step_cli import arg, run_step
 from segflow.tables import object_class_presence, pixel_columns
 from segflow.viz import class_legend, class_palette, data_uri, overlay, save_figure
 
@@ -163,30 +164,39 @@ def _reason_counts(skipped: pd.DataFrame) -> dict:
     return {str(k): int(v) for k, v in kinds.value_counts().items()}
 
 
-def make_eda(
-    images_path: str | Path,
-    annotations_path: str | Path,
-    skipped_path: str | Path,
-    masks_dir: str | Path,
-    image_root: str | Path,
-    classes: list[str],
-    *,
-    report_out: str | Path,
-    stats_out: str | Path,
-    figures_dir: str | Path,
-    gallery_size: int,
-    seed: int,
-    group_by: str | None = None,
-) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class EdaArgs:
+    """What the EDA step reads, writes and is set by (its command line: step_cli)."""
+
+    images_path: Path = arg("images.parquet", flag="--images")
+    annotations_path: Path = arg("annotations.parquet", flag="--annotations")
+    skipped_path: Path = arg("skipped.csv", flag="--skipped")
+    masks_dir: Path = arg("the index's masks")
+    image_root: Path = arg("the folder image file names are relative to")
+    classes: list[str] = arg(
+        "JSON list of class names, background first", parse=json.loads
+    )
+    report_out: Path = arg("report.html", flag="--report")
+    stats_out: Path = arg("stats.json", flag="--stats")
+    figures_dir: Path = arg("the figures' folder (PNG)")
+    gallery_size: int = arg("images in the gallery")
+    seed: int = arg("of the gallery's sample")
+    group_by: str | None = arg(
+        "cv.group_by, or empty for none", default=None, parse=lambda text: text or None
+    )
+
+
+def make_eda(args: EdaArgs) -> dict:
     """Write the EDA report, its figures and stats.json; return the stats.
-    ``group_by``: the config's cv.group_by, which the related-images section checks."""
-    images = pd.read_parquet(images_path)
-    annotations = pd.read_parquet(annotations_path)
+    ``args.group_by``: the config's cv.group_by, which the related-images section checks."""
+    classes = args.classes
+    images = pd.read_parquet(args.images_path)
+    annotations = pd.read_parquet(args.annotations_path)
     skipped = pd.read_csv(
-        skipped_path, dtype={"image_id": "Int64", "annotation_id": "Int64"}
+        args.skipped_path, dtype={"image_id": "Int64", "annotation_id": "Int64"}
     )
     stats = dataset_stats(images, annotations, skipped, classes)
-    stats["related"] = related_stats(images, group_by)
+    stats["related"] = related_stats(images, args.group_by)
     palette = class_palette(len(classes))
 
     figures = {
@@ -216,12 +226,18 @@ def make_eda(
         "gallery": (
             "Sample training images with their masks",
             _fig_gallery(
-                images, masks_dir, image_root, classes, palette, gallery_size, seed
+                images,
+                args.masks_dir,
+                args.image_root,
+                classes,
+                palette,
+                args.gallery_size,
+                args.seed,
             ),
         ),
     }
     embedded = []
-    with atomic_dir(figures_dir) as tmp_dir:
+    with atomic_dir(args.figures_dir) as tmp_dir:
         for name, (title, fig) in figures.items():
             embedded.append(
                 {
@@ -239,9 +255,9 @@ def make_eda(
             skipped=skipped.head(200).astype(object).fillna("").to_dict("records"),
             n_classes=len(classes),
         )
-        with atomic_path(report_out) as tmp:
+        with atomic_path(args.report_out) as tmp:
             tmp.write_text(html, encoding="utf-8")
-        write_json(stats, stats_out)
+        write_json(stats, args.stats_out)
     return stats
 
 
@@ -463,41 +479,16 @@ def _fig_gallery(images, masks_dir, image_root, classes, palette, size: int, see
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Write the EDA report of an indexed dataset."
+    run_step(
+        make_eda,
+        EdaArgs,
+        argv,
+        "Write the EDA report of an indexed dataset.",
+        (ValueError, FileNotFoundError),
+        report=lambda stats: json.dumps(
+            {k: stats[k] for k in ("images", "annotations", "skipped")}
+        ),
     )
-    parser.add_argument("--images", required=True)
-    parser.add_argument("--annotations", required=True)
-    parser.add_argument("--skipped", required=True)
-    parser.add_argument("--masks-dir", required=True)
-    parser.add_argument("--image-root", required=True)
-    parser.add_argument(
-        "--classes", required=True, help="JSON list of class names, background first"
-    )
-    parser.add_argument("--report", required=True)
-    parser.add_argument("--stats", required=True)
-    parser.add_argument("--figures-dir", required=True)
-    parser.add_argument("--gallery-size", type=int, required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument(
-        "--group-by", required=True, help="cv.group_by, or empty for none"
-    )
-    args = parser.parse_args(argv)
-    stats = make_eda(
-        args.images,
-        args.annotations,
-        args.skipped,
-        args.masks_dir,
-        args.image_root,
-        json.loads(args.classes),
-        report_out=args.report,
-        stats_out=args.stats,
-        figures_dir=args.figures_dir,
-        gallery_size=args.gallery_size,
-        seed=args.seed,
-        group_by=args.group_by or None,
-    )
-    print(json.dumps({k: stats[k] for k in ("images", "annotations", "skipped")}))
 
 
 if __name__ == "__main__":

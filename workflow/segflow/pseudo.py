@@ -19,9 +19,8 @@ and the share kept) and summary.png (that share per class, for the report).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -39,6 +38,7 @@ from segflow.probabilities import (
 )
 from segflow.progress import ProgressLine
 from segflow.settings import PseudoSettings
+from segflow.step_cli import arg, run_step
 from segflow.viz import class_palette, plt, save_figure
 
 CHUNK = 8  # images whose maps are in memory at once
@@ -109,22 +109,31 @@ def resize_probabilities(
     )
 
 
-def pseudo_labels(
-    *,
-    settings: PseudoSettings,
-    test_npy: str | Path,
-    images_path: str | Path,
-    classes: list[str],
-    images_out: str | Path,
-    masks_out: str | Path,
-    summary_out: str | Path,
-    figure_out: str | Path,
-) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class PseudoArgs:
+    """What the pseudo-labelling step reads, writes and is set by (its command line:
+    segflow.step_cli)."""
+
+    settings: PseudoSettings = arg(
+        "JSON of the pseudo settings",
+        parse=lambda text: PseudoSettings.from_json(text, "--settings"),
+    )
+    test_npy: Path = arg("test.npy (ids read beside)")
+    images_path: Path = arg("images.parquet", flag="--images")
+    classes: list[str] = arg("JSON list of class names", parse=json.loads)
+    images_out: Path = arg("images.csv: per test image, kept or not")
+    masks_out: Path = arg("the pseudo-label masks' folder")
+    summary_out: Path = arg("summary.json")
+    figure_out: Path = arg("the figure of kept pixels (PNG)")
+
+
+def pseudo_labels(args: PseudoArgs) -> dict:
     """Write the pseudo-label masks of the test images; see module doc."""
+    settings, classes = args.settings, args.classes
     confidence = confidence_thresholds(settings.confidence, classes)
     min_coverage = settings.min_coverage
     try:
-        probabilities, ids = read_probability_set(test_npy)
+        probabilities, ids = read_probability_set(args.test_npy)
     except PredictionError as e:
         raise PseudoError(str(e)) from None
     # One pass over the stored probabilities: per class, how confident its pixels are.
@@ -137,17 +146,17 @@ def pseudo_labels(
             minlength=len(classes) * (SCALE + 1),
         )[: len(classes) * (SCALE + 1)].reshape(len(classes), SCALE + 1)
     thresholds = coverage_thresholds(histograms, confidence, settings.coverage)
-    images = pd.read_parquet(images_path).set_index("image_id")
+    images = pd.read_parquet(args.images_path).set_index("image_id")
     test = images[images["split"] == "test"]
     if probabilities.shape[1] != len(classes):
         raise PseudoError(
-            f"{test_npy}: {probabilities.shape[1]} classes, expected {len(classes)}"
+            f"{args.test_npy}: {probabilities.shape[1]} classes, expected {len(classes)}"
         )
     if sorted(ids) != sorted(test.index):
         unknown = sorted(set(ids) - set(test.index))
         missing = len(set(test.index) - set(ids))
         raise PseudoError(
-            f"{ids_path(test_npy)}: ids differ from the index's test images"
+            f"{ids_path(args.test_npy)}: ids differ from the index's test images"
             f" ({len(unknown)} unknown, e.g. {unknown[:3]}; {missing} missing)"
         )
 
@@ -155,7 +164,7 @@ def pseudo_labels(
     kept_pixels = np.zeros(len(classes), np.int64)
     rows = []
     progress = ProgressLine("pseudo labels", len(ids))
-    with atomic_dir(masks_out) as masks_tmp:
+    with atomic_dir(args.masks_out) as masks_tmp:
         for start in range(0, len(ids), CHUNK):  # stream: one chunk of maps in memory
             block = decode_probabilities(probabilities[start : start + CHUNK])
             progress.update(len(block))
@@ -224,9 +233,9 @@ def pseudo_labels(
                 for k, name in enumerate(classes)
             },
         }
-        write_table(table, images_out)
-        write_json(summary, summary_out)
-        write_summary_figure(summary, figure_out)
+        write_table(table, args.images_out)
+        write_json(summary, args.summary_out)
+        write_summary_figure(summary, args.figure_out)
     return summary
 
 
@@ -252,33 +261,16 @@ def write_summary_figure(summary: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Pseudo-label the test images from an ensemble's test probabilities."
+    run_step(
+        pseudo_labels,
+        PseudoArgs,
+        argv,
+        "Pseudo-label the test images from an ensemble's test probabilities.",
+        (PseudoError, FileNotFoundError),
+        report=lambda summary: json.dumps(
+            {k: summary[k] for k in ("test_images", "kept_images", "mean_coverage")}
+        ),
     )
-    parser.add_argument("--settings", required=True, help="JSON of the pseudo settings")
-    parser.add_argument("--test-npy", required=True, help="test.npy (ids read beside)")
-    parser.add_argument("--images", required=True)
-    parser.add_argument("--classes", required=True)
-    parser.add_argument("--images-out", required=True)
-    parser.add_argument("--masks-out", required=True)
-    parser.add_argument("--summary-out", required=True)
-    parser.add_argument("--figure-out", required=True)
-    args = parser.parse_args(argv)
-    try:
-        summary = pseudo_labels(
-            settings=PseudoSettings.from_json(args.settings, "--settings"),
-            test_npy=args.test_npy,
-            images_path=args.images,
-            classes=json.loads(args.classes),
-            images_out=args.images_out,
-            masks_out=args.masks_out,
-            summary_out=args.summary_out,
-            figure_out=args.figure_out,
-        )
-    except (PseudoError, FileNotFoundError) as e:
-        sys.exit(f"ERROR: {e}")
-    keys = ("test_images", "kept_images", "mean_coverage")
-    print(json.dumps({k: summary[k] for k in keys}))
 
 
 if __name__ == "__main__":
