@@ -6,8 +6,8 @@
 
 Every file under RESULTS_DIR is hashed byte for byte, except what records time or the
 machine, which a rerun of the same code changes too: logs, Snakemake benchmarks, wandb
-runs, live progress files, resume states; in history.csv the ``seconds`` and
-``images_per_s`` columns; in JSON files the keys naming seconds, throughput or a time.
+runs, live progress files, resume states; in CSV files the columns, and in JSON files
+the keys, that name seconds, throughput or a time.
 Those files are hashed without those parts. ``--compare`` prints the files that differ
 and exits 1 if any does.
 """
@@ -25,27 +25,26 @@ import pandas as pd
 
 SKIPPED_DIRS = {"logs", "benchmarks", "wandb", ".snakemake"}
 SKIPPED_NAMES = {"progress.json", "resume.pt", "curves.png"}
-TIMING_COLUMNS = {"seconds", "images_per_s"}
-# JSON keys that hold a duration, a rate or a clock time.
+# Column and key names that hold a duration, a rate or a clock time.
 TIMING_KEY_PARTS = ("seconds", "per_s", "wall", "time", "started", "updated")
+
+
+def _timing(name: str) -> bool:
+    return any(part in name for part in TIMING_KEY_PARTS)
 
 
 def _without_timing(value):
     if isinstance(value, dict):
-        return {
-            k: _without_timing(v)
-            for k, v in value.items()
-            if not any(part in k for part in TIMING_KEY_PARTS)
-        }
+        return {k: _without_timing(v) for k, v in value.items() if not _timing(k)}
     if isinstance(value, list):
         return [_without_timing(v) for v in value]
     return value
 
 
 def file_digest(path: Path) -> str:
-    if path.name == "history.csv":
+    if path.suffix == ".csv":
         table = pd.read_csv(path)
-        table = table.drop(columns=[c for c in TIMING_COLUMNS if c in table.columns])
+        table = table.drop(columns=[c for c in table.columns if _timing(str(c))])
         data = table.to_csv(index=False).encode()
     elif path.suffix == ".json":
         try:

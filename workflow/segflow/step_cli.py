@@ -102,7 +102,9 @@ def command_line(declared: type, description: str) -> argparse.ArgumentParser:
         for key in ("nargs", "choices"):
             if field.metadata.get(key) is not None:
                 options[key] = field.metadata[key]
-        target.add_argument(flag_of(field), **options)
+        flag = flag_of(field)
+        options["metavar"] = flag.removeprefix("--").replace("-", "_").upper()
+        target.add_argument(flag, **options)
     return parser
 
 
