@@ -62,3 +62,83 @@ def test_hflip_tta_averages_probabilities_of_both_views(predicted):
     )
     with pytest.raises(ValueError, match="multiscale"):
         tta_model(model, "multiscale", (72, 72), 32)
+
+
+class Asymmetric(torch.nn.Module):
+    """Logits that change under every flip, rotation and rescale: a fixed 3x3 conv
+    plus a ramp along the width (class c's ramp scaled by c)."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, classes, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(
+                torch.randn(self.conv.weight.shape, generator=generator)
+            )
+            self.conv.bias.zero_()
+
+    def forward(self, x):
+        ramp = torch.linspace(-1, 1, x.shape[-1]).view(1, 1, 1, -1)
+        scale = torch.arange(self.conv.out_channels).view(1, -1, 1, 1).float()
+        return self.conv(x) + ramp * scale
+
+
+def probabilities(model, x):
+    return torch.softmax(model(x), dim=1)
+
+
+def test_each_tta_mode_is_the_mean_of_its_views_brought_back():
+    """none, hflip, d4 and multiscale against views computed by hand on a non-square
+    input: every view's probabilities mapped back to the input's frame, then averaged."""
+    from segflow.predict import MULTISCALE
+
+    model = Asymmetric().eval()
+    x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(1))
+    square = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    flip = [lambda t: t, lambda t: t.flip(-1)]
+    hflip = sum(f(probabilities(model, f(x))) for f in flip) / 2
+    d4 = (
+        sum(
+            f(
+                torch.rot90(
+                    probabilities(model, torch.rot90(f(square), k, (2, 3))), -k, (2, 3)
+                )
+            )
+            for k in range(4)
+            for f in flip
+        )
+        / 8
+    )
+
+    def rescaled(t, scale, size=None):
+        kw = {"size": size} if size else {"scale_factor": scale}
+        return torch.nn.functional.interpolate(
+            t, mode="bilinear", align_corners=False, **kw
+        )
+
+    multiscale = sum(
+        f(rescaled(probabilities(model, rescaled(f(x), s)), 1 / s, size=(32, 48)))
+        for s in MULTISCALE
+        for f in flip
+    ) / (2 * len(MULTISCALE))
+    with torch.no_grad():
+        got = {
+            "none": tta_model(model, "none", (32, 48), 1)(x),
+            "hflip": tta_model(model, "hflip", (32, 48), 1)(x),
+            "d4": tta_model(model, "d4", (32, 32), 1)(square),
+            "multiscale": tta_model(model, "multiscale", (32, 48), 4)(x),
+        }
+    expected = {
+        "none": probabilities(model, x),
+        "hflip": hflip,
+        "d4": d4,
+        "multiscale": multiscale,
+    }
+    for mode in expected:
+        torch.testing.assert_close(got[mode], expected[mode], rtol=1e-4, atol=1e-5)
+    # The modes differ from each other on this model: none of them is another's.
+    assert not torch.allclose(got["none"], got["hflip"], atol=1e-3)
+    assert not torch.allclose(got["hflip"], got["multiscale"], atol=1e-3)
+    with pytest.raises(ValueError, match="tta must be one of"):
+        tta_model(model, "vflip", (32, 48), 1)

@@ -422,3 +422,25 @@ def test_an_average_saved_and_loaded_mid_run_ends_as_the_uninterrupted_one(metho
         assert epochs_expected == [2, 4]  # the two best val mIoU: 0.9 and 0.5
     if method == "swa":
         assert epochs_expected == [1, 2, 3, 4]  # swa_start 0.25 of 4 epochs
+
+
+def test_ema_weights_follow_the_documented_warmup_and_decay_exactly():
+    """The EMA after steps 1..4 of known weights, computed by hand from the module
+    doc's rule: decay 1 - (1 + k)^(-2/3) at the k-th update after the first (the first
+    copies the weights), capped at ema_decay."""
+    cap = 0.55
+    average = WeightAverage(TinyNet(), "ema", 2, model_params(ema_decay=cap))
+    net = TinyNet()
+    expected = None
+    for step in range(1, 5):
+        with torch.no_grad():
+            net.conv.weight.fill_(float(step * step))
+        average.after_step(net, step)
+        weights = net.conv.weight.detach().clone()
+        k = step - 1
+        decay = 0.0 if k == 0 else min(1 - (1 + k) ** (-2 / 3), cap)
+        expected = (
+            weights if expected is None else decay * expected + (1 - decay) * weights
+        )
+        torch.testing.assert_close(average.ema.module.conv.weight, expected)
+    assert 0 < decay == cap  # the cap was reached, so ema_decay is what acts

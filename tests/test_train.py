@@ -511,3 +511,91 @@ def test_folds_are_named_f_number_and_the_full_fit_full():
     for bad in ("3", "all", "fall", "f", "f-1", "F3"):
         with pytest.raises(ValueError, match="f<number>"):
             parse_fold(bad)
+
+
+def test_an_unreadable_or_foreign_resume_file_is_ignored_with_a_word(tmp_path, capsys):
+    """A state cut short (a kill while it was written) or not a dict starts over."""
+    from segflow.checkpoints import load_training_state, save_training_state
+
+    path = tmp_path / "resume.pt"
+    save_training_state(path, {"fingerprint": "A", "epoch": 3})
+    path.write_bytes(path.read_bytes()[:40])
+    assert load_training_state(path, "A") is None
+    assert f"{path}: unreadable" in capsys.readouterr().out
+    torch.save([1, 2], path)
+    assert load_training_state(path, "A") is None
+    assert "another version of this job" in capsys.readouterr().out
+
+
+def test_a_run_state_saved_and_loaded_restores_every_part(tiny_dataset, tmp_path):
+    """RunState.state_dict -> save -> a fresh run's resume: the epoch the loop goes on
+    after, history, best epoch and weights, presentations, model, optimizer, schedule,
+    mixer and loader random streams, and the global random state, all as saved."""
+    import random
+
+    import pandas as pd
+
+    from segflow.fold_data import RoundLabels, fold_data
+    from segflow.fold_loaders import fold_loaders
+    from segflow.models import create_model
+    from segflow.run_state import new_run_state
+
+    settings = model_params(epochs=3, mix="cutmix")
+    images = pd.read_parquet(tiny_dataset["images"])
+    data = fold_data(
+        images,
+        pd.read_csv(tiny_dataset["folds"]),
+        0,
+        tiny_dataset["root"],
+        tiny_dataset["masks"],
+        RoundLabels.none(),
+    )
+
+    def fresh(seed):
+        torch.manual_seed(seed)
+        loaders = fold_loaders(data, settings, len(CLASSES), (64, 64), 0, 0, "cpu")
+        model = create_model("FPN", "mobilenet_v2", len(CLASSES), None)
+        return new_run_state(model, settings, len(CLASSES), "none", data, loaders, 0)
+
+    saved = fresh(0)
+    batch, _ = next(iter(saved.loaders.train))  # moves the loader's streams
+    saved.model(batch).mean().backward()
+    saved.optimizer.step()  # AdamW's moments exist now
+    saved.mixer.rng.random(5)
+    for _ in range(3):
+        saved.schedule.after_step()
+    saved.epoch, saved.presentations = 2, 24
+    saved.history += [{"epoch": 1, "val_miou": 0.1}, {"epoch": 2, "val_miou": 0.3}]
+    saved.first_loss.append(2.5)
+    assert saved.keep_if_best(2, {"val_miou": 0.3})
+    random.seed(7)
+    saved.save(tmp_path / "resume.pt", "job")
+    expected_draw = (random.random(), torch.rand(1), np.random.rand())
+    expected_mix = saved.mixer.rng.random()
+    expected_batch = next(iter(saved.loaders.train))[0]
+
+    resumed = fresh(1)  # other weights and streams until it resumes
+    assert not torch.equal(
+        next(resumed.model.parameters()), next(saved.model.parameters())
+    )
+    assert resumed.resume(tmp_path / "resume.pt", "job")
+    assert (resumed.epoch, resumed.presentations) == (2, 24)
+    assert resumed.history == saved.history and resumed.first_loss == [2.5]
+    assert resumed.best == {"epoch": 2, "val_miou": 0.3}
+    for key, value in saved.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+        assert torch.equal(resumed.best_state[key], value), key
+    assert resumed.schedule.steps == saved.schedule.steps == 3
+    moments = saved.optimizer.state_dict()["state"]
+    assert moments and resumed.optimizer.state_dict()["state"].keys() == moments.keys()
+    for key, value in moments[0].items():
+        assert torch.equal(resumed.optimizer.state_dict()["state"][0][key], value)
+    assert (
+        resumed.optimizer.param_groups[0]["lr"] == saved.optimizer.param_groups[0]["lr"]
+    )
+    drawn = (random.random(), torch.rand(1), np.random.rand())
+    assert drawn[0] == expected_draw[0] and torch.equal(drawn[1], expected_draw[1])
+    assert drawn[2] == expected_draw[2]
+    assert resumed.mixer.rng.random() == expected_mix
+    assert torch.equal(next(iter(resumed.loaders.train))[0], expected_batch)
+    assert not resumed.resume(tmp_path / "resume.pt", "another job")

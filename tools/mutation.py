@@ -217,6 +217,14 @@ def main(argv=None) -> None:
         help="go on in --work: keep the mutants judged there (same code and config)",
     )
     parser.add_argument(
+        "--timeout-multiplier",
+        type=float,
+        metavar="X",
+        help="a mutant's tests may take X times their measured CPU time (plus the"
+        " configured constant) before it counts as a timeout, not a kill: raise it to"
+        " judge the mutants a 3x limit left undecided",
+    )
+    parser.add_argument(
         "--diffs",
         action="store_true",
         help="add every survivor's diff to mutation.json (one mutmut call each: slow)",
@@ -232,6 +240,8 @@ def main(argv=None) -> None:
         ]
     if args.tests:
         config["pytest_add_cli_args_test_selection"] = args.tests
+    if args.timeout_multiplier:
+        config["timeout_multiplier"] = args.timeout_multiplier
     config["pytest_add_cli_args"] = config["pytest_add_cli_args"] + [
         f"--deselect={test}" for test in args.deselect
     ]
