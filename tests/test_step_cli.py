@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO
 from segflow.demo_noise_score import NoiseScoreArgs
 from segflow.eda import EdaArgs
+from segflow.folds import FoldsArgs
 from segflow.oof_score import OofScoreArgs
 from segflow.predict import PredictArgs
 from segflow.pseudo import PseudoArgs
@@ -128,6 +129,7 @@ def required_flags(declared) -> set[str]:
         ("clean.smk", "demo_noise_score", NoiseScoreArgs),
         ("pseudo.smk", "pseudo", PseudoArgs),
         ("eda.smk", "eda", EdaArgs),
+        ("folds.smk", "folds", FoldsArgs),
     ],
 )
 def test_a_rule_passes_exactly_flags_its_step_declares(rule_file, step, declared):

@@ -19,9 +19,9 @@ each fold gets its share of every class (see ``_multilabel_group_splits``).
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ from sklearn.model_selection import (
 from segflow.coco import DataError, read_json
 from segflow.groups import fold_leaks, related_images
 from segflow.io import write_json, write_table
+from segflow.step_cli import arg, run_step
 from segflow.tables import object_class_presence, pixel_columns
 
 METHODS = ("holdout", "kfold", "stratified", "multilabel_stratified", "group")
@@ -207,62 +208,65 @@ def leak_summary(
     }
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Split the labelled images of the index into CV folds."
+@dataclass(frozen=True, kw_only=True)
+class FoldsArgs:
+    """What the folds step reads, writes and is set by (its command line: step_cli)."""
+
+    images_path: Path = arg("images.parquet from segflow.index", flag="--images")
+    out: Path = arg("folds.csv to write")
+    summary_out: Path = arg(
+        "summary.json: images per fold, related images the folds split"
     )
-    parser.add_argument(
-        "--images", required=True, help="images.parquet from segflow.index"
+    n_classes: int = arg("number of classes")
+    method: str = arg("cv.method", choices=METHODS)
+    folds: int = arg("cv.folds")
+    seed: int = arg("of the split")
+    group_by: str | None = arg(
+        "'folder', a regex on file_name, or empty for no groups",
+        parse=lambda text: text or None,
     )
-    parser.add_argument("--out", required=True, help="folds.csv to write")
-    parser.add_argument(
-        "--summary-out",
-        required=True,
-        help="summary.json: images per fold, related images the folds split",
+    val_json: Path | None = arg(
+        "holdout: COCO JSON whose images form the validation fold (empty: none)",
+        parse=lambda text: Path(text) if text else None,
     )
-    parser.add_argument("--n-classes", type=int, required=True)
-    parser.add_argument("--method", choices=METHODS, required=True)
-    parser.add_argument("--folds", type=int, required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument(
-        "--group-by",
-        required=True,
-        help="'folder', a regex on file_name, or empty for no groups",
+
+
+def write_folds(args: FoldsArgs) -> dict:
+    """folds.csv and its summary (images per fold, the related images the folds split,
+    a warning where they do); returns the summary."""
+    holdout_ids = (
+        {im["file_name"] for im in read_json(args.val_json)["images"]}
+        if args.val_json
+        else None
     )
-    parser.add_argument(
-        "--val-json",
-        required=True,
-        help="holdout: COCO JSON whose images form the validation fold (empty: none)",
+    images = pd.read_parquet(args.images_path)
+    folds = make_folds(
+        images,
+        args.n_classes,
+        args.method,
+        args.folds,
+        args.seed,
+        args.group_by,
+        holdout_ids,
     )
-    args = parser.parse_args(argv)
-    try:
-        holdout_ids = (
-            {im["file_name"] for im in read_json(args.val_json)["images"]}
-            if args.val_json
-            else None
-        )
-        folds = make_folds(
-            pd.read_parquet(args.images),
-            args.n_classes,
-            args.method,
-            args.folds,
-            args.seed,
-            args.group_by or None,
-            holdout_ids,
-        )
-        summary = leak_summary(
-            pd.read_parquet(args.images), folds, args.group_by or None, args.folds
-        )
-    except DataError as e:
-        sys.exit(f"ERROR: {e}")
-    summary["images_per_fold"] = {
-        str(k): int(n) for k, n in folds.groupby("fold").size().items()
-    }
+    summary = leak_summary(images, folds, args.group_by, args.folds)
+    sizes = folds.groupby("fold").size()
+    summary["images_per_fold"] = {str(k): int(n) for k, n in sizes.items()}
     write_table(folds, args.out)
     write_json(summary, args.summary_out)
-    print(folds.groupby("fold").size().rename("images").to_string())
-    if summary["warning"]:
-        print(f"WARNING: {summary['warning']}")
+    print(sizes.rename("images").to_string())
+    return summary
+
+
+def main(argv=None) -> None:
+    run_step(
+        write_folds,
+        FoldsArgs,
+        argv,
+        "Split the labelled images of the index into CV folds.",
+        (DataError,),
+        report=lambda summary: summary["warning"] and f"WARNING: {summary['warning']}",
+    )
 
 
 if __name__ == "__main__":

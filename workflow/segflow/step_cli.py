@@ -124,11 +124,13 @@ def run_step(
 ) -> None:
     """Parse ``argv`` into ``declared``, run ``step`` on it; an expected error (bad
     input, a missing file) ends the process with one ``ERROR:`` line, no traceback.
-    ``report``: the line printed from the step's result (its log's last line)."""
+    ``report``: the line printed from the step's result (its log's last line; none
+    where it is empty)."""
     arguments = parse_declared(declared, argv, description)
     try:
         result = step(arguments)
     except errors as e:
         sys.exit(f"ERROR: {e}")
-    if report is not None:
-        print(report(result), flush=True)
+    line = report(result) if report is not None else ""
+    if line:
+        print(line, flush=True)
