@@ -13,6 +13,7 @@ from conftest import REPO
 from segflow.demo_noise_score import NoiseScoreArgs
 from segflow.eda import EdaArgs
 from segflow.folds import FoldsArgs
+from segflow.leaderboard import LeaderboardArgs
 from segflow.oof_score import OofScoreArgs
 from segflow.predict import PredictArgs
 from segflow.pseudo import PseudoArgs
@@ -130,6 +131,7 @@ def required_flags(declared) -> set[str]:
         ("pseudo.smk", "pseudo", PseudoArgs),
         ("eda.smk", "eda", EdaArgs),
         ("folds.smk", "folds", FoldsArgs),
+        ("results.smk", "leaderboard", LeaderboardArgs),
     ],
 )
 def test_a_rule_passes_exactly_flags_its_step_declares(rule_file, step, declared):

@@ -16,10 +16,9 @@ ensemble's summary.json and OOF label maps.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -31,6 +30,7 @@ from segflow.io import atomic_dir, read_ids, write_table
 from segflow.labels import read_label
 from segflow.metrics import confusion_matrix, mean_iou
 from segflow.probabilities import ids_path
+from segflow.step_cli import arg, run_step
 from segflow.tables import class_iou_column
 from segflow.viz import (
     annotate_cells,
@@ -41,9 +41,6 @@ from segflow.viz import (
     save_figure,
     training_curves_figure,
 )
-
-# What the step writes (--<name>-out each): the CSV, the figures, the curves' folder.
-OUTPUTS = ("csv", "leaderboard", "ensembles", "rounds", "confusion", "worst", "curves")
 
 
 def leaderboard_table(
@@ -331,47 +328,64 @@ def final_ensemble_oof(
     return confusion, worst
 
 
-def leaderboard(
-    *,
-    runs,
-    ensembles,
-    final,
-    images_path,
-    masks_dir,
-    image_root,
-    classes,
-    worst_count,
-    outputs,
-) -> pd.DataFrame:
-    """Write the leaderboard CSV and every results figure (``outputs``: paths by name)."""
-    summaries = {name: json.loads(Path(p).read_text()) for name, p in ensembles.items()}
+@dataclass(frozen=True, kw_only=True)
+class LeaderboardArgs:
+    """What the results step reads and writes (its command line: step_cli)."""
+
+    runs: list[dict] = arg(
+        'JSON list of {"round", "model", "oof", "jobs"}', parse=json.loads
+    )
+    ensembles: dict[str, str] = arg(
+        "JSON: ensemble name -> summary.json", parse=json.loads
+    )
+    final: dict[str, str] = arg('JSON {"name", "oof", "oof_labels"}', parse=json.loads)
+    images_path: Path = arg("images.parquet", flag="--images")
+    masks_dir: Path = arg("the index's masks")
+    image_root: Path = arg("the folder image file names are relative to")
+    classes: list[str] = arg("JSON list of class names", parse=json.loads)
+    worst_count: int = arg("worst OOF images shown", flag="--worst")
+    csv_out: Path = arg("leaderboard.csv")
+    leaderboard_out: Path = arg("the leaderboard heatmap (PNG)")
+    ensembles_out: Path = arg("the ensembles' weights and biases (PNG)")
+    rounds_out: Path = arg("what each round bought on OOF (PNG)")
+    confusion_out: Path = arg("the final ensemble's OOF confusion matrix (PNG)")
+    worst_out: Path = arg("the final ensemble's worst OOF images (PNG)")
+    curves_out: Path = arg("the training curves' folder")
+
+
+def leaderboard(args: LeaderboardArgs) -> pd.DataFrame:
+    """Write the leaderboard CSV and every results figure."""
+    runs, final, classes = args.runs, args.final, args.classes
+    summaries = {
+        name: json.loads(Path(p).read_text()) for name, p in args.ensembles.items()
+    }
     table = leaderboard_table(runs, summaries, classes)
-    write_table(table, outputs["csv"])
-    save_figure(leaderboard_figure(table, classes), outputs["leaderboard"])
-    save_figure(ensembles_figure(summaries, classes), outputs["ensembles"])
-    save_figure(rounds_figure(table), outputs["rounds"])
+    write_table(table, args.csv_out)
+    save_figure(leaderboard_figure(table, classes), args.leaderboard_out)
+    save_figure(ensembles_figure(summaries, classes), args.ensembles_out)
+    save_figure(rounds_figure(table), args.rounds_out)
     confusion, worst = final_ensemble_oof(
         final["oof"],
         final["oof_labels"],
-        images_path,
-        masks_dir,
-        image_root,
+        args.images_path,
+        args.masks_dir,
+        args.image_root,
         classes,
-        worst_count,
+        args.worst_count,
     )
     save_figure(
         confusion_figure(
             confusion, classes, f"OOF confusion of the final ensemble ({final['name']})"
         ),
-        outputs["confusion"],
+        args.confusion_out,
     )
     save_figure(
         worst_images_figure(
             worst, classes, f"Worst OOF images of the final ensemble ({final['name']})"
         ),
-        outputs["worst"],
+        args.worst_out,
     )
-    with atomic_dir(outputs["curves"]) as curves_dir:
+    with atomic_dir(args.curves_out) as curves_dir:
         for run in runs:
             histories = {
                 f"{job['fold']} s{job['seed']}": pd.read_csv(job["history"]).to_dict(
@@ -385,43 +399,16 @@ def leaderboard(
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description="The results report's leaderboard and figures."
+    run_step(
+        leaderboard,
+        LeaderboardArgs,
+        argv,
+        "The results report's leaderboard and figures.",
+        (ValueError, FileNotFoundError, KeyError),
+        report=lambda table: table[["rank", "entry", "oof_miou"]].to_string(
+            index=False
+        ),
     )
-    parser.add_argument(
-        "--runs", required=True, help='JSON list of {"round", "model", "oof", "jobs"}'
-    )
-    parser.add_argument(
-        "--ensembles", required=True, help="JSON: ensemble name -> summary.json"
-    )
-    parser.add_argument(
-        "--final", required=True, help='JSON {"name", "oof", "oof_labels"}'
-    )
-    parser.add_argument("--images", required=True)
-    parser.add_argument("--masks-dir", required=True)
-    parser.add_argument("--image-root", required=True)
-    parser.add_argument("--classes", required=True)
-    parser.add_argument(
-        "--worst", type=int, required=True, help="worst OOF images shown"
-    )
-    for name in OUTPUTS:
-        parser.add_argument(f"--{name}-out", required=True)
-    args = parser.parse_args(argv)
-    try:
-        table = leaderboard(
-            runs=json.loads(args.runs),
-            ensembles=json.loads(args.ensembles),
-            final=json.loads(args.final),
-            images_path=args.images,
-            masks_dir=args.masks_dir,
-            image_root=args.image_root,
-            classes=json.loads(args.classes),
-            worst_count=args.worst,
-            outputs={name: getattr(args, f"{name}_out") for name in OUTPUTS},
-        )
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        sys.exit(f"ERROR: {e}")
-    print(table[["rank", "entry", "oof_miou"]].to_string(index=False))
 
 
 if __name__ == "__main__":
