@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import validated_config
-from segflow.ensemble import combine, ensemble, tune_bias
+from segflow.ensemble import EnsembleArgs, combine, ensemble, tune_bias
 from segflow.io import read_ids
 from segflow.probabilities import PredictionError, ids_path
 from segflow.settings import ensemble_settings
@@ -131,16 +131,18 @@ def three_members(tmp_path):
 def run_ensemble(root, members, **changes):
     out = root / "out"
     return ensemble(
-        settings=ensemble_settings(validated_config(ensemble=changes)),
-        members=members,
-        images_path=root / "images.parquet",
-        masks_dir=root / "masks",
-        classes=["bg", "a", "b"],
-        summary_out=out / "summary.json",
-        oof_out=out / "oof.npy",
-        test_out=out / "test.npy",
-        test_labels_out=out / "test_labels.npy",
-        oof_labels_out=out / "oof_labels.npy",
+        EnsembleArgs(
+            settings=ensemble_settings(validated_config(ensemble=changes)),
+            members=members,
+            images_path=root / "images.parquet",
+            masks_dir=root / "masks",
+            classes=["bg", "a", "b"],
+            summary_out=out / "summary.json",
+            oof_out=out / "oof.npy",
+            test_out=out / "test.npy",
+            test_labels_out=out / "test_labels.npy",
+            oof_labels_out=out / "oof_labels.npy",
+        )
     )
 
 

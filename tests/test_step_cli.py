@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO
 from segflow.demo_noise_score import NoiseScoreArgs
 from segflow.eda import EdaArgs
+from segflow.ensemble import EnsembleArgs
 from segflow.folds import FoldsArgs
 from segflow.leaderboard import LeaderboardArgs
 from segflow.oof_score import OofScoreArgs
@@ -132,6 +133,7 @@ def required_flags(declared) -> set[str]:
         ("eda.smk", "eda", EdaArgs),
         ("folds.smk", "folds", FoldsArgs),
         ("results.smk", "leaderboard", LeaderboardArgs),
+        ("ensemble.smk", "ensemble", EnsembleArgs),
     ],
 )
 def test_a_rule_passes_exactly_flags_its_step_declares(rule_file, step, declared):

@@ -26,12 +26,11 @@ number of images.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
 import math
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +52,7 @@ from segflow.probabilities import (
 )
 from segflow.progress import ProgressLine
 from segflow.settings import EnsembleSettings
+from segflow.step_cli import arg, run_step
 
 METHODS = ("soft", "hard")
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
@@ -204,25 +204,36 @@ def member_test(
     return MemberProbabilities(name, folds + full, "test", weights)
 
 
-def ensemble(
-    *,
-    settings: EnsembleSettings,
-    members: dict[str, dict[str, list[str]]],
-    images_path: str | Path,
-    masks_dir: str | Path,
-    classes: list[str],
-    summary_out: str | Path,
-    oof_out: str | Path,
-    test_out: str | Path,
-    test_labels_out: str | Path,
-    oof_labels_out: str | Path,
-) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class EnsembleArgs:
+    """What one ensemble job reads, writes and is set by (its command line:
+    segflow.step_cli)."""
+
+    settings: EnsembleSettings = arg(
+        "JSON of the ensemble settings",
+        parse=lambda text: EnsembleSettings.from_json(text, "--settings"),
+    )
+    members: dict[str, dict[str, list[str]]] = arg(
+        'JSON: name -> {"oof": [...], "test": [...]}', parse=json.loads
+    )
+    images_path: Path = arg("images.parquet", flag="--images")
+    masks_dir: Path = arg("the index's masks")
+    classes: list[str] = arg("JSON list of class names", parse=json.loads)
+    summary_out: Path = arg("summary.json")
+    oof_out: Path = arg("oof.npy (ids written beside)")
+    test_out: Path = arg("test.npy (ids written beside)")
+    test_labels_out: Path = arg("the test label maps (uint8 .npy)")
+    oof_labels_out: Path = arg("the OOF label maps (uint8 .npy)")
+
+
+def ensemble(args: EnsembleArgs) -> dict:
     """Tune on OOF; write the summary, the ensemble's OOF and test sets, test labels
     and OOF label maps (what the results report scores).
 
     ``members``: name -> {"oof": [oof.npy of each fold], "test": [test.npy of each fold],
     optionally "full": [test.npy of its full fit]}.
     """
+    settings, members, classes = args.settings, args.members, args.classes
     method, weights, class_bias = settings.method, settings.weights, settings.class_bias
     tune_pixels, chunk = settings.tune_pixels, settings.chunk
     if method not in METHODS:
@@ -238,10 +249,10 @@ def ensemble(
                 f"members {names[0]} and {member.name} have OOF predictions for different images"
             )
     size = [int(side) for side in oof[0].shape[-2:]]  # (height, width)
-    coco_ids = pd.read_parquet(images_path).set_index("image_id")["coco_id"]
+    coco_ids = pd.read_parquet(args.images_path).set_index("image_id")["coco_id"]
 
     def labels_of(image_id):
-        return read_label(masks_dir, coco_ids[image_id], size)
+        return read_label(args.masks_dir, coco_ids[image_id], size)
 
     # 1. Tune on a pixel sample (one pass).
     equal = np.full(len(names), 1.0 / len(names))
@@ -323,13 +334,13 @@ def ensemble(
         bias=final_bias,
         chunk=chunk,
     )
-    combined(oof, oof_ids, oof_out, labels_out=oof_labels_out)
+    combined(oof, oof_ids, args.oof_out, labels_out=args.oof_labels_out)
 
     # 4. Post-processing tuned on the OOF labels just written (segflow.postprocess):
     # small components become background where that raises OOF mIoU.
     postprocess, min_area = None, None
     if settings.remove_small:
-        written = np.load(oof_labels_out, mmap_mode="r")
+        written = np.load(args.oof_labels_out, mmap_mode="r")
         shares, before, after = tune_min_areas(
             written, (labels_of(i) for i in oof_ids), n_classes
         )
@@ -342,9 +353,15 @@ def ensemble(
             "oof_miou": after,
         }
         if min_area:
-            rewrite_labels(oof_labels_out, min_area)
+            rewrite_labels(args.oof_labels_out, min_area)
         print(f"small components removed: OOF mIoU {before:.4f} -> {after:.4f}")
-    combined(test, test_ids, test_out, labels_out=test_labels_out, min_area=min_area)
+    combined(
+        test,
+        test_ids,
+        args.test_out,
+        labels_out=args.test_labels_out,
+        min_area=min_area,
+    )
 
     summary = {
         "method": method,
@@ -375,7 +392,7 @@ def ensemble(
         else None,
         "size": size,
     }
-    write_json(summary, summary_out)
+    write_json(summary, args.summary_out)
     return summary
 
 
@@ -440,43 +457,6 @@ def rewrite_labels(path, min_area: dict[int, int]) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Ensemble members' OOF/test probabilities with OOF-tuned weights."
-    )
-    parser.add_argument(
-        "--settings", required=True, help="JSON of the ensemble settings"
-    )
-    parser.add_argument(
-        "--members", required=True, help='JSON: name -> {"oof": [...], "test": [...]}'
-    )
-    parser.add_argument("--images", required=True)
-    parser.add_argument("--masks-dir", required=True)
-    parser.add_argument("--classes", required=True)
-    parser.add_argument("--summary-out", required=True)
-    parser.add_argument("--oof-out", required=True, help="oof.npy (ids written beside)")
-    parser.add_argument(
-        "--test-out", required=True, help="test.npy (ids written beside)"
-    )
-    parser.add_argument("--test-labels-out", required=True)
-    parser.add_argument(
-        "--oof-labels-out", required=True, help="the OOF label maps (uint8 .npy)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        summary = ensemble(
-            settings=EnsembleSettings.from_json(args.settings, "--settings"),
-            members=json.loads(args.members),
-            images_path=args.images,
-            masks_dir=args.masks_dir,
-            classes=json.loads(args.classes),
-            summary_out=args.summary_out,
-            oof_out=args.oof_out,
-            test_out=args.test_out,
-            test_labels_out=args.test_labels_out,
-            oof_labels_out=args.oof_labels_out,
-        )
-    except (PredictionError, ValueError) as e:
-        sys.exit(f"ERROR: {e}")
     keys = (
         "oof_miou",
         "oof_miou_equal_weights",
@@ -484,7 +464,14 @@ def main(argv=None) -> None:
         "weights_chosen_from",
         "class_bias_oof_gain",
     )
-    print(json.dumps({k: summary[k] for k in keys}))
+    run_step(
+        ensemble,
+        EnsembleArgs,
+        argv,
+        "Ensemble members' OOF/test probabilities with OOF-tuned weights.",
+        (PredictionError, ValueError),
+        report=lambda summary: json.dumps({k: summary[k] for k in keys}),
+    )
 
 
 if __name__ == "__main__":
