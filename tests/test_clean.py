@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import validated_config
-from segflow.clean import CleanOutputs, clean, gallery_figure_name
+from segflow.clean import CleanArgs, CleanOutputs, clean, gallery_figure_name
 from segflow.demo_noise_score import annotation_detection, image_detection
 from segflow.fold_data import RoundLabels, fold_data, fold_split, label_changes
 from segflow.label_noise import (
@@ -344,16 +344,22 @@ def run_clean(root, action, **settings):
     """The step on the fixture; the judge trusted and no limit unless ``settings`` say."""
     settings = {"min_judge_iou": 0.0, "max_images": 1.0, "max_pixels": 1.0, **settings}
     return clean(
-        sources={"oof": [str(root / "oof" / "oof.npy")]},
-        images_path=root / "images.parquet",
-        annotations_path=root / "annotations.parquet",
-        masks_dir=root / "masks",
-        image_root=root,
-        classes=["bg", "A", "B"],
-        outputs=outputs_in(root / f"clean_{action}"),
-        settings=clean_config(
-            action=action, min_region=0.02, missed_region=0.02, gallery=4, **settings
-        ),
+        CleanArgs(
+            sources={"oof": [str(root / "oof" / "oof.npy")]},
+            images_path=root / "images.parquet",
+            annotations_path=root / "annotations.parquet",
+            masks_dir=root / "masks",
+            image_root=root,
+            classes=["bg", "A", "B"],
+            outputs=outputs_in(root / f"clean_{action}"),
+            settings=clean_config(
+                action=action,
+                min_region=0.02,
+                missed_region=0.02,
+                gallery=4,
+                **settings,
+            ),
+        )
     )
 
 
@@ -427,15 +433,19 @@ def test_no_flag_is_fine_and_reported(indexed):
         and summary["dropped_images"] == 0
     )
     clean(
-        sources={"oof": [str(root / "oof" / "oof.npy")]},
-        images_path=root / "images.parquet",
-        annotations_path=root / "annotations.parquet",
-        masks_dir=root / "masks",
-        image_root=root,
-        classes=["bg", "A", "B"],
-        outputs=outputs_in(root / "quiet"),
-        # above any share: no annotation can be flagged (the schema stops at 1)
-        settings=replace(clean_config(missed_region=1.0, gallery=4), issue_share=1.01),
+        CleanArgs(
+            sources={"oof": [str(root / "oof" / "oof.npy")]},
+            images_path=root / "images.parquet",
+            annotations_path=root / "annotations.parquet",
+            masks_dir=root / "masks",
+            image_root=root,
+            classes=["bg", "A", "B"],
+            outputs=outputs_in(root / "quiet"),
+            # above any share: no annotation can be flagged (the schema stops at 1)
+            settings=replace(
+                clean_config(missed_region=1.0, gallery=4), issue_share=1.01
+            ),
+        )
     )
     assert (
         json.loads((root / "quiet" / "summary.json").read_text())["flagged_images"] == 0

@@ -4,12 +4,13 @@ names its flag."""
 
 import json
 import re
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
+from segflow.clean import CleanArgs
 from segflow.demo_noise_score import NoiseScoreArgs
 from segflow.eda import EdaArgs
 from segflow.ensemble import EnsembleArgs
@@ -19,7 +20,14 @@ from segflow.oof_score import OofScoreArgs
 from segflow.predict import PredictArgs
 from segflow.pseudo import PseudoArgs
 from segflow.settings import ModelSettings
-from segflow.step_cli import arg, command_line, flag_of, parse_declared, run_step
+from segflow.step_cli import (
+    arg,
+    command_line,
+    declared_flags,
+    flag_of,
+    parse_declared,
+    run_step,
+)
 from segflow.train import TrainArgs
 
 
@@ -114,14 +122,6 @@ def rule_flags(rule_file: str, step: str) -> set[str]:
     return set(re.findall(r"(--[a-z][a-z-]*)", shell))
 
 
-def required_flags(declared) -> set[str]:
-    return {
-        flag_of(f)
-        for f in fields(declared)
-        if f.default is MISSING and f.default_factory is MISSING
-    }
-
-
 @pytest.mark.parametrize(
     "rule_file, step, declared",
     [
@@ -134,13 +134,15 @@ def required_flags(declared) -> set[str]:
         ("folds.smk", "folds", FoldsArgs),
         ("results.smk", "leaderboard", LeaderboardArgs),
         ("ensemble.smk", "ensemble", EnsembleArgs),
+        ("clean.smk", "clean", CleanArgs),
     ],
 )
 def test_a_rule_passes_exactly_flags_its_step_declares(rule_file, step, declared):
     """Every flag the rule passes is declared, every required flag is passed."""
     passed = rule_flags(rule_file, step)
-    assert passed - {flag_of(f) for f in fields(declared)} == set()
-    assert required_flags(declared) <= passed
+    declared_here = declared_flags(declared)
+    assert passed - set(declared_here) == set()
+    assert {flag for flag, required in declared_here.items() if required} <= passed
 
 
 def test_the_round_arguments_are_declared_by_the_train_step():
@@ -154,3 +156,29 @@ def test_the_round_arguments_are_declared_by_the_train_step():
     assert passed - set(declared) == set()
     later = {flag for flag, f in declared.items() if f.metadata["group"]}
     assert later <= passed
+
+
+def test_an_outputs_field_takes_one_out_flag_per_path():
+    @dataclass(frozen=True)
+    class Written:
+        scores: Path
+        summary_table: Path
+
+    @dataclass(frozen=True, kw_only=True)
+    class Step:
+        count: int = arg("n")
+        outputs: Written = arg("what it writes", outputs=True)
+
+    got = parse_declared(
+        Step,
+        ["--count", "2", "--scores-out", "a.csv", "--summary-table-out", "b.json"],
+        "s",
+    )
+    assert got == Step(count=2, outputs=Written(Path("a.csv"), Path("b.json")))
+    assert declared_flags(Step) == {
+        "--count": True,
+        "--scores-out": True,
+        "--summary-table-out": True,
+    }
+    with pytest.raises(SystemExit):
+        parse_declared(Step, ["--count", "2", "--scores-out", "a.csv"], "s")

@@ -17,11 +17,9 @@ gallery/*.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +50,7 @@ from segflow.metrics import confusion_matrix, iou_per_class, mean_iou, per_class
 from segflow.probabilities import MemberProbabilities, PredictionError
 from segflow.progress import ProgressLine
 from segflow.settings import CleanSettings
+from segflow.step_cli import arg, run_step
 from segflow.tables import pixel_columns
 from segflow.viz import (
     class_legend,
@@ -220,32 +219,43 @@ def score_images(
     )
 
 
-def clean(
-    *,
-    settings: CleanSettings,
-    sources: dict[str, list[str]],
-    images_path: str | Path,
-    annotations_path: str | Path,
-    masks_dir: str | Path,
-    image_root: str | Path,
-    classes: list[str],
-    outputs: CleanOutputs,
-    unlabelled: str = "background",
-) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class CleanArgs:
+    """What the cleaning step reads, writes and is set by (its command line:
+    segflow.step_cli)."""
+
+    settings: CleanSettings = arg(
+        "JSON of the clean settings",
+        parse=lambda text: CleanSettings.from_json(text, "--settings"),
+    )
+    sources: dict[str, list[str]] = arg(
+        "JSON: source name -> its oof.npy files", parse=json.loads
+    )
+    images_path: Path = arg("images.parquet", flag="--images")
+    annotations_path: Path = arg("annotations.parquet", flag="--annotations")
+    masks_dir: Path = arg("the index's masks")
+    image_root: Path = arg("the folder image file names are relative to")
+    classes: list[str] = arg("JSON list of class names", parse=json.loads)
+    outputs: CleanOutputs = arg("what the step writes", outputs=True)
+    unlabelled: str = arg("data.unlabelled", choices=UNLABELLED, default="background")
+
+
+def clean(args: CleanArgs) -> dict:
     """Score, flag and clean every labelled image; see module doc for what is written.
-    ``unlabelled``: data.unlabelled (a dataset without background has no missed objects)."""
-    background = background_class(unlabelled)
-    images = pd.read_parquet(images_path)
+    ``args.unlabelled``: data.unlabelled (without background, no missed objects)."""
+    settings, classes, outputs = args.settings, args.classes, args.outputs
+    background = background_class(args.unlabelled)
+    images = pd.read_parquet(args.images_path)
     labelled = images[images["split"] == "train"].set_index("image_id")
     image_ids = list(labelled.index)
-    annotation_rows = pd.read_parquet(annotations_path)
+    annotation_rows = pd.read_parquet(args.annotations_path)
     by_image = dict(list(annotation_rows.groupby("image_id", sort=False)))
 
     def annotations(image_id: str) -> pd.DataFrame:
         return by_image.get(image_id, annotation_rows.iloc[:0])
 
     # 1. The judge and its per-class thresholds (one streamed pass), 2. the scores (another).
-    judge = Judge(sources, labelled, masks_dir)
+    judge = Judge(args.sources, labelled, args.masks_dir)
     thresholds, judge_confusion = self_confidence_thresholds(judge, len(classes))
     judge_iou = iou_per_class(judge_confusion)
     # A class the judge itself gets wrong is judged by nobody (clean.min_judge_iou).
@@ -302,13 +312,13 @@ def clean(
             coco_id = labelled.at[image_id, "coco_id"]
             if not reasons[image_id] or action in ("drop", "none"):
                 shutil.copyfile(
-                    mask_file(masks_dir, coco_id), mask_file(masks_tmp, coco_id)
+                    mask_file(args.masks_dir, coco_id), mask_file(masks_tmp, coco_id)
                 )
                 continue
-            label = read_label(masks_dir, coco_id)
+            label = read_label(args.masks_dir, coco_id)
             new = cleaned_mask(
                 label,
-                read_instances(masks_dir, coco_id),
+                read_instances(args.masks_dir, coco_id),
                 rescore(image_id),
                 flagged_positions.get(image_id, []),
                 "low_iou" in reasons[image_id],
@@ -344,7 +354,7 @@ def clean(
             for image_id in flagged_ids:  # the labels as they are
                 coco_id = labelled.at[image_id, "coco_id"]
                 shutil.copyfile(
-                    mask_file(masks_dir, coco_id), mask_file(masks_tmp, coco_id)
+                    mask_file(args.masks_dir, coco_id), mask_file(masks_tmp, coco_id)
                 )
 
         # 4. The tables, the gallery and the summary.
@@ -385,7 +395,7 @@ def clean(
             flagged_positions,
             rescore,
             outputs,
-            image_root,
+            args.image_root,
             classes,
             judge.size,
             action,
@@ -393,7 +403,7 @@ def clean(
             limits,
         )
         summary = {
-            "sources": sorted(sources),
+            "sources": sorted(args.sources),
             "settings": settings.to_dict(),
             "class_thresholds": dict(zip(classes, map(float, thresholds))),
             "judged_classes": [
@@ -537,42 +547,6 @@ def _cell(value) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Score labels against out-of-fold predictions; flag and clean them."
-    )
-    parser.add_argument("--settings", required=True, help="JSON of the clean settings")
-    parser.add_argument(
-        "--sources", required=True, help="JSON: source name -> its oof.npy files"
-    )
-    parser.add_argument("--images", required=True)
-    parser.add_argument("--annotations", required=True)
-    parser.add_argument("--masks-dir", required=True)
-    parser.add_argument("--image-root", required=True)
-    parser.add_argument("--classes", required=True)
-    parser.add_argument("--unlabelled", choices=UNLABELLED, required=True)
-    for name in CleanOutputs.__dataclass_fields__:
-        parser.add_argument(f"--{name}-out", required=True)
-    args = parser.parse_args(argv)
-    outputs = CleanOutputs(
-        **{
-            name: Path(getattr(args, f"{name}_out"))
-            for name in CleanOutputs.__dataclass_fields__
-        }
-    )
-    try:
-        summary = clean(
-            settings=CleanSettings.from_json(args.settings, "--settings"),
-            sources=json.loads(args.sources),
-            images_path=args.images,
-            annotations_path=args.annotations,
-            masks_dir=args.masks_dir,
-            image_root=args.image_root,
-            classes=json.loads(args.classes),
-            outputs=outputs,
-            unlabelled=args.unlabelled,
-        )
-    except (PredictionError, ValueError, FileNotFoundError) as e:
-        sys.exit(f"ERROR: {e}")
     keys = (
         "labelled_images",
         "flagged_images",
@@ -580,7 +554,14 @@ def main(argv=None) -> None:
         "missed_regions",
         "dropped_images",
     )
-    print(json.dumps({k: summary[k] for k in keys}))
+    run_step(
+        clean,
+        CleanArgs,
+        argv,
+        "Score labels against out-of-fold predictions; flag and clean them.",
+        (PredictionError, ValueError, FileNotFoundError),
+        report=lambda summary: json.dumps({k: summary[k] for k in keys}),
+    )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ A step declares what it reads, writes and is set by once: a frozen dataclass who
 fields carry their help (:func:`arg`). Python callers build that dataclass; the command
 line is derived from it: the flag ``--name-with-dashes`` (or the field's ``flag``), a
 required option unless the field has a default, the text turned into the value by the
-field's ``parse`` or its type (int, float, str, Path; ``X | None`` as X). So a flag, its
-type and its help cannot drift from what the step reads.
+field's ``parse`` or its type (int, float, str, Path; ``X | None`` as X). A field of
+``outputs=True`` is a dataclass of output paths, each its own ``--<name>-out`` flag. So
+a flag, its type and its help cannot drift from what the step reads and writes.
 """
 
 from __future__ import annotations
@@ -31,18 +32,44 @@ def arg(
     nargs: str | None = None,
     choices: typing.Sequence[str] | None = None,
     group: str | None = None,
+    outputs: bool = False,
 ):
     """A declared argument: ``help`` for its flag, ``parse`` to read its text (else its
     type), ``flag`` to name it otherwise, ``nargs``/``choices`` as in argparse, ``group``
-    to list it under a heading of the help."""
+    to list it under a heading of the help; ``outputs``: a dataclass of paths whose
+    fields are flags ``--<field>-out``."""
     meta = {"help": help, "parse": parse, "flag": flag, "nargs": nargs}
-    return dataclasses.field(
-        default=default, metadata=meta | {"choices": choices, "group": group}
-    )
+    meta |= {"choices": choices, "group": group, "outputs": outputs}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _output_flags(field: dataclasses.Field, paths: type) -> dict[str, str]:
+    """dest -> flag of each output path of an ``outputs`` field."""
+    return {
+        f"{field.name}.{path.name}": f"--{path.name.replace('_', '-')}-out"
+        for path in dataclasses.fields(paths)
+    }
 
 
 def flag_of(field: dataclasses.Field) -> str:
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def declared_flags(declared: type) -> dict[str, bool]:
+    """Every flag of a declaration -> whether it is required."""
+    hints = typing.get_type_hints(declared)
+    flags = {}
+    for field in dataclasses.fields(declared):
+        if field.metadata.get("outputs"):
+            flags |= dict.fromkeys(
+                _output_flags(field, hints[field.name]).values(), True
+            )
+        else:
+            flags[flag_of(field)] = (
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING
+            )
+    return flags
 
 
 def _converter(field: dataclasses.Field, annotation) -> Callable[[str], object]:
@@ -86,6 +113,17 @@ def command_line(declared: type, description: str) -> argparse.ArgumentParser:
         target = parser
         if group:
             target = groups.setdefault(group, parser.add_argument_group(group))
+        if field.metadata.get("outputs"):
+            for dest, flag in _output_flags(field, hints[field.name]).items():
+                target.add_argument(
+                    flag,
+                    dest=dest,
+                    type=Path,
+                    required=True,
+                    metavar="PATH",
+                    help=f"{field.metadata['help']}: {dest.split('.')[1]}",
+                )
+            continue
         required = (
             field.default is dataclasses.MISSING
             and field.default_factory is dataclasses.MISSING
@@ -110,8 +148,18 @@ def command_line(declared: type, description: str) -> argparse.ArgumentParser:
 
 def parse_declared(declared: type, argv, description: str):
     """The declared dataclass, built from ``argv``."""
-    namespace = command_line(declared, description).parse_args(argv)
-    return declared(**vars(namespace))
+    values = vars(command_line(declared, description).parse_args(argv))
+    hints = typing.get_type_hints(declared)
+    for field in dataclasses.fields(declared):
+        if field.metadata.get("outputs"):
+            paths = hints[field.name]
+            values[field.name] = paths(
+                **{
+                    dest.split(".")[1]: values.pop(dest)
+                    for dest in _output_flags(field, paths)
+                }
+            )
+    return declared(**values)
 
 
 def run_step(
