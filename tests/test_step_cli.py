@@ -28,6 +28,7 @@ from segflow.step_cli import (
     parse_declared,
     run_step,
 )
+from segflow.submission import WriteArgs
 from segflow.train import TrainArgs
 
 
@@ -135,6 +136,7 @@ def rule_flags(rule_file: str, step: str) -> set[str]:
         ("results.smk", "leaderboard", LeaderboardArgs),
         ("ensemble.smk", "ensemble", EnsembleArgs),
         ("clean.smk", "clean", CleanArgs),
+        ("ensemble.smk", "submission write", WriteArgs),
     ],
 )
 def test_a_rule_passes_exactly_flags_its_step_declares(rule_file, step, declared):

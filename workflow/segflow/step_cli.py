@@ -33,13 +33,16 @@ def arg(
     choices: typing.Sequence[str] | None = None,
     group: str | None = None,
     outputs: bool = False,
+    positional: bool = False,
 ):
     """A declared argument: ``help`` for its flag, ``parse`` to read its text (else its
     type), ``flag`` to name it otherwise, ``nargs``/``choices`` as in argparse, ``group``
     to list it under a heading of the help; ``outputs``: a dataclass of paths whose
-    fields are flags ``--<field>-out``."""
+    fields are flags ``--<field>-out``; ``positional``: an argument without a flag. A
+    ``bool`` field is a switch (store_true)."""
     meta = {"help": help, "parse": parse, "flag": flag, "nargs": nargs}
     meta |= {"choices": choices, "group": group, "outputs": outputs}
+    meta |= {"positional": positional}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -64,7 +67,7 @@ def declared_flags(declared: type) -> dict[str, bool]:
             flags |= dict.fromkeys(
                 _output_flags(field, hints[field.name]).values(), True
             )
-        else:
+        elif not field.metadata.get("positional"):
             flags[flag_of(field)] = (
                 field.default is dataclasses.MISSING
                 and field.default_factory is dataclasses.MISSING
@@ -101,9 +104,7 @@ def _reporting(parse: Callable[[str], object]) -> Callable[[str], object]:
     return parsed
 
 
-def command_line(declared: type, description: str) -> argparse.ArgumentParser:
-    """The argparse parser of a step's declared arguments."""
-    parser = argparse.ArgumentParser(description=description)
+def _add_arguments(parser: argparse.ArgumentParser, declared: type) -> None:
     hints = typing.get_type_hints(declared)
     groups: dict[str, argparse._ArgumentGroup] = {}
     for field in dataclasses.fields(declared):
@@ -124,6 +125,18 @@ def command_line(declared: type, description: str) -> argparse.ArgumentParser:
                     help=f"{field.metadata['help']}: {dest.split('.')[1]}",
                 )
             continue
+        help_text = field.metadata.get("help")
+        if field.metadata.get("positional"):
+            target.add_argument(
+                field.name, type=_converter(field, hints[field.name]), help=help_text
+            )
+            continue
+        flag = flag_of(field)
+        if hints[field.name] is bool:  # a switch: off unless given
+            target.add_argument(
+                flag, dest=field.name, action="store_true", help=help_text
+            )
+            continue
         required = (
             field.default is dataclasses.MISSING
             and field.default_factory is dataclasses.MISSING
@@ -131,7 +144,8 @@ def command_line(declared: type, description: str) -> argparse.ArgumentParser:
         options = {
             "dest": field.name,
             "type": _converter(field, hints[field.name]),
-            "help": field.metadata.get("help"),
+            "help": help_text,
+            "metavar": flag.removeprefix("--").replace("-", "_").upper(),
         }
         if required:
             options["required"] = True
@@ -140,15 +154,19 @@ def command_line(declared: type, description: str) -> argparse.ArgumentParser:
         for key in ("nargs", "choices"):
             if field.metadata.get(key) is not None:
                 options[key] = field.metadata[key]
-        flag = flag_of(field)
-        options["metavar"] = flag.removeprefix("--").replace("-", "_").upper()
         target.add_argument(flag, **options)
+
+
+def command_line(declared: type, description: str) -> argparse.ArgumentParser:
+    """The argparse parser of a step's declared arguments."""
+    parser = argparse.ArgumentParser(description=description)
+    _add_arguments(parser, declared)
     return parser
 
 
-def parse_declared(declared: type, argv, description: str):
-    """The declared dataclass, built from ``argv``."""
-    values = vars(command_line(declared, description).parse_args(argv))
+def _build(declared: type, values: dict, parser: argparse.ArgumentParser):
+    """The declaration from parsed values; a check of the declaration's own
+    (``__post_init__``: one of two flags, say) fails as a usage error."""
     hints = typing.get_type_hints(declared)
     for field in dataclasses.fields(declared):
         if field.metadata.get("outputs"):
@@ -159,7 +177,26 @@ def parse_declared(declared: type, argv, description: str):
                     for dest in _output_flags(field, paths)
                 }
             )
-    return declared(**values)
+    try:
+        return declared(**values)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+def parse_declared(declared: type, argv, description: str):
+    """The declared dataclass, built from ``argv``."""
+    parser = command_line(declared, description)
+    return _build(declared, vars(parser.parse_args(argv)), parser)
+
+
+def _run(step, arguments, errors: tuple, report) -> None:
+    try:
+        result = step(arguments)
+    except errors as e:
+        sys.exit(f"ERROR: {e}")
+    line = report(result) if report is not None else ""
+    if line:
+        print(line, flush=True)
 
 
 def run_step(
@@ -174,11 +211,25 @@ def run_step(
     input, a missing file) ends the process with one ``ERROR:`` line, no traceback.
     ``report``: the line printed from the step's result (its log's last line; none
     where it is empty)."""
-    arguments = parse_declared(declared, argv, description)
-    try:
-        result = step(arguments)
-    except errors as e:
-        sys.exit(f"ERROR: {e}")
-    line = report(result) if report is not None else ""
-    if line:
-        print(line, flush=True)
+    _run(step, parse_declared(declared, argv, description), errors, report)
+
+
+def run_commands(
+    commands: dict[str, tuple[Callable, type, str]],
+    argv,
+    description: str,
+    errors: tuple,
+    report: Callable[[object], str] | None = None,
+) -> None:
+    """A step with subcommands: name -> (step, its declaration, its help); as
+    run_step otherwise."""
+    parser = argparse.ArgumentParser(description=description)
+    chosen = parser.add_subparsers(dest="command", required=True)
+    parsers = {}
+    for name, (_, declared, help_text) in commands.items():
+        parsers[name] = chosen.add_parser(name, help=help_text, description=help_text)
+        _add_arguments(parsers[name], declared)
+    values = vars(parser.parse_args(argv))
+    name = values.pop("command")
+    step, declared, _ = commands[name]
+    _run(step, _build(declared, values, parsers[name]), errors, report)

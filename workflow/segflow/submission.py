@@ -15,8 +15,8 @@ given:
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +24,11 @@ import pandas as pd
 import yaml
 
 from segflow.coco import DataError, read_json
-from segflow.input_size import as_size
+from segflow.input_size import Size, as_size
 from segflow.io import atomic_path, read_ids
 from segflow.labels import resize_label
 from segflow.settings import ConfigError, validated
+from segflow.step_cli import arg, run_commands
 from segflow.submission_format import (
     HEADER,
     NATIVE,
@@ -104,85 +105,97 @@ def write_submission(
     return rows
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckArgs:
+    """``check``: any submission CSV against the test images and the format."""
+
+    file: Path = arg("the submission CSV", positional=True)
+    test_json: Path | None = arg(
+        "COCO test file: ids must be exactly its images", default=None
+    )
+    size: Size | str | None = arg(
+        "mask height x width (96x128, 96 for 96x96, or native: each test image's own"
+        " size, from --test-json; default: from --config)",
+        default=None,
+        parse=parse_submission_size,
+    )
+    n_classes: int | None = arg("classes (default: from --config)", default=None)
+    config: Path = arg(
+        "segflow config for size and classes", default=Path("config.yaml")
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriteArgs:
+    """``write``: the CSV from an ensemble's test label maps."""
+
+    labels_path: Path = arg("test_labels.npy (N, H, W) uint8", flag="--labels")
+    ids_path: Path = arg("test_ids.txt", flag="--ids")
+    test_json: Path = arg("the COCO test file")
+    sample_submission: Path | None = arg(
+        "the competition's sample submission, or empty",
+        parse=lambda text: Path(text) if text else None,
+    )
+    size: Size | str = arg(
+        "mask height x width, or native", parse=parse_submission_size
+    )
+    n_classes: int = arg("number of classes")
+    out: Path = arg("submission.csv")
+    debug_subset: bool = arg(
+        "debug mode: write the predicted sample of the test images only", default=False
+    )
+
+
+def check(args: CheckArgs) -> str:
+    """The check's one line (an error raises)."""
+    expected = (
+        [image["file_name"] for image in read_json(args.test_json)["images"]]
+        if args.test_json
+        else None
+    )
+    size, n_classes = args.size, args.n_classes
+    if size is None or n_classes is None:
+        config = validated(yaml.safe_load(Path(args.config).read_text()))
+        size = size or config["submission"]["size"]
+        n_classes = n_classes or len(config["classes"])
+    if size == NATIVE:
+        if not args.test_json:
+            raise SubmissionError("--size native needs --test-json (the sizes)")
+        size = submission_sizes(args.test_json, NATIVE)
+        shown = "native-size"
+    else:
+        size = as_size(size)
+        shown = f"{size[0]}x{size[1]} (height x width)"
+    rows = check_submission(args.file, size, n_classes, expected)
+    return f"OK: {args.file}: {rows} rows, {shown} masks, classes 0..{n_classes - 1}"
+
+
+def write(args: WriteArgs) -> str:
+    rows = write_submission(
+        labels_path=args.labels_path,
+        ids_path=args.ids_path,
+        test_json=args.test_json,
+        out=args.out,
+        size=args.size,
+        n_classes=args.n_classes,
+        sample_submission=args.sample_submission,
+        debug_subset=args.debug_subset,
+    )
+    return f"wrote {args.out}: {rows} rows"
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Write or check a competition submission CSV."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="check any submission CSV")
-    check.add_argument("file")
-    check.add_argument(
-        "--test-json", help="COCO test file: ids must be exactly its images"
-    )
-    check.add_argument(
-        "--size",
-        type=parse_submission_size,
-        help="mask height x width (96x128, 96 for 96x96, or native: each test image's"
-        " own size, from --test-json; default: from --config)",
-    )
-    check.add_argument("--n-classes", type=int, help="classes (default: from --config)")
-    check.add_argument(
-        "--config", default="config.yaml", help="segflow config for size and classes"
-    )
-    write = commands.add_parser("write", help="write the CSV from ensemble label maps")
-    write.add_argument(
-        "--labels", required=True, help="test_labels.npy (N, H, W) uint8"
-    )
-    write.add_argument("--ids", required=True, help="test_ids.txt")
-    write.add_argument("--test-json", required=True)
-    write.add_argument("--sample-submission", required=True, help="or empty")
-    write.add_argument(
-        "--size",
-        type=parse_submission_size,
-        required=True,
-        help="mask height x width, or native",
-    )
-    write.add_argument("--n-classes", type=int, required=True)
-    write.add_argument("--out", required=True)
-    write.add_argument(
-        "--debug-subset",
-        action="store_true",
-        help="debug mode: write the predicted sample of the test images only",
-    )
-    args = parser.parse_args(argv)
     try:
-        if args.command == "check":
-            expected = (
-                [image["file_name"] for image in read_json(args.test_json)["images"]]
-                if args.test_json
-                else None
-            )
-            size, n_classes = args.size, args.n_classes
-            if size is None or n_classes is None:
-                config = validated(yaml.safe_load(Path(args.config).read_text()))
-                size = size or config["submission"]["size"]
-                n_classes = n_classes or len(config["classes"])
-            if size == NATIVE:
-                if not args.test_json:
-                    raise SubmissionError("--size native needs --test-json (the sizes)")
-                size = submission_sizes(args.test_json, NATIVE)
-                shown = "native-size"
-            else:
-                size = as_size(size)
-                shown = f"{size[0]}x{size[1]} (height x width)"
-            rows = check_submission(args.file, size, n_classes, expected)
-            print(
-                f"OK: {args.file}: {rows} rows, {shown} masks, classes 0..{n_classes - 1}"
-            )
-        else:
-            rows = write_submission(
-                labels_path=args.labels,
-                ids_path=args.ids,
-                test_json=args.test_json,
-                out=args.out,
-                size=args.size,
-                n_classes=args.n_classes,
-                sample_submission=args.sample_submission or None,
-                debug_subset=args.debug_subset,
-            )
-            print(f"wrote {args.out}: {rows} rows")
-    except (SubmissionError, DataError, ConfigError) as e:
-        sys.exit(f"ERROR: {e}")
+        run_commands(
+            {
+                "check": (check, CheckArgs, "check any submission CSV"),
+                "write": (write, WriteArgs, "write the CSV from ensemble label maps"),
+            },
+            argv,
+            "Write or check a competition submission CSV.",
+            (SubmissionError, DataError, ConfigError),
+            report=str,
+        )
     except OSError as e:  # a missing or unreadable file: its name, not a traceback
         sys.exit(f"ERROR: {e.filename}: {e.strerror}")
 
