@@ -11,7 +11,9 @@ import pytest
 
 from conftest import REPO
 from segflow.clean import CleanArgs
+from segflow.demo import DemoArgs
 from segflow.demo_noise_score import NoiseScoreArgs
+from segflow.demo_score import DemoScoreArgs
 from segflow.eda import EdaArgs
 from segflow.ensemble import EnsembleArgs
 from segflow.folds import FoldsArgs
@@ -116,11 +118,18 @@ def test_run_step_turns_an_expected_error_into_one_line():
 
 
 def rule_flags(rule_file: str, step: str) -> set[str]:
-    """The flags a rule file's shell command passes to ``python -m segflow.<step>``."""
+    """The flags every shell command of a rule file passes to ``python -m
+    segflow.<step>``."""
     text = (REPO / "workflow" / "rules" / rule_file).read_text()
-    shell = text[text.index(f"python -m segflow.{step}") :]
-    shell = shell[: shell.index("> {log}")]
-    return set(re.findall(r"(--[a-z][a-z-]*)", shell))
+    starts = [m.end() for m in re.finditer(rf"python -m segflow\.{step} ", text)]
+    assert starts, f"{rule_file} never runs segflow.{step}"
+    return {
+        flag
+        for start in starts
+        for flag in re.findall(
+            r"(--[a-z][a-z-]*)", text[start : text.index("> {log}", start)]
+        )
+    }
 
 
 @pytest.mark.parametrize(
@@ -137,6 +146,8 @@ def rule_flags(rule_file: str, step: str) -> set[str]:
         ("ensemble.smk", "ensemble", EnsembleArgs),
         ("clean.smk", "clean", CleanArgs),
         ("ensemble.smk", "submission write", WriteArgs),
+        ("demo.smk", "demo", DemoArgs),
+        ("scores.smk", "demo_score", DemoScoreArgs),
     ],
 )
 def test_a_rule_passes_exactly_flags_its_step_declares(rule_file, step, declared):

@@ -20,7 +20,6 @@ Layout written under ``out``::
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from pycocotools import mask as mask_utils
 from segflow.coco import annotation_rle
 from segflow.io import write_json, write_table
 from segflow.settings import DEMO_NOISE_KINDS, DemoSettings
+from segflow.step_cli import arg, run_step
 
 
 @dataclass(frozen=True)
@@ -542,17 +542,33 @@ def _summary(
     }
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="dataset root to write")
-    parser.add_argument(
-        "--classes", required=True, help="JSON list of class names, background first"
+@dataclass(frozen=True, kw_only=True)
+class DemoArgs:
+    """What the demo step writes and is set by (its command line: step_cli)."""
+
+    out: Path = arg("dataset root to write")
+    classes: list[str] = arg(
+        "JSON list of class names, background first", parse=json.loads
     )
-    parser.add_argument("--settings", required=True, help="JSON of the demo settings")
-    args = parser.parse_args(argv)
-    settings = DemoSettings.from_json(args.settings, "--settings")
-    summary = make_demo(args.out, json.loads(args.classes), **settings.to_dict())
-    print(json.dumps(summary, indent=2))
+    settings: DemoSettings = arg(
+        "JSON of the demo settings",
+        parse=lambda text: DemoSettings.from_json(text, "--settings"),
+    )
+
+
+def write_demo(args: DemoArgs) -> dict:
+    return make_demo(args.out, args.classes, **args.settings.to_dict())
+
+
+def main(argv=None) -> None:
+    run_step(
+        write_demo,
+        DemoArgs,
+        argv,
+        __doc__.split("\n")[0],
+        (ValueError,),
+        report=lambda summary: json.dumps(summary, indent=2),
+    )
 
 
 if __name__ == "__main__":

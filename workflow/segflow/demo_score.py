@@ -10,19 +10,19 @@ nearest neighbour as the submission step does), so a user sees what each stage b
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from segflow.coco import load_coco, rasterize
-from segflow.input_size import as_size
+from segflow.input_size import Size, as_size
 from segflow.io import atomic_path, read_ids, write_json
 from segflow.labels import resize_label
 from segflow.metrics import confusion_matrix, mean_iou, per_class_iou
 from segflow.probabilities import read_probability_set
+from segflow.step_cli import arg, run_step
 from segflow.submission_format import (
     NATIVE,
     SubmissionError,
@@ -161,50 +161,64 @@ def rounds_figure(result: dict, path: str) -> None:
         save_figure(fig, tmp)
 
 
+@dataclass(frozen=True, kw_only=True)
+class DemoScoreArgs:
+    """What the demo's scoring reads and writes: a submission, or every round's
+    ensemble and the single-model baselines (its command line: step_cli)."""
+
+    submission: Path | None = arg("score this submission CSV", default=None)
+    rounds: dict[str, dict[str, str]] | None = arg(
+        'or JSON: name -> a round\'s {"test_labels", "test_ids", "summary"} files or a'
+        ' single model\'s {"test"} probabilities',
+        default=None,
+        parse=json.loads,
+    )
+    truth_json: Path = arg("the demo's truth/test.json", flag="--truth")
+    classes: list[str] = arg("JSON list of class names", parse=json.loads)
+    size: Size | str = arg(
+        "the submission size: height x width, or native", parse=parse_submission_size
+    )
+    out: Path = arg("score.json or rounds.json")
+    figure_out: Path | None = arg(
+        "with --rounds: the rounds figure (PNG)", default=None
+    )
+
+    def __post_init__(self):
+        if (self.submission is None) == (self.rounds is None):
+            raise ValueError("give one of --submission and --rounds")
+
+
+def score_demo(args: DemoScoreArgs) -> str:
+    """Score what ``args`` names; the line the log ends with."""
+    if args.rounds is not None:
+        result = rounds_score(
+            entries=args.rounds,
+            truth_json=args.truth_json,
+            classes=args.classes,
+            size=args.size,
+            out=args.out,
+            figure_out=args.figure_out,
+        )
+        return json.dumps({r: v["test_miou"] for r, v in result.items()})
+    score = demo_score(
+        submission=args.submission,
+        truth_json=args.truth_json,
+        classes=args.classes,
+        size=args.size,
+        out=args.out,
+    )
+    return json.dumps({"test_miou": score["test_miou"]})
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Score a submission against the demo's hidden test labels."
+    run_step(
+        score_demo,
+        DemoScoreArgs,
+        argv,
+        "Score a submission against the demo's hidden test labels.",
+        (SubmissionError,),
+        report=str,
     )
-    scored = parser.add_mutually_exclusive_group(required=True)
-    scored.add_argument("--submission", help="score this submission CSV")
-    scored.add_argument(
-        "--rounds",
-        help='or JSON: name -> a round\'s {"test_labels", "test_ids", "summary"} files'
-        ' or a single model\'s {"test"} probabilities',
-    )
-    parser.add_argument("--truth", required=True, help="the demo's truth/test.json")
-    parser.add_argument("--classes", required=True)
-    parser.add_argument(
-        "--size",
-        type=parse_submission_size,
-        required=True,
-        help="the submission size: height x width, or native",
-    )
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--figure-out", help="with --rounds: the rounds figure (PNG)")
-    args = parser.parse_args(argv)
-    try:
-        if args.rounds:
-            result = rounds_score(
-                entries=json.loads(args.rounds),
-                truth_json=args.truth,
-                classes=json.loads(args.classes),
-                size=args.size,
-                out=args.out,
-                figure_out=args.figure_out,
-            )
-            print(json.dumps({r: v["test_miou"] for r, v in result.items()}))
-        else:
-            score = demo_score(
-                submission=args.submission,
-                truth_json=args.truth,
-                classes=json.loads(args.classes),
-                size=args.size,
-                out=args.out,
-            )
-            print(json.dumps({"test_miou": score["test_miou"]}))
-    except SubmissionError as e:
-        sys.exit(f"ERROR: {e}")
 
 
 if __name__ == "__main__":
