@@ -17,6 +17,7 @@ from segflow.demo_score import DemoScoreArgs
 from segflow.eda import EdaArgs
 from segflow.ensemble import EnsembleArgs
 from segflow.folds import FoldsArgs
+from segflow.index import MergeArgs, SplitArgs
 from segflow.leaderboard import LeaderboardArgs
 from segflow.oof_score import OofScoreArgs
 from segflow.predict import PredictArgs
@@ -148,23 +149,32 @@ def rule_flags(rule_file: str, step: str) -> set[str]:
         ("ensemble.smk", "submission write", WriteArgs),
         ("demo.smk", "demo", DemoArgs),
         ("scores.smk", "demo_score", DemoScoreArgs),
+        ("data.smk", "index split", SplitArgs),  # with common.smk's index_options
+        ("data.smk", "index merge", MergeArgs),
     ],
 )
 def test_a_rule_passes_exactly_flags_its_step_declares(rule_file, step, declared):
-    """Every flag the rule passes is declared, every required flag is passed."""
+    """Every flag the rule passes is declared, every required flag is passed (the
+    index's common options come from common.smk's index_options)."""
     passed = rule_flags(rule_file, step)
+    if step == "index split":
+        passed |= set(re.findall(r"(--[a-z][a-z-]*)", helper_text("index_options")))
     declared_here = declared_flags(declared)
     assert passed - set(declared_here) == set()
     assert {flag for flag, required in declared_here.items() if required} <= passed
 
 
+def helper_text(name: str) -> str:
+    """The body of one input function of common.smk, up to its return."""
+    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
+    body = common[common.index(f"def {name}") :]
+    return body[: body.index("\n\n\n")]
+
+
 def test_the_round_arguments_are_declared_by_the_train_step():
     """common.smk's round_training_args (the later rounds' flags) against TrainArgs:
     each is declared, and every declared later-round flag is passed by some round."""
-    common = (REPO / "workflow" / "rules" / "common.smk").read_text()
-    round_args = common[common.index("def round_training_args") :]
-    round_args = round_args[: round_args.index("return")]
-    passed = set(re.findall(r"(--[a-z][a-z-]*)", round_args))
+    passed = set(re.findall(r"(--[a-z][a-z-]*)", helper_text("round_training_args")))
     declared = {flag_of(f): f for f in fields(TrainArgs)}
     assert passed - set(declared) == set()
     later = {flag for flag, f in declared.items() if f.metadata["group"]}

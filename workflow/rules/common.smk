@@ -72,7 +72,7 @@ def coco_files(wildcards):
 
 
 def index_options(wildcards):
-    """segflow.index's options common to both splits."""
+    """segflow.index split's options common to both splits."""
     return " ".join(
         [
             f"--image-root {shlex.quote(str(DATA.root))}",

@@ -20,7 +20,7 @@ rule index_train:
     params:
         options=index_options,
     shell:
-        "python -m segflow.index --split train --coco {input.train:q} {params.options}"
+        "python -m segflow.index split --split train --coco {input.train:q} {params.options}"
         " --images-out {output.images} --skipped-out {output.skipped}"
         " --annotations-out {output.annotations} --masks-dir {output.masks}"
         " --threads {threads} > {log} 2>&1"
@@ -46,7 +46,7 @@ rule index_test:
     params:
         options=index_options,
     shell:
-        "python -m segflow.index --split test --coco {input.test:q}"
+        "python -m segflow.index split --split test --coco {input.test:q}"
         " --train-json {input.train:q} {params.options}"
         " --images-out {output.images} --skipped-out {output.skipped}"
         " --threads {threads} > {log} 2>&1"
@@ -68,6 +68,6 @@ rule index:
         mem_mb=job_memory_mb(config, "index"),
         runtime=job_runtime_minutes(config, "index"),
     shell:
-        "python -m segflow.index --merge-images {input.images}"
-        " --merge-skipped {input.skipped} --images-out {output.images}"
+        "python -m segflow.index merge --images {input.images}"
+        " --skipped {input.skipped} --images-out {output.images}"
         " --skipped-out {output.skipped} > {log} 2>&1"

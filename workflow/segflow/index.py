@@ -18,8 +18,8 @@ the background left out), ignored_pixels (void or unlabelled: IGNORE_INDEX) and
 pixels_<k> for every class index k (pixel counts; empty for test images, which have no
 labels).
 
-Each split is indexed by its own job (``--split train``, ``--split test``) and the two
-tables merged (``--merge-images``): a new test set reruns nothing that training read.
+Each split is indexed by its own job (``split --split train``, ``split --split test``) and
+the two tables merged (``merge``): a new test set reruns nothing that training read.
 
 Any failure on one image (a file PIL or OpenCV cannot read, a size that matches neither
 its stored nor its EXIF frame, more annotations than the instance map holds) is a
@@ -29,7 +29,6 @@ problem naming the JSON file and the image id, which stops the run or, with
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +41,7 @@ import pandas as pd
 from PIL import Image
 
 from segflow.coco import (
+    ON_ERROR,
     CocoSplit,
     DataError,
     Problem,
@@ -67,6 +67,7 @@ from segflow.labels import (
     write_label,
 )
 from segflow.progress import ProgressLine
+from segflow.step_cli import arg, run_commands
 from segflow.tables import ANNOTATION_COLUMNS, image_columns, pixel_columns
 
 SPLITS = ("train", "test")
@@ -405,87 +406,97 @@ def _images_table(rows: list[dict], n_classes: int) -> pd.DataFrame:
     return table
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Validate one split of a COCO dataset (the image index and, for the"
-        " training split, the class masks), or merge the splits' tables."
+@dataclass(frozen=True, kw_only=True)
+class SplitArgs:
+    """``split``: validate one split's COCO file and images; index them (and, for the
+    training split, rasterize the class masks)."""
+
+    split: str = arg("the split to index", choices=SPLITS)
+    coco: Path = arg("the split's COCO JSON")
+    train_json: Path | None = arg(
+        "test split: the training COCO JSON, whose file names it must not reuse",
+        default=None,
     )
-    parser.add_argument("--split", choices=SPLITS, help="the split to index")
-    parser.add_argument("--coco", help="the split's COCO JSON")
-    parser.add_argument(
-        "--train-json",
-        help="test split: the training COCO JSON, whose file names it must not reuse",
+    image_root: Path = arg("folder the file_name entries are relative to")
+    classes: list[str] = arg(
+        "JSON list of class names, background first", parse=json.loads
     )
-    parser.add_argument(
-        "--image-root", help="folder the file_name entries are relative to"
+    images_out: Path = arg("images.parquet")
+    annotations_out: Path | None = arg(
+        "training split: annotations.parquet", default=None
     )
-    parser.add_argument("--classes", help="JSON list of class names, background first")
-    parser.add_argument("--images-out", required=True)
-    parser.add_argument("--annotations-out", help="training split: annotations.parquet")
-    parser.add_argument("--skipped-out", required=True)
-    parser.add_argument("--masks-dir", help="training split: the class masks")
-    parser.add_argument("--on-error", choices=["stop", "skip"])
-    parser.add_argument(
-        "--unlabelled",
+    skipped_out: Path = arg("skipped.csv")
+    masks_dir: Path | None = arg("training split: the class masks", default=None)
+    on_error: str = arg("data.on_error", choices=ON_ERROR)
+    unlabelled: str = arg(
+        "pixels no annotation covers: the background class 0, or ignored (255)",
         choices=UNLABELLED,
-        help="pixels no annotation covers: the background class 0, or ignored (255)",
     )
-    parser.add_argument("--void", help="JSON list of void category names or ids")
-    parser.add_argument(
-        "--exif",
-        choices=EXIF_SETTINGS,
-        help="the EXIF frame of images whose sizes cannot tell",
+    void: list = arg("JSON list of void category names or ids", parse=json.loads)
+    exif: str = arg(
+        "the EXIF frame of images whose sizes cannot tell", choices=EXIF_SETTINGS
     )
-    parser.add_argument(
-        "--sample", type=int, help="debug: keep this many images (0: all)"
+    sample: int = arg("debug: keep this many images (0: all)")
+    seed: int = arg("of the debug sample")
+    threads: int = arg("image reading threads")
+
+    def __post_init__(self):
+        if self.split == "train" and None in (self.masks_dir, self.annotations_out):
+            raise ValueError(
+                "the training split needs --masks-dir and --annotations-out"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class MergeArgs:
+    """``merge``: the splits' tables as one (what steps that read test images use)."""
+
+    images: list[Path] = arg("the images tables, one per split", nargs="+")
+    skipped: list[Path] = arg("the skipped tables, one per split", nargs="+")
+    images_out: Path = arg("the merged images.parquet")
+    skipped_out: Path = arg("the merged skipped.csv")
+
+
+def index_one_split(args: SplitArgs) -> str:
+    index = index_split(
+        args.split,
+        args.coco,
+        args.image_root,
+        args.classes,
+        masks_dir=args.masks_dir if args.split == "train" else None,
+        on_error=args.on_error,
+        sample=args.sample or None,
+        seed=args.seed,
+        threads=args.threads,
+        unlabelled=args.unlabelled,
+        void=args.void,
+        exif=args.exif,
+        train_json=args.train_json,
     )
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--threads", type=int)
-    parser.add_argument(
-        "--merge-images",
-        nargs="+",
-        help="merge these images tables (one per split) into --images-out instead",
-    )
-    parser.add_argument(
-        "--merge-skipped", nargs="+", help="with --merge-images: the skipped tables"
-    )
-    args = parser.parse_args(argv)
-    if args.merge_images:
-        images = merge_tables(args.merge_images, args.images_out)
-        merge_tables(args.merge_skipped or [], args.skipped_out)
-        print(images.groupby("split").size().to_string())
-        return
-    needed = ["split", "coco", "image_root", "classes", "on_error", "unlabelled"]
-    needed += ["void", "exif", "sample", "seed", "threads"]
-    needed += ["masks_dir", "annotations_out"] * (args.split == "train")
-    missing = [
-        f"--{name.replace('_', '-')}" for name in needed if getattr(args, name) is None
-    ]
-    if missing:
-        parser.error(f"indexing a split needs {' '.join(missing)}")
-    try:
-        index = index_split(
-            args.split,
-            args.coco,
-            args.image_root,
-            json.loads(args.classes),
-            masks_dir=args.masks_dir if args.split == "train" else None,
-            on_error=args.on_error,
-            sample=args.sample or None,
-            seed=args.seed,
-            threads=args.threads,
-            unlabelled=args.unlabelled,
-            void=json.loads(args.void),
-            exif=args.exif,
-            train_json=args.train_json,
-        )
-    except DataError as e:
-        sys.exit(f"ERROR: {e}")
     write_table(index.images, args.images_out)
     if args.annotations_out:
         write_table(index.annotations, args.annotations_out)
     write_table(index.skipped, args.skipped_out)
-    print(f"{args.split}: {len(index.images)} images")
+    return f"{args.split}: {len(index.images)} images"
+
+
+def merge_splits(args: MergeArgs) -> str:
+    images = merge_tables(args.images, args.images_out)
+    merge_tables(args.skipped, args.skipped_out)
+    return images.groupby("split").size().to_string()
+
+
+def main(argv=None) -> None:
+    run_commands(
+        {
+            "split": (index_one_split, SplitArgs, SplitArgs.__doc__.split("\n")[0]),
+            "merge": (merge_splits, MergeArgs, MergeArgs.__doc__.split("\n")[0]),
+        },
+        argv,
+        "Validate and index one split of a COCO dataset, or merge the splits' tables.",
+        (DataError,),
+        report=str,
+    )
 
 
 if __name__ == "__main__":
