@@ -444,3 +444,27 @@ def test_ema_weights_follow_the_documented_warmup_and_decay_exactly():
         )
         torch.testing.assert_close(average.ema.module.conv.weight, expected)
     assert 0 < decay == cap  # the cap was reached, so ema_decay is what acts
+
+
+def test_averaged_states_keep_each_tensors_dtype_and_the_log_names_the_epochs():
+    """mean_state: float tensors averaged in their own dtype (a float64 or float16
+    buffer stays one), integer ones taken from the first state; describe() names the
+    epochs whose weights were averaged (the training log's line)."""
+    states = [
+        {
+            "w64": torch.tensor([1.0, 2.0], dtype=torch.float64),
+            "w16": torch.tensor([1.0], dtype=torch.float16),
+            "n": torch.tensor(3 + k),
+        }
+        for k in range(2)
+    ]
+    states[1]["w64"] += 1
+    mean = mean_state(states)
+    assert mean["w64"].dtype == torch.float64 and mean["w64"].tolist() == [1.5, 2.5]
+    assert mean["w16"].dtype == torch.float16 and mean["n"].item() == 3
+    average = WeightAverage(TinyNet(), "topk", 4, model_params(top_k=2))
+    for epoch, score in ((1, 0.1), (2, 0.5), (3, 0.2), (4, 0.4)):
+        average.after_epoch(TinyNet(), epoch, score)
+    assert average.averaged_epochs() == [2, 4]
+    assert average.describe() == " of epochs [2, 4]"
+    assert WeightAverage(TinyNet(), "ema", 4, model_params()).describe() == ""
