@@ -306,6 +306,10 @@ def test_training_on_crops_predicts_with_the_sliding_window(tiny_dataset, tmp_pa
     assert probabilities.shape[1:] == (len(CLASSES), 48, 48)
     # Class probabilities of a pixel sum to 1 (up to the uint8 encoding).
     assert np.abs(probabilities.astype(int).sum(axis=1) - 255).max() <= len(CLASSES)
+    # The window really runs: its tile overlap changes the maps (a whole-image pass
+    # would ignore it).
+    predict_fold(tiny_dataset, tmp_path / "model.pt", tmp_path / "p0", overlap=0.0)
+    assert not np.array_equal(np.load(tmp_path / "p0" / "oof.npy"), probabilities)
 
 
 @pytest.mark.parametrize(
