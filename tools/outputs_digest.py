@@ -9,7 +9,8 @@ machine, which a rerun of the same code changes too: logs, Snakemake benchmarks,
 runs, live progress files, resume states; in CSV files the columns, and in JSON files
 the keys, that name seconds, throughput or a time.
 Those files are hashed without those parts. ``--compare`` prints the files that differ
-and exits 1 if any does.
+and exits 1 if any does; ``--rename OLD=NEW`` reads OLD as NEW in the earlier digest's
+paths, for a change that renames outputs on purpose.
 """
 
 from __future__ import annotations
@@ -74,12 +75,22 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     parser.add_argument("--compare", type=Path, help="a digest printed before")
+    parser.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="a path part renamed since the earlier digest",
+    )
     args = parser.parse_args(argv)
     now = digest(args.results)
     if args.compare is None:
         json.dump(now, sys.stdout, indent=1)
         return
     before = json.loads(args.compare.read_text())
+    for rename in args.rename:
+        old, new = rename.split("=", 1)
+        before = {name.replace(old, new): digest for name, digest in before.items()}
     out = io.StringIO()
     for name in sorted(set(before) | set(now)):
         if before.get(name) != now.get(name):
