@@ -472,3 +472,8 @@ def test_averaged_states_keep_each_tensors_dtype_and_the_log_names_the_epochs():
     assert average.averaged_epochs() == [2, 4]
     assert average.describe() == " of epochs [2, 4]"
     assert WeightAverage(TinyNet(), "ema", 4, model_params()).describe() == ""
+
+
+def test_an_unknown_averaging_method_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"'mean': choose from \['none', 'ema', 'swa'"):
+        WeightAverage(TinyNet(), "mean", 2, model_params())
