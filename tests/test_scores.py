@@ -129,6 +129,16 @@ def test_training_validation_scores_every_batch_as_one_set():
     per_image = [float(criterion(LookupModel()(x), y)) for x, y in loader]
     # The loss is the mean over images, each batch weighted by its size.
     assert loss == pytest.approx((per_image[0] + per_image[1] + 2 * per_image[2]) / 4)
+    # One image alone (a fold of one validation image): its own loss, not a share.
+    alone, _ = evaluate(
+        LookupModel(),
+        loader[:1],
+        criterion,
+        len(CLASSES),
+        "cpu",
+        contextlib.nullcontext,
+    )
+    assert alone == pytest.approx(per_image[0])
 
 
 def polygon_coco(tmp_path):

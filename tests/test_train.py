@@ -660,3 +660,20 @@ def test_a_checkpoint_without_weights_or_with_objects_is_refused_and_removed(tmp
     torch.save({"weights": torch.ones(1)}, tmp_path / "plain.pt")
     with pytest.raises(CheckpointError, match="no state_dict in it"):
         read_checkpoint(tmp_path / "plain.pt")
+
+
+def test_a_full_fit_with_averaged_weights_keeps_them_unscored(tiny_dataset, tmp_path):
+    """No validation images (the full fit) and SWA: the averaged weights are kept, with
+    no val mIoU, at the last epoch."""
+    from segflow.checkpoints import read_checkpoint
+
+    metrics = train_fold(
+        tiny_dataset,
+        tmp_path,
+        fold=None,
+        settings=model_params(epochs=2, averaging="swa"),
+    )
+    assert metrics["val_miou"] is None and metrics["best_epoch"] == 2
+    assert metrics["averaged_epochs"] == [2]
+    checkpoint = read_checkpoint(tmp_path / "model.pt")
+    assert checkpoint["val_miou"] is None and checkpoint["epoch"] == 2
