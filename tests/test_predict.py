@@ -142,3 +142,16 @@ def test_each_tta_mode_is_the_mean_of_its_views_brought_back():
     assert not torch.allclose(got["hflip"], got["multiscale"], atol=1e-3)
     with pytest.raises(ValueError, match="tta must be one of"):
         tta_model(model, "vflip", (32, 48), 1)
+
+
+def test_predict_logs_how_many_images_each_set_got(
+    predicted, tiny_dataset, tmp_path, capsys
+):
+    """The job's log names each written set and its image count (what a user reads
+    when a fold's OOF set looks short)."""
+    root, _ = predicted
+    folds = pd.read_csv(tiny_dataset["folds"])
+    out = predict_fold(tiny_dataset, root / "train/f0-s0/model.pt", tmp_path / "p")
+    printed = capsys.readouterr().out
+    assert f"{int((folds['fold'] == 0).sum())} images -> {out / 'oof.npy'}" in printed
+    assert f"5 images -> {out / 'test.npy'}" in printed
