@@ -351,6 +351,7 @@ def run_clean(root, action, **settings):
             masks_dir=root / "masks",
             image_root=root,
             classes=["bg", "A", "B"],
+            unlabelled="background",
             outputs=outputs_in(root / f"clean_{action}"),
             settings=clean_config(
                 action=action,
@@ -440,6 +441,7 @@ def test_no_flag_is_fine_and_reported(indexed):
             masks_dir=root / "masks",
             image_root=root,
             classes=["bg", "A", "B"],
+            unlabelled="background",
             outputs=outputs_in(root / "quiet"),
             # above any share: no annotation can be flagged (the schema stops at 1)
             settings=replace(

@@ -2,6 +2,7 @@
 libraries never import steps; the module map in segflow/__init__.py names every module."""
 
 import ast
+import dataclasses
 import re
 from pathlib import Path
 
@@ -108,21 +109,49 @@ def test_settings_carry_no_defaults_of_their_own():
             assert with_default == [], f"{cls.__name__} defaults {with_default}"
 
 
+def step_declarations() -> dict[str, list[type]]:
+    """Each rule step's declared arguments: the dataclasses of its module whose fields
+    are all declared with segflow.step_cli.arg."""
+    import importlib
+
+    found = {}
+    for step in sorted(steps_called_by_rules()):
+        module = importlib.import_module(f"segflow.{step}")
+        found[step] = [
+            value
+            for value in vars(module).values()
+            if dataclasses.is_dataclass(value)
+            and isinstance(value, type)
+            and value.__module__ == module.__name__
+            and dataclasses.fields(value)
+            and all("help" in f.metadata for f in dataclasses.fields(value))
+        ]
+    return found
+
+
 def test_step_command_lines_have_no_defaults_for_settings():
-    """A step's argparse takes settings as required arguments (or one JSON): it adds no
-    defaults of its own that could disagree with the schema."""
-    offenders = []
-    for step in steps_called_by_rules():
-        tree = ast.parse((PACKAGE / f"{step}.py").read_text())
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Call)
-                and getattr(node.func, "attr", "") == "add_argument"
-                and any(k.arg == "default" for k in node.keywords)
-            ):
-                offenders.append((step, ast.literal_eval(node.args[0])))
-    # submission check reads size and classes from --config: a path, not a setting.
-    assert offenders == [("submission", "--config")], offenders
+    """A step's declared arguments take settings as required values (or one JSON): a
+    default may only say "absent" (None, off, empty, zero), never a value of its own
+    that could disagree with the schema."""
+    declarations = step_declarations()
+    assert all(declarations.values()), declarations  # every step declares its CLI
+    absent = (None, False, 0, frozenset())
+    offenders = [
+        (step, field.name, field.default)
+        for step, classes in declarations.items()
+        for cls in classes
+        for field in dataclasses.fields(cls)
+        if field.default is not dataclasses.MISSING
+        and not any(
+            field.default == a and type(field.default) is type(a) for a in absent
+        )
+    ]
+    # submission check reads size and classes from --config: a path, not a setting;
+    # train's resume cadence is the code's, not the config's.
+    assert sorted(offenders) == [
+        ("submission", "config", Path("config.yaml")),
+        ("train", "resume_every_s", 60.0),
+    ], offenders
 
 
 def test_paths_of_results_are_spelled_once_in_the_helpers():

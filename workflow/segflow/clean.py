@@ -237,7 +237,7 @@ class CleanArgs:
     image_root: Path = arg("the folder image file names are relative to")
     classes: list[str] = arg("JSON list of class names", parse=json.loads)
     outputs: CleanOutputs = arg("what the step writes", outputs=True)
-    unlabelled: str = arg("data.unlabelled", choices=UNLABELLED, default="background")
+    unlabelled: str = arg("data.unlabelled", choices=UNLABELLED)
 
 
 def clean(args: CleanArgs) -> dict:
