@@ -168,9 +168,7 @@ def train(args: TrainArgs) -> dict:
     if args.match_presentations:
         matched = matched_epochs(args.match_presentations, len(data.train_images))
         settings = settings.replace(epochs=matched)
-        print(
-            f"{run_name}: {matched} epochs match {args.match_presentations}", flush=True
-        )
+        print(f"{run_name}: {matched} epochs, compute-matched", flush=True)
     loaders = fold_loaders(
         data,
         settings,
